@@ -1,0 +1,96 @@
+"""The api role: ``create_app(settings)`` builds the Litestar app and, in its lifespan, the
+ClickHouse store, the Kafka producer, the config view and the ledger sink."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.openapi import OpenAPIConfig
+
+from api.auth import require_scope
+from api.controllers.dead_letters import DeadLettersController
+from api.controllers.events import EventsController
+from api.controllers.health import healthz, openapi, readyz
+from api.errors import handle_exception
+from api.idempotency import Idempotency
+from api.middleware import ConventionsMiddleware
+from api.overlay import PendingEvents
+from api.ratelimit import RateLimiter
+from api.state import ApiState
+from ledger.sink import LedgerSink
+from ledger.store import LedgerStore
+from schemas.config import ConfigRecord
+from schemas.settings import Settings
+from streams.config_log import config_log_size, publish
+from streams.config_view import ConfigView
+from streams.kafka import ensure_topics, make_producer
+from streams.topics import CONFIG, DLQ, LEDGER, LEDGER_GROUP
+
+log = logging.getLogger(__name__)
+
+
+async def restore_config(store: LedgerStore, producer: object, bootstrap: str) -> int:
+    """The embedded broker keeps nothing across restarts; ClickHouse keeps every config change.
+    When the config log is empty but the ledger has config, republish it (a no-op on a durable
+    Apache Kafka, whose compacted config topic is never empty once written)."""
+    if await config_log_size(bootstrap) > 0:
+        return 0
+    raw = await store.config_records()
+    if not raw:
+        return 0
+    records = [ConfigRecord.model_validate_json(r) for r in raw]
+    await publish(producer, records)  # type: ignore[arg-type]
+    log.info("restored %d config records from the ledger into %s", len(records), CONFIG)
+    return len(records)
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        settings.ensure_home()
+        store = LedgerStore(settings.effective_clickhouse_dsn)
+        store.open()
+        await ensure_topics(settings.kafka_bootstrap, settings.partitions)
+        producer = make_producer(settings.kafka_bootstrap)
+        await producer.start()
+        await restore_config(store, producer, settings.kafka_bootstrap)
+        view = ConfigView(settings.kafka_bootstrap)
+        await view.start()
+        await view.sync()
+        pending = PendingEvents(settings.read_your_writes_ttl_s)
+        sink = LedgerSink(
+            settings.kafka_bootstrap, store, ledger_topic=LEDGER, dlq_topic=DLQ,
+            config_topic=CONFIG, group_id=LEDGER_GROUP,
+        )
+        sink.listeners.append(pending.confirm)
+        await sink.start()
+        app.state["fibric"] = ApiState(
+            settings=settings, store=store, view=view, producer=producer, sink=sink,
+            pending=pending, idempotency=Idempotency(store),
+            limiter=RateLimiter(settings.rate_limit_per_minute),
+        )
+        try:
+            yield
+        finally:
+            await sink.stop()
+            await view.stop()
+            await producer.stop()
+            store.close()
+
+    v1 = Router(
+        path="/v1",
+        route_handlers=[EventsController, DeadLettersController],
+        guards=[require_scope],
+    )
+    return Litestar(
+        route_handlers=[v1, healthz, readyz, openapi],
+        lifespan=[lifespan],
+        middleware=[ConventionsMiddleware],
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Fibric API", version="1.0.0", path="/schema"),
+        debug=False,
+    )

@@ -1,0 +1,145 @@
+"""``/v1/events``: ingest one envelope, list and retrieve events (seed 000, spec §3.2)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from litestar import Controller, Request, Response, get, post
+
+from api.auth import api_state, auth_of
+from api.body import read_body, validate
+from api.pagination import decode_cursor, list_body, parse_limit
+from ledger.store import EventFilters
+from schemas.envelope import Event, EventEnvelope, EventIn
+from schemas.errors import ErrorCode, FibricError
+from schemas.ids import new_id
+from streams.topics import EVENTS
+
+EVENT_ID_RE = re.compile(r"^ev_[0-9A-Z]{26}$")
+_FILTER_PARAMS = ("event_type", "source", "correlation_id", "workspace_id", "entity_key", "since", "until")
+
+
+def parse_time(raw: str | None, param: str) -> datetime | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise FibricError(ErrorCode.INVALID_PARAMETER, f"{param} must be an RFC 3339 timestamp.", param=param) from None
+    if value.tzinfo is None:
+        raise FibricError(ErrorCode.INVALID_PARAMETER, f"{param} must include a timezone (e.g. Z).", param=param)
+    return value.astimezone(UTC)
+
+
+def _query_filters(request: Request[Any, Any, Any]) -> tuple[EventFilters, dict[str, Any]]:
+    q = request.query_params
+    raw = {name: q.get(name) for name in _FILTER_PARAMS}
+    for name, value in raw.items():
+        if value is not None and (value == "" or len(value) > 200):
+            raise FibricError(ErrorCode.INVALID_PARAMETER, f"{name} must be 1–200 characters.", param=name)
+    filters = EventFilters(
+        event_type=raw["event_type"],
+        source=raw["source"],
+        correlation_id=raw["correlation_id"],
+        workspace_id=raw["workspace_id"],
+        entity_key=raw["entity_key"],
+        since=parse_time(raw["since"], "since"),
+        until=parse_time(raw["until"], "until"),
+    )
+    return filters, raw
+
+
+def _json(data: Any, status: int = 200) -> Response[bytes]:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+class EventsController(Controller):
+    path = "/events"
+    tags = ["events"]
+
+    @post("/", opt={"scope": "events:write", "route_class": "events_write", "body_model": EventIn},
+          operation_id="createEvent", status_code=201)
+    async def create_event(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Ingest one event envelope. Tenancy is stamped from the API key; the event is durable
+        on the events topic when this returns, and immediately readable by this client."""
+        state = api_state(request)
+        auth = auth_of(request)
+        body = await read_body(request)
+
+        async def handle() -> Response[bytes]:
+            data = validate(EventIn, body)
+            if data.tenant_id is not None and data.tenant_id != auth.tenant.id:
+                raise FibricError(ErrorCode.TENANT_MISMATCH, "tenant_id in the body does not match the API key's tenant.", param="tenant_id")
+            if data.reseller_id is not None and data.reseller_id != auth.tenant.reseller_id:
+                raise FibricError(ErrorCode.TENANT_MISMATCH, "reseller_id in the body does not match the API key's tenant.", param="reseller_id")
+            now = datetime.now(UTC)
+            event_id = new_id("ev", int(now.timestamp() * 1000))
+            event = Event(
+                id=event_id,
+                tenant_id=auth.tenant.id,
+                reseller_id=auth.tenant.reseller_id,
+                livemode=auth.key.livemode,
+                workspace_id=data.workspace_id,
+                source=data.source,
+                event_type=data.event_type,
+                correlation_id=data.correlation_id or new_id("co", int(now.timestamp() * 1000)),
+                payload=data.payload,
+                entity_key=data.entity_key,
+                idempotency_key=request.headers.get("idempotency-key"),
+                request_id=request.scope["state"]["request_id"],
+                created_at=now,
+            )
+            envelope = EventEnvelope(
+                event_id=event.id, tenant_id=event.tenant_id, reseller_id=event.reseller_id,
+                livemode=event.livemode, workspace_id=event.workspace_id, source=event.source,
+                event_type=event.event_type, correlation_id=event.correlation_id,
+                payload=event.payload, entity_key=event.entity_key,
+                idempotency_key=event.idempotency_key, received_at=now, request_id=event.request_id,
+            )
+            key = f"{event.tenant_id}:{event.entity_key or event.id}"
+            await state.producer.send_and_wait(
+                EVENTS, orjson.dumps(envelope.model_dump(mode="json", exclude_none=True)), key=key.encode()
+            )
+            state.pending.add(auth.scope, event)
+            return _json(event.model_dump(mode="json"), 201)
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+    @get("/", opt={"scope": "events:read", "route_class": "events_read"}, operation_id="listEvents")
+    async def list_events(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """List events newest first. Filters (AND): ``event_type`` (exact or glob, ``*`` = one
+        dot segment, ``**`` = several), ``source``, ``correlation_id``, ``workspace_id``,
+        ``entity_key``, ``since``/``until`` (RFC 3339, half-open range)."""
+        state = api_state(request)
+        auth = auth_of(request)
+        limit = parse_limit(request.query_params.get("limit"))
+        filters, raw = _query_filters(request)
+        after = decode_cursor(request.query_params.get("cursor"), raw)
+        page = await state.store.list_events(auth.scope, filters, limit, after)
+        pending = state.pending.matching(auth.scope, filters, after)
+        if pending:
+            merged = {e.id: e for e in page.items}
+            for e in pending:
+                merged.setdefault(e.id, e)
+            items = sorted(merged.values(), key=lambda e: (e.created_at, e.id), reverse=True)
+            has_more = page.has_more or len(items) > limit
+            items = items[:limit]
+        else:
+            items, has_more = page.items, page.has_more
+        last = (items[-1].created_at, items[-1].id) if items else None
+        return _json(list_body([e.model_dump(mode="json") for e in items], has_more, last, raw))
+
+    @get("/{event_id:str}", opt={"scope": "events:read", "route_class": "events_read"}, operation_id="retrieveEvent")
+    async def retrieve_event(self, request: Request[Any, Any, Any], event_id: str) -> Response[bytes]:
+        """Retrieve one event. Ids of another tenant or mode read as 404."""
+        state = api_state(request)
+        auth = auth_of(request)
+        if not EVENT_ID_RE.match(event_id):
+            raise FibricError(ErrorCode.NOT_FOUND, f"No event {event_id[:60]!r}.")
+        event = state.pending.get(auth.scope, event_id) or await state.store.get_event(auth.scope, event_id)
+        if event is None:
+            raise FibricError(ErrorCode.NOT_FOUND, f"No event {event_id!r}.")
+        return _json(event.model_dump(mode="json"))

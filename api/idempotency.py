@@ -1,0 +1,159 @@
+"""The Idempotency-Key header for POST and PATCH (seed 000, spec §3.10).
+
+Same key + same body → 200 with the stored original response (its ``request_id`` included);
+same key + different body → 409 ``idempotency_conflict``. Keys are scoped per tenant, mode and
+route and kept 24 h in ClickHouse, so they survive API restarts and are shared by API
+instances. Only successful (2xx) results are stored: a failed request changed nothing, so the
+client may fix it and retry with the same key. Concurrent requests with one key are serialised
+in-process; the second receives the first's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from litestar import Request, Response
+
+from ledger.store import IDEMPOTENCY_COLUMNS, LedgerStore, Scope
+from schemas.errors import ErrorCode, FibricError
+
+RETENTION = timedelta(hours=24)
+MAX_KEY_LEN = 255
+# Records this process wrote recently, answered from memory without a ClickHouse round trip.
+CACHE_SIZE = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    body_hash: str
+    status: int
+    response: bytes
+    request_id: str
+    created_at: datetime
+
+
+def body_hash(body: bytes) -> str:
+    """Hash of the JSON body, insensitive to key order and whitespace."""
+    try:
+        canon = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
+    except orjson.JSONDecodeError:
+        canon = body
+    return hashlib.sha256(canon).hexdigest()
+
+
+class _GroupWriter:
+    """Group commit: rows queued while an insert runs go out together in the next one."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+        self._queue: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._running = False
+
+    async def write(self, row: list[Any]) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((row, fut))
+        if not self._running:
+            self._running = True
+            asyncio.create_task(self._drain())
+        await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    await self._store.insert("idempotency_keys", [r for r, _ in batch], IDEMPOTENCY_COLUMNS)
+                except Exception as exc:  # noqa: BLE001 - reported to every waiting request
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self._running = False
+
+
+class Idempotency:
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+        self._writer = _GroupWriter(store)
+        self._cache: OrderedDict[tuple, Stored] = OrderedDict()
+        self._locks: dict[tuple, asyncio.Lock] = {}
+
+    async def run(
+        self,
+        request: Request[Any, Any, Any],
+        scope: Scope,
+        body: bytes,
+        handler: Callable[[], Awaitable[Response[Any]]],
+    ) -> Response[Any]:
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return await handler()
+        if not 1 <= len(key) <= MAX_KEY_LEN:
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, f"Idempotency-Key must be 1–{MAX_KEY_LEN} characters.",
+                param="Idempotency-Key",
+            )
+        route = f"{request.method} {request.url.path}"
+        ident = (scope.tenant_id, scope.livemode, route, key)
+        digest = body_hash(body)
+        lock = self._locks.setdefault(ident, asyncio.Lock())
+        try:
+            async with lock:
+                stored = await self._lookup(ident, scope, route, key)
+                if stored is not None:
+                    if stored.body_hash != digest:
+                        raise FibricError(
+                            ErrorCode.IDEMPOTENCY_CONFLICT,
+                            "This Idempotency-Key was already used with a different request body.",
+                            param="Idempotency-Key",
+                        )
+                    return Response(
+                        stored.response, status_code=200, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true", "Original-Request-Id": stored.request_id},
+                    )
+                response = await handler()
+                if 200 <= response.status_code < 300:
+                    await self._remember(ident, scope, route, key, digest, response, request)
+                return response
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._locks.pop(ident, None)
+
+    async def _lookup(self, ident: tuple, scope: Scope, route: str, key: str) -> Stored | None:
+        now = datetime.now(UTC)
+        hit = self._cache.get(ident)
+        if hit is not None:
+            if now - hit.created_at < RETENTION:
+                return hit
+            del self._cache[ident]
+        row = await self._store.get_idempotency(scope, route, key, now - RETENTION)
+        if row is None:
+            return None
+        return Stored(row[0], int(row[1]), row[2].encode(), row[3], now)
+
+    async def _remember(
+        self, ident: tuple, scope: Scope, route: str, key: str, digest: str,
+        response: Response[Any], request: Request[Any, Any, Any],
+    ) -> None:
+        content = response.content
+        body = content if isinstance(content, bytes) else orjson.dumps(content)
+        response.content = body
+        rid = request.scope["state"]["request_id"]
+        now = datetime.now(UTC)
+        await self._writer.write(
+            [scope.tenant_id, scope.livemode, route, key, digest, response.status_code, body.decode(), rid, now]
+        )
+        self._cache[ident] = Stored(digest, response.status_code, body, rid, now)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)

@@ -1,0 +1,71 @@
+"""Cursor pagination: ``limit`` 1–100 (never clamped) and opaque cursors bound to their filters."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from schemas.errors import ErrorCode, FibricError
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER, f"limit must be an integer from 1 to {MAX_LIMIT}.", param="limit"
+        )
+    return value
+
+
+def fingerprint(filters: dict[str, Any]) -> str:
+    canon = orjson.dumps({k: v for k, v in sorted(filters.items()) if v is not None}, default=str)
+    return hashlib.sha256(canon).hexdigest()[:16]
+
+
+def encode_cursor(key: tuple[datetime, str], filters: dict[str, Any]) -> str:
+    ts, id_ = key
+    doc = {"t": int(ts.timestamp() * 1_000_000), "i": id_, "f": fingerprint(filters)}
+    return "cur_" + base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> tuple[datetime, str] | None:
+    if not cursor:
+        return None
+    bad = FibricError(
+        ErrorCode.INVALID_CURSOR,
+        "This cursor is invalid, stale, or belongs to a query with other filters; restart from the first page.",
+        param="cursor",
+    )
+    if not cursor.startswith("cur_") or len(cursor) > 512:
+        raise bad
+    try:
+        body = cursor[4:]
+        doc = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        ts = datetime.fromtimestamp(int(doc["t"]) / 1_000_000, tz=UTC)
+        id_, fp = str(doc["i"]), str(doc["f"])
+    except (ValueError, KeyError, TypeError, OverflowError, OSError, orjson.JSONDecodeError):
+        raise bad from None
+    if fp != fingerprint(filters):
+        raise bad
+    return ts, id_
+
+
+def list_body(data: list[Any], has_more: bool, next_key: tuple[datetime, str] | None, filters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "next_cursor": encode_cursor(next_key, filters) if has_more and next_key else None,
+    }

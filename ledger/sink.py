@@ -1,0 +1,193 @@
+"""The ledger sink: consumes ledger rows, refusal records and config changes and batch-inserts
+them into ClickHouse. Runs inside the api role (the one process that owns chDB).
+
+Order per batch, written down because exactly-once rows depend on it:
+
+1. fetch whatever is available (at most MAX_BATCH records);
+2. decode and drop ids repeated inside the batch;
+3. ask ClickHouse which ids it already holds (a replay after a crash between 4 and 5) and
+   drop those;
+4. insert each table's rows (retrying with backoff until ClickHouse takes them);
+5. commit the consumer offsets;
+6. tell listeners which events are now readable (the read-your-writes overlay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
+
+from ledger.store import (
+    CONFIG_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    EVENT_COLUMNS,
+    LedgerStore,
+    dead_letter_row,
+    event_row,
+)
+from schemas.config import ConfigRecord
+from schemas.envelope import DeadLetter, Event, LedgerRecord
+
+log = logging.getLogger(__name__)
+
+# Upper bound on rows per insert: ClickHouse prefers few large inserts; 20k rows of ~1 KB keep
+# each insert well under a second on chDB.
+MAX_BATCH = 20_000
+# How long a fetch waits when nothing is available; data that is available returns at once.
+FETCH_WAIT_MS = 50
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class LedgerSink:
+    def __init__(
+        self,
+        bootstrap: str,
+        store: LedgerStore,
+        *,
+        ledger_topic: str,
+        dlq_topic: str,
+        config_topic: str,
+        group_id: str,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._store = store
+        self._topics = {"ledger": ledger_topic, "dlq": dlq_topic, "config": config_topic}
+        self._group = group_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.listeners: list[Callable[[list[str]], None]] = []
+        self.inserted = {"events": 0, "dead_letters": 0, "config_log": 0, "duplicates": 0}
+        self.healthy = True
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *self._topics.values(),
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="ledger-sink")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=MAX_BATCH)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - broker hiccup: keep the sink alive
+                log.exception("ledger fetch failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if not batch:
+                continue
+            stored = await self._store_batch(batch)
+            while True:
+                try:
+                    await self._consumer.commit()
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - a failed commit only means a later replay
+                    log.exception("ledger offset commit failed; retrying")
+                    await asyncio.sleep(0.5)
+            for listener in self.listeners:
+                listener(stored)
+
+    def _decode(self, batch: dict[Any, list[Any]]) -> tuple[dict[str, Event], dict[str, DeadLetter], dict[str, ConfigRecord]]:
+        events: dict[str, Event] = {}
+        dead: dict[str, DeadLetter] = {}
+        configs: dict[str, ConfigRecord] = {}
+        for tp, messages in batch.items():
+            for msg in messages:
+                try:
+                    if tp.topic == self._topics["ledger"]:
+                        rec = LedgerRecord.model_validate_json(msg.value)
+                        if rec.kind == "event":
+                            ev = Event.model_validate(rec.row)
+                            events.setdefault(ev.id, ev)
+                    elif tp.topic == self._topics["dlq"]:
+                        dl = DeadLetter.model_validate_json(msg.value)
+                        dead.setdefault(dl.id, dl)
+                    else:
+                        cfg = ConfigRecord.model_validate_json(msg.value)
+                        configs.setdefault(cfg.id, cfg)
+                except (ValidationError, ValueError):
+                    # Only Fibric's own roles write these topics; a bad record is a bug, logged
+                    # with its coordinates so it can be inspected, and skipped.
+                    log.error("undecodable record on %s[%d]@%d", tp.topic, tp.partition, msg.offset)
+        return events, dead, configs
+
+    async def _store_batch(self, batch: dict[Any, list[Any]]) -> list[str]:
+        events, dead, configs = self._decode(batch)
+        plan = [
+            ("events", "created_at", EVENT_COLUMNS, events, lambda e: e.created_at, event_row),
+            ("dead_letters", "created_at", DEAD_LETTER_COLUMNS, dead, lambda d: d.created_at, dead_letter_row),
+            ("config_log", "at", CONFIG_COLUMNS, configs, lambda c: c.at, _config_row),
+        ]
+        stored_events: list[str] = []
+        for table, time_col, columns, objs, when, to_row in plan:
+            if not objs:
+                continue
+            times = [when(o) for o in objs.values()]
+            lo, hi = min(times), max(times)
+
+            async def insert_new(table=table, time_col=time_col, columns=columns, objs=objs, to_row=to_row, lo=lo, hi=hi) -> list[str]:
+                have = await self._store.existing_ids(
+                    table, time_col, objs.keys(), lo - timedelta(microseconds=1), hi + timedelta(microseconds=1)
+                )
+                new = [o for k, o in objs.items() if k not in have]
+                await self._store.insert(table, [to_row(o) for o in new], columns)
+                self.inserted["duplicates"] += len(have)
+                self.inserted[table] += len(new)
+                return list(objs.keys())
+
+            ids = await self._with_retry(insert_new, table)
+            if table == "events":
+                stored_events = ids
+        return stored_events
+
+    async def _with_retry(self, fn: Callable[[], Any], what: str) -> Any:
+        attempt = 0
+        while True:
+            try:
+                result = await fn()
+                self.healthy = True
+                return result
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - ClickHouse down: hold the batch, retry, never skip
+                self.healthy = False
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                log.exception("insert into %s failed; retrying in %.1fs", what, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+
+def _config_row(c: ConfigRecord) -> list[Any]:
+    return [c.tenant_id, c.at, c.id, c.kind, c.version, c.actor, c.model_dump_json()]
+
+

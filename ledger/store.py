@@ -1,0 +1,296 @@
+"""ClickHouse access for the api role: migrations, batched inserts, and tenant-scoped readers.
+
+The same code talks to chDB (``chdb:///path``, embedded) and a ClickHouse server
+(``http://…``, production): only the DSN differs. Every read takes the tenant scope first;
+there is no unscoped reader. Calls run in a small thread pool so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import clickhouse_connect
+import orjson
+
+from agents.globs import glob_to_regex, is_glob
+from schemas.envelope import DeadLetter, Event
+
+log = logging.getLogger(__name__)
+
+# Threads for ClickHouse calls: enough for concurrent reads while an insert runs; chDB runs
+# queries in C++ and releases the GIL, so more threads than cores still overlap I/O and merges.
+CH_THREADS = 4
+
+EVENT_COLUMNS = (
+    "tenant_id", "livemode", "created_at", "id", "reseller_id", "workspace_id", "source",
+    "event_type", "correlation_id", "entity_key", "idempotency_key", "agent_id", "session_id",
+    "request_id", "payload",
+)
+DEAD_LETTER_COLUMNS = (
+    "tenant_id", "livemode", "created_at", "id", "reason", "message", "errors", "raw",
+    "source_topic", "partition", "offset",
+)
+CONFIG_COLUMNS = ("tenant_id", "at", "id", "kind", "version", "actor", "record")
+IDEMPOTENCY_COLUMNS = (
+    "tenant_id", "livemode", "route", "key", "body_hash", "status", "response", "request_id",
+    "created_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The tenancy wall: every read is filtered by tenant and mode (live/test)."""
+
+    tenant_id: str
+    livemode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilters:
+    event_type: str | None = None
+    source: str | None = None
+    correlation_id: str | None = None
+    workspace_id: str | None = None
+    entity_key: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, ev: Event) -> bool:
+        """The same predicate as :meth:`where` (used for the read-your-writes overlay)."""
+        from agents.globs import matches
+
+        return (
+            (self.event_type is None or matches(self.event_type, ev.event_type))
+            and (self.source is None or ev.source == self.source)
+            and (self.correlation_id is None or ev.correlation_id == self.correlation_id)
+            and (self.workspace_id is None or ev.workspace_id == self.workspace_id)
+            and (self.entity_key is None or ev.entity_key == self.entity_key)
+            and (self.since is None or ev.created_at >= self.since)
+            and (self.until is None or ev.created_at < self.until)
+        )
+
+    def where(self, params: dict[str, Any]) -> list[str]:
+        clauses = []
+        if self.event_type is not None:
+            if is_glob(self.event_type):
+                params["event_type_re"] = glob_to_regex(self.event_type)
+                clauses.append("match(event_type, {event_type_re:String})")
+            else:
+                params["event_type"] = self.event_type
+                clauses.append("event_type = {event_type:String}")
+        for name in ("source", "correlation_id", "workspace_id", "entity_key"):
+            value = getattr(self, name)
+            if value is not None:
+                params[name] = value
+                clauses.append(f"{name} = {{{name}:String}}")
+        if self.since is not None:
+            params["since"] = self.since
+            clauses.append("created_at >= {since:DateTime64(6, 'UTC')}")
+        if self.until is not None:
+            params["until"] = self.until
+            clauses.append("created_at < {until:DateTime64(6, 'UTC')}")
+        return clauses
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[Any]
+    has_more: bool
+    last_key: tuple[datetime, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def event_row(ev: Event) -> list[Any]:
+    return [
+        ev.tenant_id, ev.livemode, ev.created_at, ev.id, ev.reseller_id, ev.workspace_id,
+        ev.source, ev.event_type, ev.correlation_id, ev.entity_key, ev.idempotency_key,
+        ev.agent_id, ev.session_id, ev.request_id, orjson.dumps(ev.payload).decode(),
+    ]
+
+
+def _event_from_row(row: Sequence[Any]) -> Event:
+    d = dict(zip(EVENT_COLUMNS, row, strict=True))
+    d["created_at"] = _utc(d["created_at"])
+    d["payload"] = orjson.loads(d["payload"])
+    return Event.model_validate(d)
+
+
+def dead_letter_row(dl: DeadLetter) -> list[Any]:
+    return [
+        dl.tenant_id, dl.livemode, dl.created_at, dl.id, dl.reason, dl.message,
+        orjson.dumps(dl.errors).decode(), dl.raw, dl.source_topic, dl.partition, dl.offset,
+    ]
+
+
+def _dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
+    d = dict(zip(DEAD_LETTER_COLUMNS, row, strict=True))
+    d["created_at"] = _utc(d["created_at"])
+    d["errors"] = orjson.loads(d["errors"])
+    return DeadLetter.model_validate(d)
+
+
+class LedgerStore:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool = ThreadPoolExecutor(max_workers=CH_THREADS, thread_name_prefix="clickhouse")
+        self._client: Any = None
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect and apply migrations (synchronous; call before serving)."""
+        self._client = clickhouse_connect.get_client(dsn=self._dsn)
+        self._client.command(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name String, applied_at DateTime "
+            "DEFAULT now()) ENGINE = MergeTree ORDER BY name"
+        )
+        done = {r[0] for r in self._client.query("SELECT name FROM schema_migrations").result_rows}
+        files = sorted(
+            (p for p in resources.files("ledger.migrations").iterdir() if p.name.endswith(".sql")),
+            key=lambda p: p.name,
+        )
+        for f in files:
+            if f.name in done:
+                continue
+            for stmt in _statements(f.read_text()):
+                self._client.command(stmt)
+            self._client.insert("schema_migrations", [[f.name]], column_names=["name"])
+            log.info("applied migration %s", f.name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: fn(*args, **kwargs)
+        )
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        result = await self._run(self._client.query, sql, parameters=params or {})
+        return result.result_rows
+
+    async def insert(self, table: str, rows: list[list[Any]], columns: Sequence[str]) -> None:
+        if rows:
+            await self._run(self._client.insert, table, rows, column_names=list(columns))
+
+    async def ping(self) -> bool:
+        try:
+            return (await self.query("SELECT 1")) == [(1,)]
+        except Exception:  # noqa: BLE001 - readiness reports the failure, it does not raise
+            log.exception("clickhouse ping failed")
+            return False
+
+    async def existing_ids(
+        self, table: str, time_col: str, ids: Iterable[str], lo: datetime, hi: datetime
+    ) -> set[str]:
+        """Which of ``ids`` (rows created between lo and hi) are already stored."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        rows = await self.query(
+            f"SELECT id FROM {table} WHERE {time_col} BETWEEN {{lo:DateTime64(6, 'UTC')}} "
+            "AND {hi:DateTime64(6, 'UTC')} AND id IN {ids:Array(String)}",
+            {"lo": lo, "hi": hi, "ids": ids},
+        )
+        return {r[0] for r in rows}
+
+    # ---- events ----------------------------------------------------------------------------
+    async def list_events(
+        self, scope: Scope, filters: EventFilters, limit: int, after: tuple[datetime, str] | None
+    ) -> Page:
+        return await self._list(
+            "events", EVENT_COLUMNS, _event_from_row, scope, filters.where, limit, after
+        )
+
+    async def get_event(self, scope: Scope, event_id: str) -> Event | None:
+        rows = await self.query(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE tenant_id = {{t:String}} "
+            "AND livemode = {m:Bool} AND id = {id:String} LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": event_id},
+        )
+        return _event_from_row(rows[0]) if rows else None
+
+    # ---- dead letters ----------------------------------------------------------------------
+    async def list_dead_letters(
+        self, scope: Scope, reason: str | None, limit: int, after: tuple[datetime, str] | None
+    ) -> Page:
+        def where(params: dict[str, Any]) -> list[str]:
+            if reason is None:
+                return []
+            params["reason"] = reason
+            return ["reason = {reason:String}"]
+
+        return await self._list(
+            "dead_letters", DEAD_LETTER_COLUMNS, _dead_letter_from_row, scope, where, limit, after
+        )
+
+    async def get_dead_letter(self, scope: Scope, dl_id: str) -> DeadLetter | None:
+        rows = await self.query(
+            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM dead_letters WHERE tenant_id = "
+            "{t:String} AND livemode = {m:Bool} AND id = {id:String} LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": dl_id},
+        )
+        return _dead_letter_from_row(rows[0]) if rows else None
+
+    async def _list(
+        self,
+        table: str,
+        columns: Sequence[str],
+        parse: Any,
+        scope: Scope,
+        where: Any,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> Page:
+        params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode, "n": limit + 1}
+        clauses = ["tenant_id = {t:String}", "livemode = {m:Bool}", *where(params)]
+        if after is not None:
+            params["after_ts"], params["after_id"] = after
+            clauses.append(
+                "(created_at, id) < ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})"
+            )
+        rows = await self.query(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(clauses)} "
+            "ORDER BY created_at DESC, id DESC LIMIT 1 BY id LIMIT {n:UInt32}",
+            params,
+        )
+        items = [parse(r) for r in rows]
+        has_more = len(items) > limit
+        items = items[:limit]
+        last = (items[-1].created_at, items[-1].id) if items else None
+        return Page(items, has_more, last)
+
+    # ---- config ----------------------------------------------------------------------------
+    async def config_records(self) -> list[bytes]:
+        rows = await self.query("SELECT record FROM config_log ORDER BY at, id LIMIT 1 BY id")
+        return [r[0].encode() for r in rows]
+
+    # ---- idempotency -----------------------------------------------------------------------
+    async def get_idempotency(
+        self, scope: Scope, route: str, key: str, not_before: datetime
+    ) -> tuple[str, int, str, str] | None:
+        rows = await self.query(
+            "SELECT body_hash, status, response, request_id FROM idempotency_keys WHERE "
+            "tenant_id = {t:String} AND livemode = {m:Bool} AND route = {r:String} AND "
+            "key = {k:String} AND created_at >= {nb:DateTime64(6, 'UTC')} "
+            "ORDER BY created_at LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "r": route, "k": key, "nb": not_before},
+        )
+        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,123 @@
+"""Configuration objects (tenants, API keys) and the config-log record that carries them.
+
+The config log (topic ``fibric.config.v1``) is the source of truth: every change is one
+:class:`ConfigRecord`, versioned, and every role materialises the log in memory. API key
+secrets never appear here: only their SHA-256 hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+SCOPES: tuple[str, ...] = (
+    "events:read",
+    "events:write",
+    "operators:read",
+    "operators:write",
+    "connectors:read",
+    "connectors:write",
+    "plans:read",
+    "plans:approve",
+    "actions:read",
+    "actions:write",
+    "receipts:read",
+    "keys:read",
+    "keys:write",
+)
+
+_READ = tuple(s for s in SCOPES if s.endswith(":read") and not s.startswith("keys:"))
+
+# Role presets expand to scope sets at key creation; later changes here never alter existing keys.
+ROLES: dict[str, tuple[str, ...]] = {
+    "read_only": _READ,
+    "ingest": ("events:read", "events:write"),
+    "operate": _READ
+    + (
+        "events:write",
+        "operators:write",
+        "connectors:write",
+        "plans:approve",
+        "actions:write",
+    ),
+    "admin": SCOPES,
+}
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38})[a-z0-9]$")
+
+
+class Tenant(BaseModel):
+    id: str
+    object: Literal["tenant"] = "tenant"
+    slug: str
+    name: str
+    reseller_id: str | None = None
+    created_at: datetime
+
+
+class ApiKey(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    tenant_id: str
+    name: str | None = None
+    mode: Literal["live", "test"] = "test"
+    role: str | None = None
+    scopes: list[str]
+    hint: str
+    secret_hash: str = Field(repr=False)
+    status: Literal["active", "revoked"] = "active"
+    created_at: datetime
+
+    @property
+    def livemode(self) -> bool:
+        return self.mode == "live"
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"secret_hash"})
+
+
+class ConfigRecord(BaseModel):
+    """One change in the config log. ``kind`` names the object type, ``data`` its full new state."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str  # cfg_… unique per change; the ledger deduplicates on it
+    kind: Literal["tenant", "api_key"]
+    tenant_id: str
+    version: int = 1
+    data: dict[str, Any]
+    actor: str = "admin-cli"
+    at: datetime
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 32 random bytes, so a fast hash is enough (no dictionary to attack).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(mode: str) -> str:
+    return f"sk_{mode}_{secrets.token_urlsafe(24)}"
+
+
+def secret_hint(secret: str) -> str:
+    prefix = secret[: len("sk_test_")]
+    return f"{prefix}…{secret[-4:]}"
+
+
+def expand_scopes(role: str | None, scopes: list[str] | None) -> list[str]:
+    """The key's scope set: explicit scopes when given, else the role's preset (default admin)."""
+    if scopes:
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scope(s): {', '.join(unknown)}; valid: {', '.join(SCOPES)}")
+        return sorted(set(scopes), key=SCOPES.index)
+    role = role or "admin"
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+    return list(ROLES[role])

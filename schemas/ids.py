@@ -1,0 +1,62 @@
+"""Prefixed, time-sortable identifiers (``ev_``, ``req_``, ``t_`` …).
+
+An id is ``<prefix>_`` + 26 Crockford base32 characters: 48 bits of millisecond time then 80 bits
+of randomness (ULID layout), so ids sort by creation time and embed it. ``derived_id`` makes the
+same id from the same inputs, which is how replays of a Kafka record get the same identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from datetime import UTC, datetime
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+
+PREFIXES = frozenset(
+    {"ev", "op", "cn", "pl", "act", "rc", "exp", "req", "co", "t", "key", "dl", "cfg", "run", "cur"}
+)
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def _ulid(ms: int, rand: int) -> str:
+    return _encode(ms & ((1 << 48) - 1), 10) + _encode(rand & ((1 << 80) - 1), 16)
+
+
+def new_id(prefix: str, at_ms: int | None = None) -> str:
+    ms = int(time.time() * 1000) if at_ms is None else at_ms
+    return f"{prefix}_{_ulid(ms, int.from_bytes(os.urandom(10), 'big'))}"
+
+
+def derived_id(prefix: str, at_ms: int, *parts: object) -> str:
+    """Deterministic id: the same time and parts always give the same id."""
+    digest = hashlib.blake2b(
+        "\x1f".join(map(str, (prefix, *parts))).encode(), digest_size=10
+    ).digest()
+    return f"{prefix}_{_ulid(at_ms, int.from_bytes(digest, 'big'))}"
+
+
+def id_time(id_: str) -> datetime | None:
+    """The creation time embedded in an id, or None when ``id_`` is not one of ours."""
+    _, _, body = id_.partition("_")
+    if len(body) != 26:
+        return None
+    ms = 0
+    for ch in body[:10]:
+        v = _DECODE.get(ch)
+        if v is None:
+            return None
+        ms = (ms << 5) | v
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -1,0 +1,71 @@
+"""The one typed settings object, read once from ``FIBRIC_*`` environment variables.
+
+It lives in ``schemas`` (not ``fibric``) because every role receives it through its factory
+(``create_app(settings)``), and nothing but entry points may import the ``fibric`` package.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Default maximum request body: 1 MiB. Event payloads are small JSON documents; anything larger
+# is almost certainly a mistake or an attack, and the body is buffered in memory before parsing.
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FIBRIC_", extra="ignore")
+
+    home: Path = Field(default=Path("./.fibric"), description="State directory (chDB, RocksDB, keys).")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Empty means the embedded default: chDB under ``home``. Production: http://user:pw@host:8123/db
+    clickhouse_dsn: str = ""
+    partitions: int = Field(default=8, ge=1, le=256)
+    secret_key: str = ""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # The API's pending-write overlay gives read-your-writes until the ledger sink has inserted
+    # the row; entries older than this are dropped even if never confirmed (e.g. deduplicated).
+    read_your_writes_ttl_s: float = 120.0
+    # Requests per minute per tenant and route class (per api process). Early access: generous.
+    rate_limit_per_minute: int = 600_000
+    worker_id: str = ""
+    log_level: str = "info"
+    # A worker whose last heartbeat is older than this makes /readyz report it as down.
+    heartbeat_stale_s: float = 15.0
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.resolved_home / "clickhouse"
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.chdb_path}"
+
+    @property
+    def api_base_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    def ensure_home(self) -> Path:
+        home = self.resolved_home
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def load_secret_key(self) -> str:
+        """FIBRIC_SECRET_KEY, else a key generated once into ``home/secret.key`` (mode 0600)."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.ensure_home() / "secret.key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()

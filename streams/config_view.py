@@ -1,0 +1,160 @@
+"""An in-memory materialisation of the config log (tenants, API keys) and worker heartbeats.
+
+Every API process and the admin CLI run one. It reads ``fibric.config.v1`` from the beginning
+with manual assignment (no consumer group: every instance sees every record) and can
+:meth:`sync` — wait until it has applied everything the broker held at the time of the call —
+which is how a process reads its own (or anyone's) completed writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.config import ApiKey, ConfigRecord, Tenant
+from streams.topics import CONFIG, HEARTBEATS
+
+log = logging.getLogger(__name__)
+
+# How long sync() may wait for the view to catch up before giving up.
+SYNC_TIMEOUT_S = 10.0
+
+
+class ConfigView:
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self.tenants: dict[str, Tenant] = {}
+        self.tenant_by_slug: dict[str, Tenant] = {}
+        self.keys_by_hash: dict[str, ApiKey] = {}
+        self.keys: dict[str, ApiKey] = {}
+        self.records: list[ConfigRecord] = []
+        self.heartbeats: dict[str, dict] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
+        self._positions: dict[TopicPartition, int] = {}
+        self._config_parts: list[TopicPartition] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+        parts = consumer.partitions_for_topic(CONFIG)
+        hb_parts = consumer.partitions_for_topic(HEARTBEATS)
+        if not parts or not hb_parts:
+            await consumer.stop()
+            raise RuntimeError(f"topics {CONFIG}/{HEARTBEATS} do not exist; run ensure_topics first")
+        self._config_parts = [TopicPartition(CONFIG, p) for p in sorted(parts)]
+        hb = [TopicPartition(HEARTBEATS, p) for p in sorted(hb_parts)]
+        consumer.assign(self._config_parts + hb)
+        await consumer.seek_to_beginning(*self._config_parts)
+        # Only recent heartbeats matter: start near the end of the heartbeat log.
+        ends = await consumer.end_offsets(hb)
+        for tp in hb:
+            consumer.seek(tp, max(0, ends[tp] - 100))
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="config-view")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a broker hiccup must not kill the view; retry
+                log.exception("config view fetch failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for tp, messages in batch.items():
+                for msg in messages:
+                    if tp.topic == CONFIG:
+                        self._apply(msg.value)
+                    else:
+                        self._heartbeat(msg.value)
+            for tp in self._config_parts:
+                # position(), not last offset + 1: a compacted tail still advances it.
+                self._positions[tp] = await self._consumer.position(tp)
+            async with self._progress:
+                self._progress.notify_all()
+
+    # ---- applying records ------------------------------------------------------------------
+    def _apply(self, raw: bytes | None) -> None:
+        try:
+            rec = ConfigRecord.model_validate_json(raw or b"")
+        except ValidationError:
+            log.error("ignoring malformed config record")
+            return
+        self.apply_record(rec)
+
+    def apply_record(self, rec: ConfigRecord) -> None:
+        self.records.append(rec)
+        if rec.kind == "tenant":
+            tenant = Tenant.model_validate(rec.data)
+            old = self.tenants.get(tenant.id)
+            if old and old.slug != tenant.slug:
+                self.tenant_by_slug.pop(old.slug, None)
+            self.tenants[tenant.id] = tenant
+            self.tenant_by_slug[tenant.slug] = tenant
+        elif rec.kind == "api_key":
+            key = ApiKey.model_validate(rec.data)
+            self.keys[key.id] = key
+            self.keys_by_hash[key.secret_hash] = key
+
+    def _heartbeat(self, raw: bytes | None) -> None:
+        try:
+            hb = orjson.loads(raw or b"")
+            self.heartbeats[str(hb["worker_id"])] = hb
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.error("ignoring malformed heartbeat")
+
+    # ---- queries ---------------------------------------------------------------------------
+    def resolve_tenant(self, slug_or_id: str) -> Tenant | None:
+        return self.tenants.get(slug_or_id) or self.tenant_by_slug.get(slug_or_id)
+
+    def tenant_exists(self, tenant_id: str) -> bool:
+        return tenant_id in self.tenants
+
+    def live_workers(self, stale_after_s: float) -> list[dict]:
+        now = time.time()
+        out = []
+        for hb in self.heartbeats.values():
+            try:
+                at = datetime.fromisoformat(hb["at"]).timestamp()
+            except (KeyError, ValueError, TypeError):
+                continue
+            if now - at <= stale_after_s and not hb.get("stopping"):
+                out.append(hb)
+        return out
+
+    async def sync(self, timeout: float = SYNC_TIMEOUT_S) -> None:
+        """Return once every config record the broker held when called has been applied."""
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(self._config_parts)
+
+        def caught_up() -> bool:
+            return all(self._positions.get(tp, 0) >= end for tp, end in ends.items())
+
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(caught_up), timeout)

@@ -1,0 +1,37 @@
+"""Every topic Fibric uses, in one place. Topics are created explicitly at start
+(never by broker auto-create), all with the same partition count except where noted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVENTS = "fibric.events.v1"  # envelopes from producers and POST /v1/events; key tenant:entity
+LEDGER = "fibric.ledger.v1"  # rows for ClickHouse, written by workers; key tenant
+DLQ = "fibric.dlq.v1"  # refusal records for envelopes that could not be processed; key tenant
+CONFIG = "fibric.config.v1"  # config log (tenants, keys, …); key tenant; compacted in production
+HEARTBEATS = "fibric.heartbeats.v1"  # worker liveness for /readyz; one partition
+
+# Consumer groups
+INGEST_GROUP = "fibric"  # the Faust app id
+LEDGER_GROUP = "fibric-ledger"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int | None  # None = the configured FIBRIC_PARTITIONS
+    compacted: bool = False
+    # retention for the production broker; Tansu (memory engine) ignores both
+    retention_ms: int | None = None
+
+
+def topic_specs() -> tuple[TopicSpec, ...]:
+    day = 24 * 3600 * 1000
+    return (
+        TopicSpec(EVENTS, None, retention_ms=7 * day),
+        TopicSpec(LEDGER, None, retention_ms=7 * day),
+        TopicSpec(DLQ, None, retention_ms=30 * day),
+        # The config log is the source of truth for configuration: compacted, kept forever.
+        TopicSpec(CONFIG, None, compacted=True, retention_ms=-1),
+        TopicSpec(HEARTBEATS, 1, retention_ms=3600 * 1000),
+    )
