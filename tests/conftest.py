@@ -1,0 +1,154 @@
+"""Shared test helpers: free ports and a real `fibric up` stack started as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """A running `fibric up` (embedded broker, worker, api) in a temp FIBRIC_HOME."""
+
+    home: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['FIBRIC_API_PORT']}"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.env["FIBRIC_KAFKA_BOOTSTRAP"]
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        out_path = self.home / "up.out"
+        with open(out_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fibric", "up"], env=self.env, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = out_path.read_text(errors="replace")
+            if text.count("ready at") > len(self.output):
+                self.output.append(text)
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fibric up exited {self.proc.returncode}:\n{text}\n{self.logs()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"fibric up not ready:\n{out_path.read_text()}\n{self.logs()}")
+
+    def up_output(self) -> str:
+        return (self.home / "up.out").read_text(errors="replace")
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted((self.home / "logs").glob("*.log")):
+            out.append(f"--- {f.name}\n" + f.read_text(errors="replace")[-4000:])
+        return "\n".join(out)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+    def cli(self, *args: str) -> dict:
+        r = subprocess.run(
+            [sys.executable, "-m", "fibric", *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def pids(self) -> list[int]:
+        """Processes whose environment names this stack's FIBRIC_HOME (children included)."""
+        found = []
+        marker = f"FIBRIC_HOME={self.home}".encode()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if marker in (d / "environ").read_bytes().split(b"\0"):
+                    found.append(int(d.name))
+            except OSError:
+                continue
+        return [p for p in found if p != os.getpid()]
+
+
+def make_stack(tmp: Path, **env: str) -> Stack:
+    home = tmp / "home"
+    e = dict(os.environ)
+    e.update(
+        FIBRIC_HOME=str(home),
+        FIBRIC_API_PORT=str(free_port()),
+        FIBRIC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+        FIBRIC_PARTITIONS="4",
+        FIBRIC_LOG_LEVEL="info",
+    )
+    e.update(env)
+    return Stack(home=home, env=e)
+
+
+@dataclass
+class Tenant:
+    id: str
+    slug: str
+    keys: dict[str, str]  # role or label -> secret
+
+
+def client(stack: Stack, secret: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.Client(base_url=stack.base_url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    s = make_stack(tmp_path_factory.mktemp("stack"))
+    s.start()
+    yield s
+    s.stop()
+
+
+def new_tenant(stack: Stack, slug: str) -> Tenant:
+    t = stack.cli("admin", "tenant", "create", slug, "--json")
+    keys = {}
+    for role in ("admin", "read_only", "ingest"):
+        keys[role] = stack.cli("admin", "key", "create", "--tenant", slug, "--role", role, "--json")["secret"]
+    keys["live"] = stack.cli("admin", "key", "create", "--tenant", t["id"], "--mode", "live", "--json")["secret"]
+    return Tenant(t["id"], slug, keys)
+
+
+@pytest.fixture(scope="session")
+def acme(stack: Stack) -> Tenant:
+    return new_tenant(stack, "acme")
+
+
+@pytest.fixture(scope="session")
+def globex(stack: Stack) -> Tenant:
+    return new_tenant(stack, "globex")
