@@ -29,7 +29,7 @@ class Admin:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.view = ConfigView(settings.kafka_bootstrap)
-        self.producer = make_producer(settings.kafka_bootstrap)
+        self.producer: Any = None
 
     async def __aenter__(self) -> Admin:
         if await probe(self.settings.kafka_bootstrap) is None:
@@ -38,6 +38,7 @@ class Admin:
                 "(start `fibric up`, or set FIBRIC_KAFKA_BOOTSTRAP)"
             )
         await ensure_topics(self.settings.kafka_bootstrap, self.settings.partitions)
+        self.producer = make_producer(self.settings.kafka_bootstrap)
         await self.producer.start()
         await self.view.start()
         await self.view.sync()

@@ -28,6 +28,8 @@ REQUEST_TIMEOUT_MS = 15_000
 
 async def probe(bootstrap: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """The cluster id of the Kafka broker at ``bootstrap``, or None when nothing answers."""
+    # "nothing answers" is an expected outcome here, not an error worth aiokafka's log line
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
@@ -40,6 +42,7 @@ async def probe(bootstrap: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
             await admin.close()
         except Exception:  # noqa: BLE001 - closing a never-started client may fail; nothing to do
             pass
+        logging.getLogger("aiokafka").setLevel(logging.NOTSET)
 
 
 def _new_topic(spec: TopicSpec, partitions: int) -> NewTopic:
