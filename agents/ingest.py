@@ -84,7 +84,9 @@ def dedup_key(tenant_id: str, livemode: bool, idempotency_key: str) -> str:
     return f"{tenant_id}\x1f{int(livemode)}\x1f{idempotency_key}"
 
 
-def admit(raw: bytes | None, at: Coordinates, tenant_exists: Callable[[str], bool]) -> Admitted | Refused:
+def admit(
+    raw: bytes | None, at: Coordinates, tenant_exists: Callable[[str], bool]
+) -> Admitted | Refused:
     """Validate one envelope. Deterministic: the same bytes and coordinates give the same result."""
     if not raw:
         return _refuse(b"", at, "invalid_json", "empty record value")
@@ -102,17 +104,25 @@ def admit(raw: bytes | None, at: Coordinates, tenant_exists: Callable[[str], boo
         env = EventEnvelope.model_validate(doc)
     except ValidationError as exc:
         return _refuse(
-            raw, at, "invalid_envelope", "envelope failed validation",
-            tenant_id=tenant_for_record, livemode=livemode, errors=_errors(exc),
+            raw,
+            at,
+            "invalid_envelope",
+            "envelope failed validation",
+            tenant_id=tenant_for_record,
+            livemode=livemode,
+            errors=_errors(exc),
         )
     if not known:
         return _refuse(raw, at, "unknown_tenant", f"no tenant {env.tenant_id!r}", livemode=livemode)
     payload_size = len(orjson.dumps(env.payload))
     if payload_size > MAX_PAYLOAD_BYTES:
         return _refuse(
-            raw, at, "payload_too_large",
+            raw,
+            at,
+            "payload_too_large",
             f"payload is {payload_size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-            tenant_id=env.tenant_id, livemode=env.livemode,
+            tenant_id=env.tenant_id,
+            livemode=env.livemode,
         )
     received = env.received_at or datetime.fromtimestamp(at.timestamp_ms / 1000, tz=UTC)
     received_ms = int(received.timestamp() * 1000)
@@ -134,5 +144,7 @@ def admit(raw: bytes | None, at: Coordinates, tenant_exists: Callable[[str], boo
         request_id=env.request_id,
         created_at=received,
     )
-    key = dedup_key(env.tenant_id, env.livemode, env.idempotency_key) if env.idempotency_key else None
+    key = (
+        dedup_key(env.tenant_id, env.livemode, env.idempotency_key) if env.idempotency_key else None
+    )
     return Admitted(event, key)

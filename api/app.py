@@ -62,14 +62,23 @@ def create_app(settings: Settings) -> Litestar:
         await view.sync()
         pending = PendingEvents(settings.read_your_writes_ttl_s)
         sink = LedgerSink(
-            settings.kafka_bootstrap, store, ledger_topic=LEDGER, dlq_topic=DLQ,
-            config_topic=CONFIG, group_id=LEDGER_GROUP,
+            settings.kafka_bootstrap,
+            store,
+            ledger_topic=LEDGER,
+            dlq_topic=DLQ,
+            config_topic=CONFIG,
+            group_id=LEDGER_GROUP,
         )
         sink.listeners.append(pending.confirm)
         await sink.start()
         app.state["fibric"] = ApiState(
-            settings=settings, store=store, view=view, producer=producer, sink=sink,
-            pending=pending, idempotency=Idempotency(store),
+            settings=settings,
+            store=store,
+            view=view,
+            producer=producer,
+            sink=sink,
+            pending=pending,
+            idempotency=Idempotency(store),
             limiter=RateLimiter(settings.rate_limit_per_minute),
         )
         try:

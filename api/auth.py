@@ -6,7 +6,6 @@ config view (a key created a moment ago by ``fibric admin`` is then found) befor
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,20 +41,28 @@ async def _lookup(state: ApiState, secret: str) -> ApiKey | None:
     if key is None:
         try:
             await state.view.sync(timeout=UNKNOWN_KEY_SYNC_TIMEOUT_S)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - fall through to 401
+        except (TimeoutError, Exception):  # noqa: BLE001 - fall through to 401
             return None
         key = state.view.keys_by_hash.get(digest)
     return key
 
 
-async def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def require_scope(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """Guard on every /v1 route: authenticate, check the route's scope, count the rate budget."""
     state = api_state(connection)
     header = connection.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret.startswith(("sk_live_", "sk_test_")) or len(secret) > 200:
-        raise FibricError(ErrorCode.KEY_INVALID, "Send a valid secret API key as 'Authorization: Bearer sk_…'.")
+    if (
+        scheme.lower() != "bearer"
+        or not secret.startswith(("sk_live_", "sk_test_"))
+        or len(secret) > 200
+    ):
+        raise FibricError(
+            ErrorCode.KEY_INVALID, "Send a valid secret API key as 'Authorization: Bearer sk_…'."
+        )
     key = await _lookup(state, secret)
     if key is None:
         raise FibricError(ErrorCode.KEY_INVALID, "The API key is invalid.")
@@ -67,13 +74,17 @@ async def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler:
     needed = handler.opt.get("scope")
     if needed and needed not in key.scopes:
         raise FibricError(
-            ErrorCode.INSUFFICIENT_SCOPE, f"This key lacks the {needed} scope required by this route.",
+            ErrorCode.INSUFFICIENT_SCOPE,
+            f"This key lacks the {needed} scope required by this route.",
             details={"required_scope": needed},
         )
     verdict = state.limiter.hit(tenant.id, handler.opt.get("route_class", "default"))
     connection.scope["state"].setdefault("response_headers", {}).update(verdict.headers())
     if not verdict.allowed:
-        raise FibricError(ErrorCode.RATE_LIMITED, "Rate limit exceeded for this route class; retry after Retry-After seconds.")
+        raise FibricError(
+            ErrorCode.RATE_LIMITED,
+            "Rate limit exceeded for this route class; retry after Retry-After seconds.",
+        )
     connection.scope["state"]["auth"] = AuthContext(key, tenant)
 
 

@@ -22,7 +22,9 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise FibricError(ErrorCode.INVALID_JSON, f"The request body is not valid JSON: {exc}") from None
+        raise FibricError(
+            ErrorCode.INVALID_JSON, f"The request body is not valid JSON: {exc}"
+        ) from None
 
 
 def validate(model: type[M], body: bytes, *, allow_empty: bool = False) -> M:

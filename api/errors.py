@@ -45,7 +45,9 @@ def to_error(exc: Exception) -> FibricError:
     if isinstance(exc, NotFoundException):
         return FibricError(ErrorCode.NOT_FOUND, "No such route or resource.")
     if isinstance(exc, MethodNotAllowedException):
-        return FibricError(ErrorCode.METHOD_NOT_ALLOWED, "This method is not allowed on this route.")
+        return FibricError(
+            ErrorCode.METHOD_NOT_ALLOWED, "This method is not allowed on this route."
+        )
     if isinstance(exc, ValidationException):
         return FibricError(ErrorCode.INVALID_PARAMETER, str(exc.detail or "invalid request"))
     if isinstance(exc, HTTPException):
@@ -72,7 +74,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     err = to_error(exc)
     rid = request_id_of(request.scope)
     if err.status >= 500:
-        log.exception("unhandled error on %s %s (%s)", request.method, request.url.path, rid, exc_info=exc)
+        log.exception(
+            "unhandled error on %s %s (%s)", request.method, request.url.path, rid, exc_info=exc
+        )
     return error_response(err, rid)
 
 

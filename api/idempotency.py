@@ -69,7 +69,9 @@ class _GroupWriter:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    await self._store.insert("idempotency_keys", [r for r, _ in batch], IDEMPOTENCY_COLUMNS)
+                    await self._store.insert(
+                        "idempotency_keys", [r for r, _ in batch], IDEMPOTENCY_COLUMNS
+                    )
                 except Exception as exc:  # noqa: BLE001 - reported to every waiting request
                     for _, fut in batch:
                         if not fut.done():
@@ -101,7 +103,8 @@ class Idempotency:
             return await handler()
         if not 1 <= len(key) <= MAX_KEY_LEN:
             raise FibricError(
-                ErrorCode.INVALID_PARAMETER, f"Idempotency-Key must be 1–{MAX_KEY_LEN} characters.",
+                ErrorCode.INVALID_PARAMETER,
+                f"Idempotency-Key must be 1–{MAX_KEY_LEN} characters.",
                 param="Idempotency-Key",
             )
         route = f"{request.method} {request.url.path}"
@@ -119,8 +122,13 @@ class Idempotency:
                             param="Idempotency-Key",
                         )
                     return Response(
-                        stored.response, status_code=200, media_type="application/json",
-                        headers={"Idempotent-Replayed": "true", "Original-Request-Id": stored.request_id},
+                        stored.response,
+                        status_code=200,
+                        media_type="application/json",
+                        headers={
+                            "Idempotent-Replayed": "true",
+                            "Original-Request-Id": stored.request_id,
+                        },
                     )
                 response = await handler()
                 if 200 <= response.status_code < 300:
@@ -143,8 +151,14 @@ class Idempotency:
         return Stored(row[0], int(row[1]), row[2].encode(), row[3], now)
 
     async def _remember(
-        self, ident: tuple, scope: Scope, route: str, key: str, digest: str,
-        response: Response[Any], request: Request[Any, Any, Any],
+        self,
+        ident: tuple,
+        scope: Scope,
+        route: str,
+        key: str,
+        digest: str,
+        response: Response[Any],
+        request: Request[Any, Any, Any],
     ) -> None:
         content = response.content
         body = content if isinstance(content, bytes) else orjson.dumps(content)
@@ -152,7 +166,17 @@ class Idempotency:
         rid = request.scope["state"]["request_id"]
         now = datetime.now(UTC)
         await self._writer.write(
-            [scope.tenant_id, scope.livemode, route, key, digest, response.status_code, body.decode(), rid, now]
+            [
+                scope.tenant_id,
+                scope.livemode,
+                route,
+                key,
+                digest,
+                response.status_code,
+                body.decode(),
+                rid,
+                now,
+            ]
         )
         self._cache[ident] = Stored(digest, response.status_code, body, rid, now)
         if len(self._cache) > CACHE_SIZE:

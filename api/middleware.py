@@ -46,9 +46,13 @@ class ConventionsMiddleware:
 
         if revision and revision not in API_REVISIONS:
             await _reply(
-                send_with_headers, 400, ErrorCode.INVALID_PARAMETER,
+                send_with_headers,
+                400,
+                ErrorCode.INVALID_PARAMETER,
                 f"Unknown Fibric-Version {revision[:40]!r}; valid revisions: "
-                f"{', '.join(API_REVISIONS)}.", request_id, param="Fibric-Version",
+                f"{', '.join(API_REVISIONS)}.",
+                request_id,
+                param="Fibric-Version",
             )
             return
         method = scope.get("method", "GET").encode()
@@ -56,8 +60,11 @@ class ConventionsMiddleware:
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":
                 await _reply(
-                    send_with_headers, 415, ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                    "Request bodies must be JSON: send Content-Type: application/json.", request_id,
+                    send_with_headers,
+                    415,
+                    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                    "Request bodies must be JSON: send Content-Type: application/json.",
+                    request_id,
                 )
                 return
         await self.app(scope, receive, send_with_headers)
@@ -70,13 +77,18 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
     return b"transfer-encoding" in headers
 
 
-async def _reply(send: Any, status: int, code: ErrorCode, message: str, request_id: str, **kw: Any) -> None:
+async def _reply(
+    send: Any, status: int, code: ErrorCode, message: str, request_id: str, **kw: Any
+) -> None:
     body = raw_error(status, code, message, request_id, **kw)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -24,7 +24,9 @@ def parse_limit(raw: str | None) -> int:
         value = 0
     if not 1 <= value <= MAX_LIMIT:
         raise FibricError(
-            ErrorCode.INVALID_PARAMETER, f"limit must be an integer from 1 to {MAX_LIMIT}.", param="limit"
+            ErrorCode.INVALID_PARAMETER,
+            f"limit must be an integer from 1 to {MAX_LIMIT}.",
+            param="limit",
         )
     return value
 
@@ -45,7 +47,8 @@ def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> tuple[datetime
         return None
     bad = FibricError(
         ErrorCode.INVALID_CURSOR,
-        "This cursor is invalid, stale, or belongs to a query with other filters; restart from the first page.",
+        "This cursor is invalid, stale, or belongs to a query with other filters; "
+        "restart from the first page.",
         param="cursor",
     )
     if not cursor.startswith("cur_") or len(cursor) > 512:
@@ -62,7 +65,9 @@ def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> tuple[datetime
     return ts, id_
 
 
-def list_body(data: list[Any], has_more: bool, next_key: tuple[datetime, str] | None, filters: dict[str, Any]) -> dict[str, Any]:
+def list_body(
+    data: list[Any], has_more: bool, next_key: tuple[datetime, str] | None, filters: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "object": "list",
         "data": data,

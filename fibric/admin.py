@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fibric.errors import CliError
 from schemas.config import (
     SLUG_RE,
     ApiKey,
@@ -21,8 +22,6 @@ from schemas.settings import Settings
 from streams.config_log import publish
 from streams.config_view import ConfigView
 from streams.kafka import ensure_topics, make_producer, probe
-
-from fibric.errors import CliError
 
 
 class Admin:
@@ -50,7 +49,11 @@ class Admin:
 
     async def _write(self, kind: str, tenant_id: str, data: dict[str, Any], version: int) -> None:
         rec = ConfigRecord(
-            id=new_id("cfg"), kind=kind, tenant_id=tenant_id, version=version, data=data,  # type: ignore[arg-type]
+            id=new_id("cfg"),
+            kind=kind,
+            tenant_id=tenant_id,
+            version=version,
+            data=data,  # type: ignore[arg-type]
             at=datetime.now(UTC),
         )
         await publish(self.producer, [rec])
@@ -73,7 +76,12 @@ class Admin:
         return tenant
 
     async def create_key(
-        self, tenant_ref: str, role: str | None, scopes: list[str] | None, mode: str, name: str | None
+        self,
+        tenant_ref: str,
+        role: str | None,
+        scopes: list[str] | None,
+        mode: str,
+        name: str | None,
     ) -> tuple[ApiKey, str]:
         tenant = self._tenant(tenant_ref)
         try:
@@ -82,9 +90,15 @@ class Admin:
             raise CliError(str(exc)) from None
         secret = new_secret(mode)
         key = ApiKey(
-            id=new_id("key"), tenant_id=tenant.id, name=name, mode=mode,  # type: ignore[arg-type]
-            role=None if scopes else (role or "admin"), scopes=expanded, hint=secret_hint(secret),
-            secret_hash=hash_secret(secret), created_at=datetime.now(UTC),
+            id=new_id("key"),
+            tenant_id=tenant.id,
+            name=name,
+            mode=mode,  # type: ignore[arg-type]
+            role=None if scopes else (role or "admin"),
+            scopes=expanded,
+            hint=secret_hint(secret),
+            secret_hash=hash_secret(secret),
+            created_at=datetime.now(UTC),
         )
         await self._write("api_key", tenant.id, key.model_dump(mode="json"), 1)
         return key, secret
@@ -102,4 +116,7 @@ class Admin:
 
     def keys(self, tenant_ref: str) -> list[ApiKey]:
         tenant = self._tenant(tenant_ref)
-        return sorted((k for k in self.view.keys.values() if k.tenant_id == tenant.id), key=lambda k: k.created_at)
+        return sorted(
+            (k for k in self.view.keys.values() if k.tenant_id == tenant.id),
+            key=lambda k: k.created_at,
+        )

@@ -21,7 +21,9 @@ def _settings() -> Any:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"invalid setting FIBRIC_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+        raise CliError(
+            f"invalid setting FIBRIC_{str(first['loc'][0]).upper()}: {first['msg']}"
+        ) from None
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -53,12 +55,22 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings()
     if not port_is_free(settings.api_host, settings.api_port):
-        raise CliError(f"port {settings.api_port} on {settings.api_host} is busy (set FIBRIC_API_PORT)")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        raise CliError(
+            f"port {settings.api_port} on {settings.api_host} is busy (set FIBRIC_API_PORT)"
+        )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port,
-        log_level=settings.log_level, access_log=False, loop="uvloop", http="httptools",
-        lifespan="on", timeout_graceful_shutdown=10,
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
     )
     return 0
 
@@ -74,9 +86,17 @@ def cmd_admin(args: argparse.Namespace) -> int:
             if args.resource == "tenant" and args.action == "list":
                 return {"data": [t.model_dump(mode="json") for t in admin.tenants()]}
             if args.resource == "key" and args.action == "create":
-                key, secret = await admin.create_key(args.tenant, args.role, args.scope, args.mode, args.name)
-                return {"id": key.id, "secret": secret, "scopes": key.scopes, "tenant_id": key.tenant_id,
-                        "mode": key.mode, "role": key.role}
+                key, secret = await admin.create_key(
+                    args.tenant, args.role, args.scope, args.mode, args.name
+                )
+                return {
+                    "id": key.id,
+                    "secret": secret,
+                    "scopes": key.scopes,
+                    "tenant_id": key.tenant_id,
+                    "mode": key.mode,
+                    "role": key.role,
+                }
             if args.resource == "key" and args.action == "list":
                 return {"data": [k.public() for k in admin.keys(args.tenant)]}
             if args.resource == "key" and args.action == "revoke":
@@ -91,13 +111,21 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fibric", description="Fibric: a governed automation kernel.")
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the embedded stack (broker, worker, api) in the foreground")
+    up = sub.add_parser(
+        "up", help="start the embedded stack (broker, worker, api) in the foreground"
+    )
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     up.set_defaults(fn=cmd_up)
-    sub.add_parser("worker", help="run one worker process (Faust agents)").set_defaults(fn=cmd_worker)
-    sub.add_parser("api", help="run one api process (REST API + ledger sink)").set_defaults(fn=cmd_api)
+    sub.add_parser("worker", help="run one worker process (Faust agents)").set_defaults(
+        fn=cmd_worker
+    )
+    sub.add_parser("api", help="run one api process (REST API + ledger sink)").set_defaults(
+        fn=cmd_api
+    )
 
-    admin = sub.add_parser("admin", help="manage tenants and API keys").add_subparsers(dest="resource", required=True)
+    admin = sub.add_parser("admin", help="manage tenants and API keys").add_subparsers(
+        dest="resource", required=True
+    )
     tenant = admin.add_parser("tenant").add_subparsers(dest="action", required=True)
     tc = tenant.add_parser("create", help="create a tenant")
     tc.add_argument("slug")
@@ -110,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc = key.add_parser("create", help="create an API key (the secret is shown once)")
     kc.add_argument("--tenant", required=True, help="tenant slug or id")
     kc.add_argument("--role", choices=["admin", "operate", "ingest", "read_only"])
-    kc.add_argument("--scope", action="append", help="explicit scope (repeatable); overrides --role")
+    kc.add_argument(
+        "--scope", action="append", help="explicit scope (repeatable); overrides --role"
+    )
     kc.add_argument("--mode", choices=["live", "test"], default="test")
     kc.add_argument("--name")
     kc.add_argument("--json", action="store_true")

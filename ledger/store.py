@@ -29,17 +29,45 @@ log = logging.getLogger(__name__)
 CH_THREADS = 4
 
 EVENT_COLUMNS = (
-    "tenant_id", "livemode", "created_at", "id", "reseller_id", "workspace_id", "source",
-    "event_type", "correlation_id", "entity_key", "idempotency_key", "agent_id", "session_id",
-    "request_id", "payload",
+    "tenant_id",
+    "livemode",
+    "created_at",
+    "id",
+    "reseller_id",
+    "workspace_id",
+    "source",
+    "event_type",
+    "correlation_id",
+    "entity_key",
+    "idempotency_key",
+    "agent_id",
+    "session_id",
+    "request_id",
+    "payload",
 )
 DEAD_LETTER_COLUMNS = (
-    "tenant_id", "livemode", "created_at", "id", "reason", "message", "errors", "raw",
-    "source_topic", "partition", "offset",
+    "tenant_id",
+    "livemode",
+    "created_at",
+    "id",
+    "reason",
+    "message",
+    "errors",
+    "raw",
+    "source_topic",
+    "partition",
+    "offset",
 )
 CONFIG_COLUMNS = ("tenant_id", "at", "id", "kind", "version", "actor", "record")
 IDEMPOTENCY_COLUMNS = (
-    "tenant_id", "livemode", "route", "key", "body_hash", "status", "response", "request_id",
+    "tenant_id",
+    "livemode",
+    "route",
+    "key",
+    "body_hash",
+    "status",
+    "response",
+    "request_id",
     "created_at",
 )
 
@@ -113,9 +141,21 @@ def _utc(dt: datetime) -> datetime:
 
 def event_row(ev: Event) -> list[Any]:
     return [
-        ev.tenant_id, ev.livemode, ev.created_at, ev.id, ev.reseller_id, ev.workspace_id,
-        ev.source, ev.event_type, ev.correlation_id, ev.entity_key, ev.idempotency_key,
-        ev.agent_id, ev.session_id, ev.request_id, orjson.dumps(ev.payload).decode(),
+        ev.tenant_id,
+        ev.livemode,
+        ev.created_at,
+        ev.id,
+        ev.reseller_id,
+        ev.workspace_id,
+        ev.source,
+        ev.event_type,
+        ev.correlation_id,
+        ev.entity_key,
+        ev.idempotency_key,
+        ev.agent_id,
+        ev.session_id,
+        ev.request_id,
+        orjson.dumps(ev.payload).decode(),
     ]
 
 
@@ -128,8 +168,17 @@ def _event_from_row(row: Sequence[Any]) -> Event:
 
 def dead_letter_row(dl: DeadLetter) -> list[Any]:
     return [
-        dl.tenant_id, dl.livemode, dl.created_at, dl.id, dl.reason, dl.message,
-        orjson.dumps(dl.errors).decode(), dl.raw, dl.source_topic, dl.partition, dl.offset,
+        dl.tenant_id,
+        dl.livemode,
+        dl.created_at,
+        dl.id,
+        dl.reason,
+        dl.message,
+        orjson.dumps(dl.errors).decode(),
+        dl.raw,
+        dl.source_topic,
+        dl.partition,
+        dl.offset,
     ]
 
 

@@ -20,7 +20,9 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FIBRIC_", extra="ignore")
 
-    home: Path = Field(default=Path("./.fibric"), description="State directory (chDB, RocksDB, keys).")
+    home: Path = Field(
+        default=Path("./.fibric"), description="State directory (chDB, RocksDB, keys)."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     kafka_bootstrap: str = "127.0.0.1:9092"

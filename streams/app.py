@@ -66,7 +66,9 @@ class IngestState:
         self, records: Sequence[tuple[bytes | None, Coordinates]]
     ) -> list[Admitted | Refused]:
         results = [admit(raw, at, self.view.tenant_exists) for raw, at in records]
-        if any(isinstance(r, Refused) and r.dead_letter.reason == "unknown_tenant" for r in results):
+        if any(
+            isinstance(r, Refused) and r.dead_letter.reason == "unknown_tenant" for r in results
+        ):
             # A tenant created a moment ago may not be in the view yet: catch up once, re-decide.
             await self.view.sync()
             results = [
@@ -123,7 +125,9 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
             "partitions": assigned,
             "counts": state.counts,
         }
-        await app.producer.send(HEARTBEATS, worker_id.encode(), orjson.dumps(beat), None, None, None)
+        await app.producer.send(
+            HEARTBEATS, worker_id.encode(), orjson.dumps(beat), None, None, None
+        )
 
     @app.on_after_configured.connect
     def _quiet(app: Any, **kwargs: Any) -> None:  # noqa: ARG001
@@ -138,7 +142,10 @@ async def _ingest_batch(app: faust.App, state: IngestState, batch: Sequence[Any]
     for ev in batch:
         msg = ev.message
         records.append(
-            (msg.value, Coordinates(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000)))
+            (
+                msg.value,
+                Coordinates(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000)),
+            )
         )
     results = await state.decide(records)
 

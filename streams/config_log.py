@@ -22,7 +22,9 @@ async def publish(producer: AIOKafkaProducer, records: list[ConfigRecord]) -> No
     n = len(partitions or ()) or 1
     futures = [
         await producer.send(
-            CONFIG, rec.model_dump_json().encode(), key=record_key(rec),
+            CONFIG,
+            rec.model_dump_json().encode(),
+            key=record_key(rec),
             partition=partition_for(rec.tenant_id, n),
         )
         for rec in records

@@ -54,7 +54,9 @@ class ConfigView:
         hb_parts = consumer.partitions_for_topic(HEARTBEATS)
         if not parts or not hb_parts:
             await consumer.stop()
-            raise RuntimeError(f"topics {CONFIG}/{HEARTBEATS} do not exist; run ensure_topics first")
+            raise RuntimeError(
+                f"topics {CONFIG}/{HEARTBEATS} do not exist; run ensure_topics first"
+            )
         self._config_parts = [TopicPartition(CONFIG, p) for p in sorted(parts)]
         hb = [TopicPartition(HEARTBEATS, p) for p in sorted(hb_parts)]
         consumer.assign(self._config_parts + hb)

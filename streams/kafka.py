@@ -35,7 +35,7 @@ async def probe(bootstrap: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         await asyncio.wait_for(admin.start(), timeout)
         info = await asyncio.wait_for(admin.describe_cluster(), timeout)
         return str(info.get("cluster_id") or "unknown")
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return None
     finally:
         try:

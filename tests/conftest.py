@@ -46,8 +46,11 @@ class Stack:
         out_path = self.home / "up.out"
         with open(out_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fibric", "up"], env=self.env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "fibric", "up"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -56,7 +59,9 @@ class Stack:
                 self.output.append(text)
                 return
             if self.proc.poll() is not None:
-                raise RuntimeError(f"fibric up exited {self.proc.returncode}:\n{text}\n{self.logs()}")
+                raise RuntimeError(
+                    f"fibric up exited {self.proc.returncode}:\n{text}\n{self.logs()}"
+                )
             time.sleep(0.2)
         raise RuntimeError(f"fibric up not ready:\n{out_path.read_text()}\n{self.logs()}")
 
@@ -81,7 +86,11 @@ class Stack:
 
     def cli(self, *args: str) -> dict:
         r = subprocess.run(
-            [sys.executable, "-m", "fibric", *args], env=self.env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "fibric", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -139,8 +148,12 @@ def new_tenant(stack: Stack, slug: str) -> Tenant:
     t = stack.cli("admin", "tenant", "create", slug, "--json")
     keys = {}
     for role in ("admin", "read_only", "ingest"):
-        keys[role] = stack.cli("admin", "key", "create", "--tenant", slug, "--role", role, "--json")["secret"]
-    keys["live"] = stack.cli("admin", "key", "create", "--tenant", t["id"], "--mode", "live", "--json")["secret"]
+        keys[role] = stack.cli(
+            "admin", "key", "create", "--tenant", slug, "--role", role, "--json"
+        )["secret"]
+    keys["live"] = stack.cli(
+        "admin", "key", "create", "--tenant", t["id"], "--mode", "live", "--json"
+    )["secret"]
     return Tenant(t["id"], slug, keys)
 
 

@@ -22,7 +22,11 @@ class DeadLettersController(Controller):
     path = "/dead_letters"
     tags = ["events"]
 
-    @get("/", opt={"scope": "events:read", "route_class": "events_read"}, operation_id="listDeadLetters")
+    @get(
+        "/",
+        opt={"scope": "events:read", "route_class": "events_read"},
+        operation_id="listDeadLetters",
+    )
     async def list_dead_letters(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """List refusal records newest first; filter ``reason``."""
         state = api_state(request)
@@ -30,16 +34,27 @@ class DeadLettersController(Controller):
         limit = parse_limit(request.query_params.get("limit"))
         reason = request.query_params.get("reason")
         if reason is not None and reason not in REASONS:
-            raise FibricError(ErrorCode.INVALID_PARAMETER, f"reason must be one of {', '.join(REASONS)}.", param="reason")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                f"reason must be one of {', '.join(REASONS)}.",
+                param="reason",
+            )
         raw = {"reason": reason}
         after = decode_cursor(request.query_params.get("cursor"), raw)
         page = await state.store.list_dead_letters(auth.scope, reason, limit, after)
-        body = list_body([d.model_dump(mode="json") for d in page.items], page.has_more, page.last_key, raw)
+        body = list_body(
+            [d.model_dump(mode="json") for d in page.items], page.has_more, page.last_key, raw
+        )
         return Response(orjson.dumps(body), media_type="application/json")
 
-    @get("/{dead_letter_id:str}", opt={"scope": "events:read", "route_class": "events_read"},
-         operation_id="retrieveDeadLetter")
-    async def retrieve_dead_letter(self, request: Request[Any, Any, Any], dead_letter_id: str) -> Response[bytes]:
+    @get(
+        "/{dead_letter_id:str}",
+        opt={"scope": "events:read", "route_class": "events_read"},
+        operation_id="retrieveDeadLetter",
+    )
+    async def retrieve_dead_letter(
+        self, request: Request[Any, Any, Any], dead_letter_id: str
+    ) -> Response[bytes]:
         """Retrieve one refusal record."""
         state = api_state(request)
         auth = auth_of(request)

@@ -19,7 +19,15 @@ from schemas.ids import new_id
 from streams.topics import EVENTS
 
 EVENT_ID_RE = re.compile(r"^ev_[0-9A-Z]{26}$")
-_FILTER_PARAMS = ("event_type", "source", "correlation_id", "workspace_id", "entity_key", "since", "until")
+_FILTER_PARAMS = (
+    "event_type",
+    "source",
+    "correlation_id",
+    "workspace_id",
+    "entity_key",
+    "since",
+    "until",
+)
 
 
 def parse_time(raw: str | None, param: str) -> datetime | None:
@@ -28,9 +36,13 @@ def parse_time(raw: str | None, param: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise FibricError(ErrorCode.INVALID_PARAMETER, f"{param} must be an RFC 3339 timestamp.", param=param) from None
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER, f"{param} must be an RFC 3339 timestamp.", param=param
+        ) from None
     if value.tzinfo is None:
-        raise FibricError(ErrorCode.INVALID_PARAMETER, f"{param} must include a timezone (e.g. Z).", param=param)
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER, f"{param} must include a timezone (e.g. Z).", param=param
+        )
     return value.astimezone(UTC)
 
 
@@ -39,7 +51,9 @@ def _query_filters(request: Request[Any, Any, Any]) -> tuple[EventFilters, dict[
     raw = {name: q.get(name) for name in _FILTER_PARAMS}
     for name, value in raw.items():
         if value is not None and (value == "" or len(value) > 200):
-            raise FibricError(ErrorCode.INVALID_PARAMETER, f"{name} must be 1–200 characters.", param=name)
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, f"{name} must be 1–200 characters.", param=name
+            )
     filters = EventFilters(
         event_type=raw["event_type"],
         source=raw["source"],
@@ -60,8 +74,12 @@ class EventsController(Controller):
     path = "/events"
     tags = ["events"]
 
-    @post("/", opt={"scope": "events:write", "route_class": "events_write", "body_model": EventIn},
-          operation_id="createEvent", status_code=201)
+    @post(
+        "/",
+        opt={"scope": "events:write", "route_class": "events_write", "body_model": EventIn},
+        operation_id="createEvent",
+        status_code=201,
+    )
     async def create_event(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Ingest one event envelope. Tenancy is stamped from the API key; the event is durable
         on the events topic when this returns, and immediately readable by this client."""
@@ -72,9 +90,17 @@ class EventsController(Controller):
         async def handle() -> Response[bytes]:
             data = validate(EventIn, body)
             if data.tenant_id is not None and data.tenant_id != auth.tenant.id:
-                raise FibricError(ErrorCode.TENANT_MISMATCH, "tenant_id in the body does not match the API key's tenant.", param="tenant_id")
+                raise FibricError(
+                    ErrorCode.TENANT_MISMATCH,
+                    "tenant_id in the body does not match the API key's tenant.",
+                    param="tenant_id",
+                )
             if data.reseller_id is not None and data.reseller_id != auth.tenant.reseller_id:
-                raise FibricError(ErrorCode.TENANT_MISMATCH, "reseller_id in the body does not match the API key's tenant.", param="reseller_id")
+                raise FibricError(
+                    ErrorCode.TENANT_MISMATCH,
+                    "reseller_id in the body does not match the API key's tenant.",
+                    param="reseller_id",
+                )
             now = datetime.now(UTC)
             event_id = new_id("ev", int(now.timestamp() * 1000))
             event = Event(
@@ -93,15 +119,25 @@ class EventsController(Controller):
                 created_at=now,
             )
             envelope = EventEnvelope(
-                event_id=event.id, tenant_id=event.tenant_id, reseller_id=event.reseller_id,
-                livemode=event.livemode, workspace_id=event.workspace_id, source=event.source,
-                event_type=event.event_type, correlation_id=event.correlation_id,
-                payload=event.payload, entity_key=event.entity_key,
-                idempotency_key=event.idempotency_key, received_at=now, request_id=event.request_id,
+                event_id=event.id,
+                tenant_id=event.tenant_id,
+                reseller_id=event.reseller_id,
+                livemode=event.livemode,
+                workspace_id=event.workspace_id,
+                source=event.source,
+                event_type=event.event_type,
+                correlation_id=event.correlation_id,
+                payload=event.payload,
+                entity_key=event.entity_key,
+                idempotency_key=event.idempotency_key,
+                received_at=now,
+                request_id=event.request_id,
             )
             key = f"{event.tenant_id}:{event.entity_key or event.id}"
             await state.producer.send_and_wait(
-                EVENTS, orjson.dumps(envelope.model_dump(mode="json", exclude_none=True)), key=key.encode()
+                EVENTS,
+                orjson.dumps(envelope.model_dump(mode="json", exclude_none=True)),
+                key=key.encode(),
             )
             state.pending.add(auth.scope, event)
             return _json(event.model_dump(mode="json"), 201)
@@ -132,14 +168,22 @@ class EventsController(Controller):
         last = (items[-1].created_at, items[-1].id) if items else None
         return _json(list_body([e.model_dump(mode="json") for e in items], has_more, last, raw))
 
-    @get("/{event_id:str}", opt={"scope": "events:read", "route_class": "events_read"}, operation_id="retrieveEvent")
-    async def retrieve_event(self, request: Request[Any, Any, Any], event_id: str) -> Response[bytes]:
+    @get(
+        "/{event_id:str}",
+        opt={"scope": "events:read", "route_class": "events_read"},
+        operation_id="retrieveEvent",
+    )
+    async def retrieve_event(
+        self, request: Request[Any, Any, Any], event_id: str
+    ) -> Response[bytes]:
         """Retrieve one event. Ids of another tenant or mode read as 404."""
         state = api_state(request)
         auth = auth_of(request)
         if not EVENT_ID_RE.match(event_id):
             raise FibricError(ErrorCode.NOT_FOUND, f"No event {event_id[:60]!r}.")
-        event = state.pending.get(auth.scope, event_id) or await state.store.get_event(auth.scope, event_id)
+        event = state.pending.get(auth.scope, event_id) or await state.store.get_event(
+            auth.scope, event_id
+        )
         if event is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No event {event_id!r}.")
         return _json(event.model_dump(mode="json"))

@@ -39,9 +39,13 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = {
         "status": "ready" if ready else "not_ready",
         "checks": checks,
-        "workers": [{"worker_id": w["worker_id"], "partitions": w.get("partitions", [])} for w in workers],
+        "workers": [
+            {"worker_id": w["worker_id"], "partitions": w.get("partitions", [])} for w in workers
+        ],
     }
-    return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+    return Response(
+        orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+    )
 
 
 @get("/openapi.json", operation_id="openapi", include_in_schema=False)

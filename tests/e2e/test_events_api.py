@@ -13,7 +13,11 @@ pytestmark = pytest.mark.e2e
 
 
 def event(**kw):
-    body = {"source": "magento", "event_type": "order.created", "payload": {"order": "SO-1", "total": 120}}
+    body = {
+        "source": "magento",
+        "event_type": "order.created",
+        "payload": {"order": "SO-1", "total": 120},
+    }
     body.update(kw)
     return body
 
@@ -47,7 +51,10 @@ def test_post_then_get_reads_its_own_write(stack, acme):
 def test_list_is_newest_first_with_working_cursors(stack, acme):
     source = f"pager-{uuid.uuid4().hex[:8]}"
     with client(stack, acme.keys["admin"]) as c:
-        ids = [c.post("/v1/events", json=event(source=source, payload={"i": i})).json()["id"] for i in range(7)]
+        ids = [
+            c.post("/v1/events", json=event(source=source, payload={"i": i})).json()["id"]
+            for i in range(7)
+        ]
         seen, cursor, pages = [], None, 0
         while True:
             params = {"source": source, "limit": 3}
@@ -67,7 +74,12 @@ def test_list_is_newest_first_with_working_cursors(stack, acme):
         r = c.get("/v1/events", params={"source": "other", "cursor": first["next_cursor"]})
         assert_error(r, 400, "invalid_cursor")
         # changing only the limit is allowed
-        assert c.get("/v1/events", params={"source": source, "limit": 5, "cursor": first["next_cursor"]}).status_code == 200
+        assert (
+            c.get(
+                "/v1/events", params={"source": source, "limit": 5, "cursor": first["next_cursor"]}
+            ).status_code
+            == 200
+        )
 
 
 def test_event_type_glob_and_time_filters(stack, acme):
@@ -94,27 +106,42 @@ def test_idempotency_key_replay_and_conflict(stack, acme):
     with client(stack, acme.keys["admin"]) as c:
         first = c.post("/v1/events", json=event(payload={"n": 1}), headers={"Idempotency-Key": key})
         assert first.status_code == 201
-        again = c.post("/v1/events", json={"payload": {"n": 1}, "event_type": "order.created", "source": "magento"},
-                       headers={"Idempotency-Key": key})
+        again = c.post(
+            "/v1/events",
+            json={"payload": {"n": 1}, "event_type": "order.created", "source": "magento"},
+            headers={"Idempotency-Key": key},
+        )
         assert again.status_code == 200 and again.content == first.content
         assert again.json()["request_id"] == first.headers["request-id"]
-        conflict = c.post("/v1/events", json=event(payload={"n": 2}), headers={"Idempotency-Key": key})
+        conflict = c.post(
+            "/v1/events", json=event(payload={"n": 2}), headers={"Idempotency-Key": key}
+        )
         assert_error(conflict, 409, "idempotency_conflict")
         # one stored event, not two
         data = c.get("/v1/events", params={"source": "magento", "limit": 100}).json()["data"]
         assert sum(1 for e in data if e["idempotency_key"] == key) == 1
     # scoped per tenant and mode: the same key under the live key is a new request
     with client(stack, acme.keys["live"]) as c:
-        assert c.post("/v1/events", json=event(payload={"n": 3}), headers={"Idempotency-Key": key}).status_code == 201
+        assert (
+            c.post(
+                "/v1/events", json=event(payload={"n": 3}), headers={"Idempotency-Key": key}
+            ).status_code
+            == 201
+        )
 
 
 def test_tenancy_wall(stack, acme, globex):
     with client(stack, acme.keys["admin"]) as a, client(stack, globex.keys["admin"]) as g:
         ev = a.post("/v1/events", json=event(source="wall")).json()
         assert_error(g.get(f"/v1/events/{ev['id']}"), 404, "not_found")
-        assert all(e["tenant_id"] == globex.id for e in g.get("/v1/events", params={"limit": 100}).json()["data"])
+        assert all(
+            e["tenant_id"] == globex.id
+            for e in g.get("/v1/events", params={"limit": 100}).json()["data"]
+        )
         assert_error(g.post("/v1/events", json=event(tenant_id=acme.id)), 403, "tenant_mismatch")
-        assert_error(g.post("/v1/events", json=event(reseller_id="r_other")), 403, "tenant_mismatch")
+        assert_error(
+            g.post("/v1/events", json=event(reseller_id="r_other")), 403, "tenant_mismatch"
+        )
         # naming its own tenant is fine
         assert g.post("/v1/events", json=event(tenant_id=globex.id)).status_code == 201
     # live and test modes of one tenant never see each other's ids
@@ -125,8 +152,14 @@ def test_tenancy_wall(stack, acme, globex):
 def test_authentication_and_scopes(stack, acme):
     with client(stack, None) as anon:
         assert_error(anon.get("/v1/events"), 401, "key_invalid")
-        assert_error(anon.get("/v1/events", headers={"Authorization": "Bearer sk_test_nope"}), 401, "key_invalid")
-        assert_error(anon.get("/v1/events", headers={"Authorization": "Basic abc"}), 401, "key_invalid")
+        assert_error(
+            anon.get("/v1/events", headers={"Authorization": "Bearer sk_test_nope"}),
+            401,
+            "key_invalid",
+        )
+        assert_error(
+            anon.get("/v1/events", headers={"Authorization": "Basic abc"}), 401, "key_invalid"
+        )
         assert anon.get("/healthz").status_code == 200
     with client(stack, acme.keys["read_only"]) as ro:
         err = assert_error(ro.post("/v1/events", json=event()), 403, "insufficient_scope")
@@ -154,14 +187,34 @@ def test_revoked_key_is_rejected(stack, acme):
     [
         (b"{not json", {}, 400, "invalid_json"),
         (b"[1, 2]", {}, 400, "invalid_parameter"),
-        (b'{"source": 5, "event_type": "order.created", "payload": {}}', {}, 400, "invalid_parameter"),
-        (b'{"source": "s", "event_type": "order.created", "payload": "str"}', {}, 400, "invalid_parameter"),
+        (
+            b'{"source": 5, "event_type": "order.created", "payload": {}}',
+            {},
+            400,
+            "invalid_parameter",
+        ),
+        (
+            b'{"source": "s", "event_type": "order.created", "payload": "str"}',
+            {},
+            400,
+            "invalid_parameter",
+        ),
         (b'{"source": "s", "event_type": "nodots", "payload": {}}', {}, 400, "invalid_parameter"),
         (b'{"event_type": "order.created", "payload": {}}', {}, 400, "missing_parameter"),
-        (b'{"source": "s", "event_type": "order.created", "payload": {}, "bogus": 1}', {}, 400, "invalid_parameter"),
+        (
+            b'{"source": "s", "event_type": "order.created", "payload": {}, "bogus": 1}',
+            {},
+            400,
+            "invalid_parameter",
+        ),
         (b"", {}, 400, "missing_parameter"),
         (b'{"source":"s"}', {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
-        (b'{"source":"s"}', {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        (
+            b'{"source":"s"}',
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            "unsupported_media_type",
+        ),
         (b'{"source":"s"}', {"Fibric-Version": "1999-01-01"}, 400, "invalid_parameter"),
         (b'{"source":"s"}', {"Idempotency-Key": "x" * 256}, 400, "invalid_parameter"),
     ],
@@ -175,14 +228,20 @@ def test_malformed_requests_get_the_error_envelope(stack, acme, content, headers
 def test_oversize_body_is_413(stack, acme):
     big = b'{"source":"s","event_type":"order.created","payload":{"x":"' + b"a" * 1_100_000 + b'"}}'
     with client(stack, acme.keys["admin"]) as c:
-        assert_error(c.post("/v1/events", content=big, headers={"Content-Type": "application/json"}), 413, "request_too_large")
+        assert_error(
+            c.post("/v1/events", content=big, headers={"Content-Type": "application/json"}),
+            413,
+            "request_too_large",
+        )
 
 
 def test_versions_pagination_and_routing_errors(stack, acme):
     with client(stack, acme.keys["admin"]) as c:
         r = c.get("/v1/events", headers={"Fibric-Version": "2026-06-01"})
         assert r.status_code == 200 and r.headers["fibric-version"] == "2026-06-01"
-        assert_error(c.get("/v1/events", headers={"Fibric-Version": "2020-13-45"}), 400, "invalid_parameter")
+        assert_error(
+            c.get("/v1/events", headers={"Fibric-Version": "2020-13-45"}), 400, "invalid_parameter"
+        )
         for bad in ("0", "101", "x"):
             assert_error(c.get("/v1/events", params={"limit": bad}), 400, "invalid_parameter")
         assert_error(c.get("/v1/events", params={"cursor": "cur_garbage"}), 400, "invalid_cursor")

@@ -41,7 +41,12 @@ def publish(stack: Stack, values: list[bytes], pace_s: float = 0.0) -> None:
 
 
 def envelope(tenant_id: str, source: str, **kw) -> bytes:
-    doc = {"tenant_id": tenant_id, "source": source, "event_type": "order.created", "payload": {"n": 1}}
+    doc = {
+        "tenant_id": tenant_id,
+        "source": source,
+        "event_type": "order.created",
+        "payload": {"n": 1},
+    }
     doc.update(kw)
     return orjson.dumps(doc)
 
@@ -77,18 +82,29 @@ def all_events(c: httpx.Client, **params) -> list[dict]:
 
 def test_bad_envelopes_go_to_the_dlq_and_the_next_one_is_processed(stack, acme, globex):
     source = f"dlq-{uuid.uuid4().hex[:8]}"
-    publish(stack, [
-        b"{this is not json",
-        envelope(acme.id, source, event_type="bad-type-no-dot"),
-        envelope("t_nobody", source),
-        envelope(acme.id, source, payload=[1, 2]),
-        envelope(acme.id, source, payload={"ok": True}),
-    ])
+    publish(
+        stack,
+        [
+            b"{this is not json",
+            envelope(acme.id, source, event_type="bad-type-no-dot"),
+            envelope("t_nobody", source),
+            envelope(acme.id, source, payload=[1, 2]),
+            envelope(acme.id, source, payload={"ok": True}),
+        ],
+    )
     with client(stack, acme.keys["admin"]) as c:
         good = wait_for(lambda: all_events(c, source=source))
         assert [e["payload"] for e in good] == [{"ok": True}]
-        dls = wait_for(lambda: [d for d in c.get("/v1/dead_letters", params={"limit": 100}).json()["data"]
-                                if source in d["raw"]] or None)
+        dls = wait_for(
+            lambda: (
+                [
+                    d
+                    for d in c.get("/v1/dead_letters", params={"limit": 100}).json()["data"]
+                    if source in d["raw"]
+                ]
+                or None
+            )
+        )
         reasons = sorted(d["reason"] for d in dls)
         assert reasons == ["invalid_envelope", "invalid_envelope"], dls
         one = dls[0]
@@ -97,13 +113,20 @@ def test_bad_envelopes_go_to_the_dlq_and_the_next_one_is_processed(stack, acme, 
         assert c.get("/v1/dead_letters", params={"reason": "invalid_envelope"}).status_code == 200
     # the other tenant sees none of them; the unknown-tenant and non-JSON ones belong to nobody
     with client(stack, globex.keys["admin"]) as g:
-        assert not [d for d in g.get("/v1/dead_letters", params={"limit": 100}).json()["data"] if source in d["raw"]]
+        assert not [
+            d
+            for d in g.get("/v1/dead_letters", params={"limit": 100}).json()["data"]
+            if source in d["raw"]
+        ]
         assert g.get(f"/v1/dead_letters/{one['id']}").status_code == 404
 
 
 def test_repeated_idempotency_keys_from_producers_are_stored_once(stack, acme):
     source = f"dedup-{uuid.uuid4().hex[:8]}"
-    vals = [envelope(acme.id, source, idempotency_key=f"magento:SO-{i % 3}", payload={"i": i}) for i in range(9)]
+    vals = [
+        envelope(acme.id, source, idempotency_key=f"magento:SO-{i % 3}", payload={"i": i})
+        for i in range(9)
+    ]
     publish(stack, vals)
     publish(stack, vals[:3])  # a producer retry much later
     with client(stack, acme.keys["admin"]) as c:
@@ -139,8 +162,14 @@ def test_sigkill_of_worker_and_api_loses_and_duplicates_nothing(stack, acme):
     publish(stack, values[2000:], pace_s=0.02)
 
     # `fibric up` restarts both; the stack becomes ready again
-    wait_for(lambda: _role_pid(stack, "worker") != worker_before and _role_pid(stack, "api") != api_before)
-    wait_for(lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200, timeout=90)
+    wait_for(
+        lambda: (
+            _role_pid(stack, "worker") != worker_before and _role_pid(stack, "api") != api_before
+        )
+    )
+    wait_for(
+        lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200, timeout=90
+    )
     with client(stack, acme.keys["admin"]) as c:
         wait_for(lambda: len(all_events(c, source=source)) >= n, timeout=120, interval=1.0)
         time.sleep(2)

@@ -25,8 +25,12 @@ def test_readme_walkthrough_runs(tmp_path):
     stack = make_stack(tmp_path)
     stack.start()
     try:
-        script = "set -euo pipefail\n" + "\n".join(blocks).replace("http://127.0.0.1:8080", stack.base_url)
-        r = subprocess.run(["bash", "-c", script], env=stack.env, capture_output=True, text=True, timeout=120)
+        script = "set -euo pipefail\n" + "\n".join(blocks).replace(
+            "http://127.0.0.1:8080", stack.base_url
+        )
+        r = subprocess.run(
+            ["bash", "-c", script], env=stack.env, capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, r.stderr
         out = r.stdout
         assert '"slug": "acme"' in out

@@ -22,7 +22,13 @@ def test_busy_api_port_is_a_one_line_error(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", int(stack.env["FIBRIC_API_PORT"])))
         s.listen()
-        r = subprocess.run([sys.executable, "-m", "fibric", "up"], env=stack.env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "fibric", "up"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "busy" in lines[0] and "Traceback" not in r.stderr
@@ -34,16 +40,29 @@ def test_busy_broker_port_that_is_not_kafka_is_a_one_line_error(tmp_path):
     with socket.socket() as s:
         s.bind((host, int(port)))
         s.listen()
-        r = subprocess.run([sys.executable, "-m", "fibric", "up"], env=stack.env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "fibric", "up"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 1
     assert "no Kafka broker answers" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_admin_without_a_broker_is_a_one_line_error(tmp_path):
     stack = make_stack(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "fibric", "admin", "tenant", "create", "acme", "--json"],
-                       env=stack.env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "no Kafka broker answers" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "fibric", "admin", "tenant", "create", "acme", "--json"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        r.returncode == 1 and "no Kafka broker answers" in r.stderr and "Traceback" not in r.stderr
+    )
 
 
 def test_ctrl_c_stops_everything_and_a_restart_keeps_config_and_events(tmp_path):
@@ -53,10 +72,15 @@ def test_ctrl_c_stops_everything_and_a_restart_keeps_config_and_events(tmp_path)
         t = stack.cli("admin", "tenant", "create", "durable", "--name", "Durable Co", "--json")
         assert t["slug"] == "durable" and t["name"] == "Durable Co" and t["id"].startswith("t_")
         key = stack.cli("admin", "key", "create", "--tenant", "durable", "--json")
-        assert set(key) >= {"id", "secret", "scopes", "tenant_id"} and key["secret"].startswith("sk_test_")
+        assert set(key) >= {"id", "secret", "scopes", "tenant_id"} and key["secret"].startswith(
+            "sk_test_"
+        )
         assert key["tenant_id"] == t["id"] and key["id"].startswith("key_")
         with client(stack, key["secret"]) as c:
-            ev = c.post("/v1/events", json={"source": "s", "event_type": "order.created", "payload": {"a": 1}}).json()
+            ev = c.post(
+                "/v1/events",
+                json={"source": "s", "event_type": "order.created", "payload": {"a": 1}},
+            ).json()
             # wait until the ledger has it (not just the in-memory overlay): the api restart below
             # starts with an empty overlay, so only ClickHouse can answer afterwards
             time.sleep(2)
@@ -75,8 +99,13 @@ def test_ctrl_c_stops_everything_and_a_restart_keeps_config_and_events(tmp_path)
         with client(stack, key["secret"]) as c:
             r = c.get(f"/v1/events/{ev['id']}")
             assert r.status_code == 200 and r.json() == ev
-        dup = subprocess.run([sys.executable, "-m", "fibric", "admin", "tenant", "create", "durable", "--json"],
-                             env=stack.env, capture_output=True, text=True, timeout=60)
+        dup = subprocess.run(
+            [sys.executable, "-m", "fibric", "admin", "tenant", "create", "durable", "--json"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert dup.returncode == 1 and "already exists" in dup.stderr
         assert httpx.get(f"{stack.base_url}/readyz").status_code == 200
     finally:

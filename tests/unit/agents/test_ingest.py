@@ -12,7 +12,12 @@ def known(t: str) -> bool:
 
 
 def env(**kw):
-    doc = {"tenant_id": TENANT, "source": "magento", "event_type": "order.created", "payload": {"id": 1}}
+    doc = {
+        "tenant_id": TENANT,
+        "source": "magento",
+        "event_type": "order.created",
+        "payload": {"id": 1},
+    }
     doc.update(kw)
     return orjson.dumps(doc)
 
@@ -27,7 +32,11 @@ def test_valid_envelope_is_admitted_with_deterministic_identity():
 
 
 def test_producer_supplied_ids_and_idempotency_key_are_kept():
-    r = admit(env(event_id="ev_01M84AJB4RA9TX61DER03S1XK0", correlation_id="c-1", idempotency_key="k"), AT, known)
+    r = admit(
+        env(event_id="ev_01M84AJB4RA9TX61DER03S1XK0", correlation_id="c-1", idempotency_key="k"),
+        AT,
+        known,
+    )
     assert isinstance(r, Admitted)
     assert r.event.id == "ev_01M84AJB4RA9TX61DER03S1XK0" and r.event.correlation_id == "c-1"
     assert r.dedup_key == dedup_key(TENANT, False, "k")

@@ -1,6 +1,14 @@
 import pytest
 
-from schemas.config import ROLES, SCOPES, SLUG_RE, expand_scopes, hash_secret, new_secret, secret_hint
+from schemas.config import (
+    ROLES,
+    SCOPES,
+    SLUG_RE,
+    expand_scopes,
+    hash_secret,
+    new_secret,
+    secret_hint,
+)
 
 
 def test_roles_expand_to_known_scopes():
@@ -28,6 +36,16 @@ def test_secret_format_hash_and_hint():
     assert hint.startswith("sk_test_") and hint.endswith(s[-4:]) and len(hint) < len(s)
 
 
-@pytest.mark.parametrize("slug,ok", [("acme", True), ("a-b-c", True), ("ab", False), ("Acme", False), ("-ab", False), ("a" * 41, False)])
+@pytest.mark.parametrize(
+    "slug,ok",
+    [
+        ("acme", True),
+        ("a-b-c", True),
+        ("ab", False),
+        ("Acme", False),
+        ("-ab", False),
+        ("a" * 41, False),
+    ],
+)
 def test_slug_rule(slug, ok):
     assert bool(SLUG_RE.match(slug)) is ok
