@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 
+from agents.secrets import SecretBox
 from api.auth import require_scope
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
+from api.controllers.operators import OperatorsController
 from api.controllers.health import healthz, openapi, readyz
 from api.errors import handle_exception
 from api.idempotency import Idempotency
@@ -25,6 +27,7 @@ from ledger.store import LedgerStore
 from schemas.config import ConfigRecord
 from schemas.settings import Settings
 from streams.config_log import config_log_size, publish
+from streams.commands import CommandClient
 from streams.config_view import ConfigView
 from streams.kafka import ensure_topics, make_producer
 from streams.topics import CONFIG, DLQ, LEDGER, LEDGER_GROUP
@@ -71,6 +74,8 @@ def create_app(settings: Settings) -> Litestar:
         )
         sink.listeners.append(pending.confirm)
         await sink.start()
+        commands = CommandClient(settings.kafka_bootstrap, producer)
+        await commands.start()
         app.state["fibric"] = ApiState(
             settings=settings,
             store=store,
@@ -80,10 +85,13 @@ def create_app(settings: Settings) -> Litestar:
             pending=pending,
             idempotency=Idempotency(store),
             limiter=RateLimiter(settings.rate_limit_per_minute),
+            commands=commands,
+            box=SecretBox(settings.load_secret_key()),
         )
         try:
             yield
         finally:
+            await commands.stop()
             await sink.stop()
             await view.stop()
             await producer.stop()
@@ -91,7 +99,7 @@ def create_app(settings: Settings) -> Litestar:
 
     v1 = Router(
         path="/v1",
-        route_handlers=[EventsController, DeadLettersController],
+        route_handlers=[EventsController, DeadLettersController, OperatorsController],
         guards=[require_scope],
     )
     return Litestar(

@@ -74,3 +74,12 @@ def list_body(
         "has_more": has_more,
         "next_cursor": encode_cursor(next_key, filters) if has_more and next_key else None,
     }
+
+
+def paginate(items: list[Any], key: Any, limit: int, after: tuple[datetime, str] | None) -> tuple[list[Any], bool, tuple[datetime, str] | None]:
+    """Newest-first keyset pagination over an in-memory list (config objects)."""
+    ordered = sorted(items, key=key, reverse=True)
+    if after is not None:
+        ordered = [i for i in ordered if key(i) < after]
+    page = ordered[:limit]
+    return page, len(ordered) > limit, (key(page[-1]) if page else None)

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
+    from agents.secrets import SecretBox
     from api.idempotency import Idempotency
+    from connectors.pool import ConnectorRuntime
+    from streams.commands import CommandClient
     from api.overlay import PendingEvents
     from api.ratelimit import RateLimiter
     from ledger.sink import LedgerSink
@@ -27,4 +30,7 @@ class ApiState:
     pending: PendingEvents
     idempotency: Idempotency
     limiter: RateLimiter
+    commands: CommandClient
+    box: SecretBox
+    runtime: ConnectorRuntime | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,27 +1,19 @@
-"""``fibric admin``: tenants and API keys, written to the config log over Kafka, so it works the
-same against ``fibric up`` and against a production deployment (FIBRIC_KAFKA_BOOTSTRAP)."""
+"""``fibric admin``: tenants and API keys. Changes go as commands to the control agent (the single
+writer of configuration) over Kafka, the same path the API uses, so this works against
+``fibric up`` and a production deployment alike (FIBRIC_KAFKA_BOOTSTRAP)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from fibric.errors import CliError
-from schemas.config import (
-    SLUG_RE,
-    ApiKey,
-    ConfigRecord,
-    Tenant,
-    expand_scopes,
-    hash_secret,
-    new_secret,
-    secret_hint,
-)
-from schemas.ids import new_id
+from schemas.commands import CommandType
+from schemas.config import ApiKey, Tenant, expand_scopes, hash_secret, new_secret, secret_hint
 from schemas.settings import Settings
-from streams.config_log import publish
+from streams.commands import CommandClient, CommandTimeout
 from streams.config_view import ConfigView
 from streams.kafka import ensure_topics, make_producer, probe
+
+from fibric.errors import CliError
 
 
 class Admin:
@@ -29,6 +21,7 @@ class Admin:
         self.settings = settings
         self.view = ConfigView(settings.kafka_bootstrap)
         self.producer: Any = None
+        self.commands: CommandClient | None = None
 
     async def __aenter__(self) -> Admin:
         if await probe(self.settings.kafka_bootstrap) is None:
@@ -41,33 +34,32 @@ class Admin:
         await self.producer.start()
         await self.view.start()
         await self.view.sync()
+        self.commands = CommandClient(self.settings.kafka_bootstrap, self.producer)
+        await self.commands.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.commands:
+            await self.commands.stop()
         await self.view.stop()
-        await self.producer.stop()
+        if self.producer:
+            await self.producer.stop()
 
-    async def _write(self, kind: str, tenant_id: str, data: dict[str, Any], version: int) -> None:
-        rec = ConfigRecord(
-            id=new_id("cfg"),
-            kind=kind,
-            tenant_id=tenant_id,
-            version=version,
-            data=data,  # type: ignore[arg-type]
-            at=datetime.now(UTC),
-        )
-        await publish(self.producer, [rec])
-        await self.view.sync()
+    async def _call(self, type_: CommandType, tenant_id: str | None, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.commands is not None
+        try:
+            reply = await self.commands.call(type_, tenant_id=tenant_id, args=args)
+        except CommandTimeout as exc:
+            raise CliError(f"{exc} (is a worker running: `fibric up` or `fibric worker`?)") from None
+        if not reply.ok:
+            assert reply.error is not None
+            raise CliError(reply.error.message)
+        await self.view.wait_for_records(reply.record_ids)
+        return reply.result or {}
 
     async def create_tenant(self, slug: str, name: str | None) -> Tenant:
-        if not SLUG_RE.match(slug):
-            raise CliError(f"invalid slug {slug!r}: 3–40 lowercase letters, digits and hyphens")
-        existing = self.view.tenant_by_slug.get(slug)
-        if existing is not None:
-            raise CliError(f"tenant slug {slug!r} already exists ({existing.id})")
-        tenant = Tenant(id=new_id("t"), slug=slug, name=name or slug, created_at=datetime.now(UTC))
-        await self._write("tenant", tenant.id, tenant.model_dump(mode="json"), 1)
-        return tenant
+        result = await self._call("tenant.create", None, {"slug": slug, "name": name})
+        return Tenant.model_validate(result)
 
     def _tenant(self, slug_or_id: str) -> Tenant:
         tenant = self.view.resolve_tenant(slug_or_id)
@@ -76,47 +68,33 @@ class Admin:
         return tenant
 
     async def create_key(
-        self,
-        tenant_ref: str,
-        role: str | None,
-        scopes: list[str] | None,
-        mode: str,
-        name: str | None,
+        self, tenant_ref: str, role: str | None, scopes: list[str] | None, mode: str, name: str | None
     ) -> tuple[ApiKey, str]:
         tenant = self._tenant(tenant_ref)
         try:
             expanded = expand_scopes(role, scopes)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+        # The secret is made here and never leaves this process: only its hash is sent.
         secret = new_secret(mode)
-        key = ApiKey(
-            id=new_id("key"),
-            tenant_id=tenant.id,
-            name=name,
-            mode=mode,  # type: ignore[arg-type]
-            role=None if scopes else (role or "admin"),
-            scopes=expanded,
-            hint=secret_hint(secret),
-            secret_hash=hash_secret(secret),
-            created_at=datetime.now(UTC),
-        )
-        await self._write("api_key", tenant.id, key.model_dump(mode="json"), 1)
-        return key, secret
+        key = {
+            "name": name, "mode": mode, "role": None if scopes else (role or "admin"),
+            "scopes": expanded, "hint": secret_hint(secret), "secret_hash": hash_secret(secret),
+        }
+        await self._call("key.create", tenant.id, {"key": key})
+        created = next(k for k in self.view.keys.values() if k.secret_hash == key["secret_hash"])
+        return created, secret
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         key = self.view.keys.get(key_id)
         if key is None:
             raise CliError(f"no key {key_id!r}")
-        revoked = key.model_copy(update={"status": "revoked"})
-        await self._write("api_key", key.tenant_id, revoked.model_dump(mode="json"), 2)
-        return revoked
+        await self._call("key.revoke", key.tenant_id, {"key_id": key_id})
+        return self.view.keys[key_id]
 
     def tenants(self) -> list[Tenant]:
         return sorted(self.view.tenants.values(), key=lambda t: t.created_at)
 
     def keys(self, tenant_ref: str) -> list[ApiKey]:
         tenant = self._tenant(tenant_ref)
-        return sorted(
-            (k for k in self.view.keys.values() if k.tenant_id == tenant.id),
-            key=lambda k: k.created_at,
-        )
+        return sorted((k for k in self.view.keys.values() if k.tenant_id == tenant.id), key=lambda k: k.created_at)

@@ -27,6 +27,7 @@ from ledger.store import (
     CONFIG_COLUMNS,
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
+    VAULT_COLUMNS,
     LedgerStore,
     dead_letter_row,
     event_row,
@@ -145,7 +146,13 @@ class LedgerSink:
         return events, dead, configs
 
     async def _store_batch(self, batch: dict[Any, list[Any]]) -> list[str]:
-        events, dead, configs = self._decode(batch)
+        events, dead, all_configs = self._decode(batch)
+        # Vault records (encrypted credentials) never enter the append-only config_log: they are
+        # upserted into `vault`, and a purge (ciphertext null) deletes the row.
+        configs = {k: c for k, c in all_configs.items() if c.kind != "vault"}
+        vault = [c for c in all_configs.values() if c.kind == "vault"]
+        if vault:
+            await self._with_retry(lambda: self._store_vault(vault), "vault")
         plan = [
             ("events", "created_at", EVENT_COLUMNS, events, lambda e: e.created_at, event_row),
             (
@@ -191,6 +198,16 @@ class LedgerSink:
             if table == "events":
                 stored_events = ids
         return stored_events
+
+    async def _store_vault(self, records: list[ConfigRecord]) -> None:
+        keep = [r for r in records if r.data.get("ciphertext")]
+        purge = [str(r.data["connector_id"]) for r in records if not r.data.get("ciphertext")]
+        await self._store.insert(
+            "vault",
+            [[r.tenant_id, r.data["connector_id"], r.at, r.id, r.model_dump_json()] for r in keep],
+            VAULT_COLUMNS,
+        )
+        await self._store.purge_vault(purge)
 
     async def _with_retry(self, fn: Callable[[], Any], what: str) -> Any:
         attempt = 0

@@ -59,6 +59,7 @@ DEAD_LETTER_COLUMNS = (
     "offset",
 )
 CONFIG_COLUMNS = ("tenant_id", "at", "id", "kind", "version", "actor", "record")
+VAULT_COLUMNS = ("tenant_id", "connector_id", "at", "id", "record")
 IDEMPOTENCY_COLUMNS = (
     "tenant_id",
     "livemode",
@@ -263,6 +264,19 @@ class LedgerStore:
             "events", EVENT_COLUMNS, _event_from_row, scope, filters.where, limit, after
         )
 
+    async def count_events_matching(
+        self, scope: Scope, patterns: list[str], since: datetime, until: datetime
+    ) -> int:
+        """Events of ``scope`` in [since, until) whose type matches any glob (catch-up counts)."""
+        rows = await self.query(
+            "SELECT count() FROM events WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND created_at >= {s:DateTime64(6, 'UTC')} AND created_at < {u:DateTime64(6, 'UTC')} "
+            "AND arrayExists(r -> match(event_type, r), {res:Array(String)})",
+            {"t": scope.tenant_id, "m": scope.livemode, "s": since, "u": until,
+             "res": [glob_to_regex(p) for p in patterns]},
+        )
+        return int(rows[0][0])
+
     async def get_event(self, scope: Scope, event_id: str) -> Event | None:
         rows = await self.query(
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE tenant_id = {{t:String}} "
@@ -323,8 +337,18 @@ class LedgerStore:
 
     # ---- config ----------------------------------------------------------------------------
     async def config_records(self) -> list[bytes]:
+        """Every config change in order, then the current vault entries (for a restore)."""
         rows = await self.query("SELECT record FROM config_log ORDER BY at, id LIMIT 1 BY id")
-        return [r[0].encode() for r in rows]
+        vault = await self.query("SELECT record FROM vault FINAL ORDER BY at")
+        return [r[0].encode() for r in rows] + [r[0].encode() for r in vault]
+
+    async def purge_vault(self, connector_ids: list[str]) -> None:
+        if connector_ids:
+            await self._run(
+                self._client.command,
+                "DELETE FROM vault WHERE connector_id IN {ids:Array(String)}",
+                parameters={"ids": connector_ids},
+            )
 
     # ---- idempotency -----------------------------------------------------------------------
     async def get_idempotency(

@@ -88,11 +88,18 @@ class ConfigRecord(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     id: str  # cfg_… unique per change; the ledger deduplicates on it
-    kind: Literal["tenant", "api_key"]
+    kind: Literal["tenant", "api_key", "operator", "connector", "vault"]
     tenant_id: str
     version: int = 1
     data: dict[str, Any]
     actor: str = "admin-cli"
+    # what the change was, for the audit trail (e.g. "operator.pause: inventory count")
+    note: str | None = None
+    request_id: str | None = None
+    # the command that wrote this record, and (on its first record) the reply's result, so a
+    # command replayed after a crash is answered with its original result, not applied twice
+    command_id: str | None = None
+    result: dict[str, Any] | None = None
     at: datetime
 
 

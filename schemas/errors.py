@@ -30,6 +30,11 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     VALIDATION_FAILED = "validation_failed"
     RATE_LIMITED = "rate_limited"
+    CAPABILITY_UNBOUND = "capability_unbound"
+    LISTING_EARLY_ACCESS = "listing_early_access"
+    AUTH_FAILED = "auth_failed"
+    CONNECTOR_IN_USE = "connector_in_use"
+    CONNECTOR_UPSTREAM_ERROR = "connector_upstream_error"
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
 
@@ -70,6 +75,11 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.VALIDATION_FAILED: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.CAPABILITY_UNBOUND: 422,
+    ErrorCode.LISTING_EARLY_ACCESS: 422,
+    ErrorCode.AUTH_FAILED: 422,
+    ErrorCode.CONNECTOR_IN_USE: 409,
+    ErrorCode.CONNECTOR_UPSTREAM_ERROR: 502,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
 }

@@ -26,12 +26,17 @@ from typing import Any
 import faust
 import orjson
 
+from agents.control import decide
 from agents.ingest import Admitted, Coordinates, Refused, admit
+from schemas.commands import Command, Reply, ReplyError
 from schemas.envelope import LedgerRecord
+from schemas.ids import new_id
 from schemas.settings import Settings
+from streams.config_log import publish
 from streams.config_view import ConfigView
 from streams.dedup import DedupStore
-from streams.topics import DLQ, EVENTS, HEARTBEATS, INGEST_GROUP, LEDGER
+from streams.kafka import make_producer, partition_for
+from streams.topics import COMMANDS, DLQ, EVENTS, HEARTBEATS, INGEST_GROUP, LEDGER, REPLIES
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +61,13 @@ class IngestState:
         self.dedup = DedupStore(settings.resolved_home / "workers" / worker_id / "dedup")
         self.ready = asyncio.Event()
         self.counts = {"admitted": 0, "refused": 0, "deduplicated": 0}
+        # config records and replies go through a plain aiokafka producer (acks=all), made in
+        # start() because aiokafka binds to the running loop
+        self.producer: Any = None
 
     async def start(self) -> None:
+        self.producer = make_producer(self.settings.kafka_bootstrap)
+        await self.producer.start()
         await self.view.start()
         await self.view.sync()
         self.ready.set()
@@ -104,6 +114,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     state = IngestState(settings, worker_id)
     app.fibric_state = state  # type: ignore[attr-defined]
     events_topic = app.topic(EVENTS, key_serializer="raw", value_serializer="raw")
+    commands_topic = app.topic(COMMANDS, key_serializer="raw", value_serializer="raw")
 
     @app.task
     async def start_config_view() -> None:
@@ -114,6 +125,13 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         await state.ready.wait()
         async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN_S):
             await _ingest_batch(app, state, batch)
+
+    @app.agent(commands_topic)
+    async def apply_commands(stream: faust.StreamT) -> None:
+        """The control agent: the single writer of configuration, one command at a time."""
+        await state.ready.wait()
+        async for raw in stream:
+            await _apply_command(app, state, raw)
 
     @app.timer(interval=HEARTBEAT_INTERVAL_S)
     async def heartbeat() -> None:
@@ -134,6 +152,45 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         logging.getLogger("faust").setLevel(logging.WARNING)
 
     return app
+
+
+async def _apply_command(app: faust.App, state: IngestState, raw: bytes) -> None:
+    """1. catch up with the config log; 2. decide (pure); 3. write the records and wait for the
+    broker; 4. apply them locally (the next command sees them at once); 5. reply. A crash before
+    5 replays the command: its records carry the command id, so it is answered, not re-applied."""
+    try:
+        cmd = Command.model_validate_json(raw)
+    except Exception:  # noqa: BLE001 - a malformed command has nobody to answer; log and skip
+        log.error("dropping malformed command")
+        return
+    try:
+        await state.view.sync()
+        done = state.view.command_results.get(cmd.id)
+        if done is not None:
+            reply = Reply(id=cmd.id, reply_to=cmd.reply_to, ok=True, result=done[1], record_ids=done[0])
+        else:
+            decision = decide(state.view, cmd, datetime.now(UTC), new_id)
+            records = decision.records
+            for i, rec in enumerate(records):
+                rec.command_id = cmd.id
+                if i == 0:
+                    rec.result = decision.reply.result
+            if records:
+                await publish(state.producer, records)
+                for rec in records:
+                    state.view.apply_record(rec)
+            reply = decision.reply
+    except Exception as exc:  # noqa: BLE001 - every command gets an answer, even a failure
+        log.exception("command %s failed", cmd.id)
+        reply = Reply(
+            id=cmd.id, reply_to=cmd.reply_to, ok=False,
+            error=ReplyError(status=500, code="internal_error", message=f"control agent error: {type(exc).__name__}"),
+        )
+    parts = state.producer.client.cluster.partitions_for_topic(REPLIES) or {0}
+    await state.producer.send_and_wait(
+        REPLIES, reply.model_dump_json().encode(), key=cmd.reply_to.encode(),
+        partition=partition_for(cmd.reply_to, len(parts)),
+    )
 
 
 async def _ingest_batch(app: faust.App, state: IngestState, batch: Sequence[Any]) -> None:

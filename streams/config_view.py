@@ -12,12 +12,15 @@ import asyncio
 import logging
 import time
 from datetime import datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.config import ApiKey, ConfigRecord, Tenant
+from schemas.connector import Connector, VaultEntry
+from schemas.operator import Operator
 from streams.topics import CONFIG, HEARTBEATS
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,11 @@ class ConfigView:
         self.tenant_by_slug: dict[str, Tenant] = {}
         self.keys_by_hash: dict[str, ApiKey] = {}
         self.keys: dict[str, ApiKey] = {}
-        self.records: list[ConfigRecord] = []
+        self.operators: dict[str, Operator] = {}
+        self.connectors: dict[str, Connector] = {}
+        self.vault: dict[str, VaultEntry] = {}
+        self.record_ids: set[str] = set()
+        self.command_results: dict[str, tuple[list[str], dict[str, Any] | None]] = {}
         self.heartbeats: dict[str, dict] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -111,8 +118,33 @@ class ConfigView:
         self.apply_record(rec)
 
     def apply_record(self, rec: ConfigRecord) -> None:
-        self.records.append(rec)
-        if rec.kind == "tenant":
+        """Apply one change. Idempotent: the control agent applies its own writes at once and
+        sees them again when the log delivers them."""
+        if rec.id in self.record_ids:
+            return
+        self.record_ids.add(rec.id)
+        if rec.command_id:
+            ids, result = self.command_results.get(rec.command_id, ([], None))
+            self.command_results[rec.command_id] = ([*ids, rec.id], result or rec.result)
+        if rec.kind == "operator":
+            op = Operator.model_validate(rec.data)
+            if op.deleted:
+                self.operators.pop(op.id, None)
+            else:
+                self.operators[op.id] = op
+        elif rec.kind == "connector":
+            cn = Connector.model_validate(rec.data)
+            if cn.deleted:
+                self.connectors.pop(cn.id, None)
+            else:
+                self.connectors[cn.id] = cn
+        elif rec.kind == "vault":
+            entry = VaultEntry.model_validate(rec.data)
+            if entry.ciphertext is None:
+                self.vault.pop(entry.connector_id, None)
+            else:
+                self.vault[entry.connector_id] = entry
+        elif rec.kind == "tenant":
             tenant = Tenant.model_validate(rec.data)
             old = self.tenants.get(tenant.id)
             if old and old.slug != tenant.slug:
@@ -137,6 +169,21 @@ class ConfigView:
 
     def tenant_exists(self, tenant_id: str) -> bool:
         return tenant_id in self.tenants
+
+    def operators_of(self, tenant_id: str, livemode: bool) -> list[Operator]:
+        return [o for o in self.operators.values() if o.tenant_id == tenant_id and o.livemode == livemode]
+
+    def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]:
+        return [c for c in self.connectors.values() if c.tenant_id == tenant_id and c.livemode == livemode]
+
+    async def wait_for_records(self, ids: list[str], timeout: float = SYNC_TIMEOUT_S) -> None:
+        """Return once every record in ``ids`` has been applied (read-your-writes)."""
+        if all(i in self.record_ids for i in ids):
+            return
+        async with self._progress:
+            await asyncio.wait_for(
+                self._progress.wait_for(lambda: all(i in self.record_ids for i in ids)), timeout
+            )
 
     def live_workers(self, stale_after_s: float) -> list[dict]:
         now = time.time()

@@ -10,6 +10,8 @@ LEDGER = "fibric.ledger.v1"  # rows for ClickHouse, written by workers; key tena
 DLQ = "fibric.dlq.v1"  # refusal records for envelopes that could not be processed; key tenant
 CONFIG = "fibric.config.v1"  # config log (tenants, keys, …); key tenant; compacted in production
 HEARTBEATS = "fibric.heartbeats.v1"  # worker liveness for /readyz; one partition
+COMMANDS = "fibric.commands.v1"  # config commands to the control agent; key tenant
+REPLIES = "fibric.replies.v1"  # control agent replies; partition = hash(requesting instance)
 
 # Consumer groups
 INGEST_GROUP = "fibric"  # the Faust app id
@@ -34,4 +36,6 @@ def topic_specs() -> tuple[TopicSpec, ...]:
         # The config log is the source of truth for configuration: compacted, kept forever.
         TopicSpec(CONFIG, None, compacted=True, retention_ms=-1),
         TopicSpec(HEARTBEATS, 1, retention_ms=3600 * 1000),
+        TopicSpec(COMMANDS, None, retention_ms=day),
+        TopicSpec(REPLIES, None, retention_ms=3600 * 1000),
     )

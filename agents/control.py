@@ -1,0 +1,287 @@
+"""Pure control logic: decide what one config command does, given the current config state.
+
+The control agent (the single writer of configuration, keyed by tenant) calls :func:`decide` for
+each command in order and writes the returned records; because one writer sees every command of
+a tenant in order, uniqueness (operator and connector names, tenant slugs), ``capability_unbound``
+and ``connector_in_use`` are decided consistently even when two requests race.
+No Faust, Kafka or ClickHouse imports here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from schemas.commands import Command, Reply, ReplyError
+from schemas.config import SLUG_RE, ApiKey, ConfigRecord, Tenant
+from schemas.connector import Connector, VaultEntry
+from schemas.operator import Guardrail, Operator, default_triggers
+
+
+class ConfigState(Protocol):
+    tenants: dict[str, Tenant]
+    tenant_by_slug: dict[str, Tenant]
+    keys: dict[str, ApiKey]
+    operators: dict[str, Operator]
+    connectors: dict[str, Connector]
+    vault: dict[str, VaultEntry]
+
+    def operators_of(self, tenant_id: str, livemode: bool) -> list[Operator]: ...
+    def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]: ...
+
+
+@dataclass
+class Decision:
+    reply: Reply
+    records: list[ConfigRecord] = field(default_factory=list)
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.error = ReplyError(status=status, code=code, message=message, details=details)
+
+
+IdFactory = Callable[[str], str]
+
+
+def decide(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory) -> Decision:
+    handler = _HANDLERS.get(cmd.type)
+    try:
+        if handler is None:
+            raise Refusal(400, "invalid_parameter", f"unknown command {cmd.type!r}")
+        records, result = handler(state, cmd, now, new_id)
+    except Refusal as r:
+        return Decision(Reply(id=cmd.id, reply_to=cmd.reply_to, ok=False, error=r.error))
+    return Decision(
+        Reply(id=cmd.id, reply_to=cmd.reply_to, ok=True, result=result, record_ids=[r.id for r in records]),
+        records,
+    )
+
+
+def _record(cmd: Command, kind: str, tenant_id: str, data: dict[str, Any], version: int,
+            now: datetime, new_id: IdFactory, note: str | None = None) -> ConfigRecord:
+    return ConfigRecord(
+        id=new_id("cfg"), kind=kind, tenant_id=tenant_id, version=version, data=data,  # type: ignore[arg-type]
+        actor=cmd.actor, note=note or cmd.type, request_id=cmd.request_id, at=now,
+    )
+
+
+# ---- tenants and keys -----------------------------------------------------------------------
+def _tenant_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    slug = str(cmd.args.get("slug", ""))
+    if not SLUG_RE.match(slug):
+        raise Refusal(400, "invalid_parameter", f"invalid slug {slug!r}: 3–40 lowercase letters, digits and hyphens")
+    if slug in state.tenant_by_slug:
+        raise Refusal(409, "state_conflict", f"tenant slug {slug!r} already exists ({state.tenant_by_slug[slug].id})")
+    tenant = Tenant(id=new_id("t"), slug=slug, name=cmd.args.get("name") or slug, created_at=now)
+    data = tenant.model_dump(mode="json")
+    return [_record(cmd, "tenant", tenant.id, data, 1, now, new_id)], data
+
+
+def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    tenant = _tenant(state, cmd)
+    key = ApiKey.model_validate({**cmd.args["key"], "id": new_id("key"), "tenant_id": tenant.id, "created_at": now})
+    return [_record(cmd, "api_key", tenant.id, key.model_dump(mode="json"), 1, now, new_id)], key.public()
+
+
+def _key_revoke(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    key = state.keys.get(str(cmd.args.get("key_id")))
+    if key is None or (cmd.tenant_id and key.tenant_id != cmd.tenant_id):
+        raise Refusal(404, "not_found", f"no key {cmd.args.get('key_id')!r}")
+    revoked = key.model_copy(update={"status": "revoked"})
+    return [_record(cmd, "api_key", key.tenant_id, revoked.model_dump(mode="json"), 2, now, new_id)], revoked.public()
+
+
+def _tenant(state: ConfigState, cmd: Command) -> Tenant:
+    tenant = state.tenants.get(cmd.tenant_id or "")
+    if tenant is None:
+        raise Refusal(404, "not_found", f"no tenant {cmd.tenant_id!r}")
+    return tenant
+
+
+# ---- operators ------------------------------------------------------------------------------
+def _unbound(state: ConfigState, cmd: Command, capabilities: list[str]) -> None:
+    bound: set[str] = set()
+    for cn in state.connectors_of(cmd.tenant_id or "", cmd.livemode):
+        bound.update(cn.capabilities)
+    missing = [c for c in capabilities if c not in bound]
+    if missing:
+        raise Refusal(
+            422, "capability_unbound",
+            f"{missing[0]} is fulfilled by no installed connector; install one first.",
+            capability=missing[0], capabilities=missing,
+        )
+
+
+def _operator(state: ConfigState, cmd: Command) -> Operator:
+    op = state.operators.get(str(cmd.args.get("operator_id")))
+    if op is None or op.tenant_id != cmd.tenant_id or op.livemode != cmd.livemode:
+        raise Refusal(404, "not_found", f"No operator {cmd.args.get('operator_id')!r}.")
+    return op
+
+
+def _operator_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    _tenant(state, cmd)
+    body = cmd.args["operator"]
+    name = body["name"]
+    if any(o.name == name for o in state.operators_of(cmd.tenant_id or "", cmd.livemode)):
+        raise Refusal(409, "state_conflict", f"An operator named {name!r} already exists in this tenant.")
+    _unbound(state, cmd, body["capabilities"])
+    op = Operator(
+        id=new_id("op"), tenant_id=cmd.tenant_id or "", livemode=cmd.livemode, name=name,
+        status=body.get("status") or "active", outcome=body["outcome"],
+        capabilities=body["capabilities"],
+        guardrails=[Guardrail.model_validate(g) for g in body.get("guardrails") or []],
+        model=body.get("model") or "router:default", schedule=body.get("schedule"),
+        triggers=body.get("triggers") or default_triggers(body["capabilities"]),
+        playbook=body.get("playbook"), created_at=now, updated_at=now,
+    )
+    return [_record(cmd, "operator", op.tenant_id, op.model_dump(mode="json"), 1, now, new_id)], op.public()
+
+
+def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    op = _operator(state, cmd)
+    changes: dict[str, Any] = dict(cmd.args["changes"])
+    if "name" in changes:
+        if changes["name"] != op.name:
+            raise Refusal(400, "invalid_parameter", "name is immutable after creation.", param="name")
+        del changes["name"]
+    if "capabilities" in changes:
+        _unbound(state, cmd, changes["capabilities"])
+    if "status" in changes and changes["status"] != op.status:
+        if op.status == "paused":
+            raise Refusal(409, "state_conflict", "Use /resume to reactivate a paused operator.")
+    if "guardrails" in changes:
+        changes["guardrails"] = [Guardrail.model_validate(g) for g in changes["guardrails"]]
+    if not changes:
+        return [], op.public()
+    updated = op.model_copy(update={**changes, "version": op.version + 1, "updated_at": now})
+    note = "operator.update: " + ", ".join(sorted(changes))
+    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
+    return [rec], updated.public()
+
+
+def _operator_pause(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    op = _operator(state, cmd)
+    if op.status == "draft":
+        raise Refusal(409, "state_conflict", f"Operator {op.id} is a draft; it is not running.")
+    if op.status == "paused":
+        return [], {"id": op.id, "object": "operator", "name": op.name, "status": "paused",
+                    "paused_at": _iso(op.paused_at)}
+    reason = cmd.args.get("reason")
+    updated = op.model_copy(update={"status": "paused", "paused_at": now, "pause_reason": reason,
+                                    "version": op.version + 1, "updated_at": now})
+    note = f"operator.pause: {reason}" if reason else "operator.pause"
+    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
+    return [rec], {"id": op.id, "object": "operator", "name": op.name, "status": "paused", "paused_at": _iso(now)}
+
+
+def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    op = _operator(state, cmd)
+    if op.status == "draft":
+        raise Refusal(409, "state_conflict", f"Operator {op.id} is a draft; activate it with PATCH first.")
+    catch_up = bool(cmd.args.get("catch_up"))
+    if op.status == "active":
+        return [], {"id": op.id, "object": "operator", "name": op.name, "status": "active",
+                    "resumed_at": _iso(op.resumed_at), "catch_up_events": 0}
+    updated = op.model_copy(update={"status": "active", "resumed_at": now, "version": op.version + 1,
+                                    "updated_at": now})
+    note = "operator.resume (catch_up)" if catch_up else "operator.resume"
+    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
+    result = {"id": op.id, "object": "operator", "name": op.name, "status": "active",
+              "resumed_at": _iso(now), "catch_up_events": int(cmd.args.get("catch_up_events") or 0) if catch_up else 0,
+              "catch_up_window": {"from": _iso(op.paused_at), "to": _iso(now)} if catch_up else None}
+    return [rec], result
+
+
+def _operator_record_run(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    op = _operator(state, cmd)
+    updated = op.model_copy(update={"last_run": cmd.args["last_run"], "updated_at": now})
+    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), op.version, now, new_id)
+    return [rec], updated.public()
+
+
+# ---- connectors -----------------------------------------------------------------------------
+def _connector(state: ConfigState, cmd: Command) -> Connector:
+    cn = state.connectors.get(str(cmd.args.get("connector_id")))
+    if cn is None or cn.tenant_id != cmd.tenant_id or cn.livemode != cmd.livemode:
+        raise Refusal(404, "not_found", f"No connector {cmd.args.get('connector_id')!r}.")
+    return cn
+
+
+def _connector_install(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    _tenant(state, cmd)
+    draft = dict(cmd.args["connector"])
+    if any(c.name == draft["name"] for c in state.connectors_of(cmd.tenant_id or "", cmd.livemode)):
+        raise Refusal(409, "state_conflict", f"A connector named {draft['name']!r} already exists in this tenant.")
+    cn = Connector.model_validate({**draft, "tenant_id": cmd.tenant_id, "livemode": cmd.livemode,
+                                   "created_at": now, "updated_at": now})
+    records = [_record(cmd, "connector", cn.tenant_id, cn.model_dump(mode="json"), 1, now, new_id)]
+    if cmd.args.get("ciphertext"):
+        vault = VaultEntry(connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=cmd.args["ciphertext"])
+        records.append(_record(cmd, "vault", cn.tenant_id, vault.model_dump(mode="json"), 1, now, new_id))
+    return records, cn.public()
+
+
+def _connector_set_status(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    cn = _connector(state, cmd)
+    update: dict[str, Any] = {"status": cmd.args["status"], "status_detail": cmd.args.get("detail"),
+                              "updated_at": now, "version": cn.version + 1}
+    if cmd.args.get("synced"):
+        update["last_synced_at"] = now
+    updated = cn.model_copy(update=update)
+    note = f"connector.set_status: {updated.status}"
+    rec = _record(cmd, "connector", cn.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
+    return [rec], updated.public()
+
+
+def _connector_uninstall(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    cn = _connector(state, cmd)
+    others: set[str] = set()
+    for other in state.connectors_of(cn.tenant_id, cn.livemode):
+        if other.id != cn.id:
+            others.update(other.capabilities)
+    sole = [c for c in cn.capabilities if c not in others]
+    dependents = sorted(
+        (op for op in state.operators_of(cn.tenant_id, cn.livemode)
+         if op.status == "active" and any(c in sole for c in op.capabilities)),
+        key=lambda op: op.id,
+    )
+    if dependents:
+        caps = sorted({c for op in dependents for c in op.capabilities if c in sole})
+        ids = ", ".join(op.id for op in dependents)
+        raise Refusal(
+            409, "connector_in_use",
+            f"{', '.join(caps)} {'is' if len(caps) == 1 else 'are'} fulfilled only by {cn.id}; "
+            f"operators {ids} depend on it.",
+            operators=[{"id": op.id, "name": op.name} for op in dependents], capabilities=caps,
+        )
+    gone = cn.model_copy(update={"deleted": True, "updated_at": now, "version": cn.version + 1})
+    purge = VaultEntry(connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=None)
+    records = [
+        _record(cmd, "connector", cn.tenant_id, gone.model_dump(mode="json"), gone.version, now, new_id),
+        _record(cmd, "vault", cn.tenant_id, purge.model_dump(mode="json"), 2, now, new_id, "vault.purge"),
+    ]
+    return records, {"id": cn.id, "object": "connector", "deleted": True}
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+_HANDLERS = {
+    "tenant.create": _tenant_create,
+    "key.create": _key_create,
+    "key.revoke": _key_revoke,
+    "operator.create": _operator_create,
+    "operator.update": _operator_update,
+    "operator.pause": _operator_pause,
+    "operator.resume": _operator_resume,
+    "operator.record_run": _operator_record_run,
+    "connector.install": _connector_install,
+    "connector.set_status": _connector_set_status,
+    "connector.uninstall": _connector_uninstall,
+}

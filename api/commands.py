@@ -1,0 +1,40 @@
+"""Sending a config command from a request and turning its reply into a response or an error.
+After a successful command the handler waits until this process's config view holds the
+written records, so the client reads its own write on the next request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from api.auth import AuthContext
+from api.state import ApiState
+from schemas.commands import CommandType
+from schemas.errors import ErrorCode, FibricError
+from streams.commands import CommandTimeout
+
+
+async def run_command(
+    state: ApiState, request: Request[Any, Any, Any], auth: AuthContext, type_: CommandType, args: dict[str, Any]
+) -> dict[str, Any]:
+    try:
+        reply = await state.commands.call(
+            type_, tenant_id=auth.tenant.id, livemode=auth.key.livemode, actor=auth.key.id,
+            request_id=request.scope["state"]["request_id"], args=args,
+        )
+    except CommandTimeout:
+        raise FibricError(
+            ErrorCode.SERVICE_UNAVAILABLE, "The control plane did not answer in time; retry with the same Idempotency-Key."
+        ) from None
+    if not reply.ok:
+        assert reply.error is not None
+        err = reply.error
+        try:
+            code = ErrorCode(err.code)
+        except ValueError:
+            code = ErrorCode.INTERNAL_ERROR
+        param = err.details.pop("param", None)
+        raise FibricError(code, err.message, status=err.status, param=param, details=err.details)
+    await state.view.wait_for_records(reply.record_ids)
+    return reply.result or {}

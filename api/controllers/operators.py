@@ -1,0 +1,142 @@
+"""``/v1/operators`` (seed 002): list, create, retrieve, update, pause, resume.
+
+Reads come from this process's config view; writes are commands to the control agent (the single
+writer), so uniqueness and ``capability_unbound`` hold even when requests race."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from litestar import Controller, Request, Response, get, patch, post
+
+from api.auth import AuthContext, api_state, auth_of
+from api.body import read_body, validate
+from api.commands import run_command
+from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.state import ApiState
+from schemas.errors import ErrorCode, FibricError
+from schemas.operator import (
+    CAPABILITY_RE,
+    Operator,
+    OperatorCreate,
+    OperatorUpdate,
+    PauseBody,
+    ResumeBody,
+)
+
+STATUSES = ("active", "paused", "draft")
+
+
+def _json(data: Any, status: int = 200) -> Response[bytes]:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def find_operator(state: ApiState, auth: AuthContext, operator_id: str) -> Operator:
+    op = state.view.operators.get(operator_id)
+    if op is None or op.tenant_id != auth.tenant.id or op.livemode != auth.key.livemode:
+        raise FibricError(ErrorCode.NOT_FOUND, f"No operator {operator_id[:60]!r}.")
+    return op
+
+
+class OperatorsController(Controller):
+    path = "/operators"
+    tags = ["operators"]
+
+    @get("/", opt={"scope": "operators:read", "route_class": "config_read"}, operation_id="listOperators")
+    async def list_operators(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """List operators newest first; filters ``status`` and ``capability``."""
+        state, auth = api_state(request), auth_of(request)
+        limit = parse_limit(request.query_params.get("limit"))
+        status = request.query_params.get("status")
+        capability = request.query_params.get("capability")
+        if status is not None and status not in STATUSES:
+            raise FibricError(ErrorCode.INVALID_PARAMETER, "status must be active, paused or draft.", param="status")
+        if capability is not None and not CAPABILITY_RE.match(capability):
+            raise FibricError(ErrorCode.INVALID_PARAMETER, "capability must be noun.verb.", param="capability")
+        raw = {"status": status, "capability": capability}
+        after = decode_cursor(request.query_params.get("cursor"), raw)
+        ops = [
+            o for o in state.view.operators_of(auth.tenant.id, auth.key.livemode)
+            if (status is None or o.status == status) and (capability is None or capability in o.capabilities)
+        ]
+        page, more, last = paginate(ops, lambda o: (o.created_at, o.id), limit, after)
+        return _json(list_body([o.public() for o in page], more, last, raw))
+
+    @post("/", opt={"scope": "operators:write", "route_class": "config_write", "body_model": OperatorCreate},
+          operation_id="createOperator", status_code=201)
+    async def create_operator(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Register a named operator with its capabilities, outcome and guardrails."""
+        state, auth = api_state(request), auth_of(request)
+        body = await read_body(request)
+
+        async def handle() -> Response[bytes]:
+            data = validate(OperatorCreate, body)
+            args = {"operator": data.model_dump(mode="json", exclude_unset=False)}
+            if "guardrails" not in data.model_fields_set:
+                args["operator"]["guardrails"] = []
+            return _json(await run_command(state, request, auth, "operator.create", args), 201)
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+    @get("/{operator_id:str}", opt={"scope": "operators:read", "route_class": "config_read"},
+         operation_id="retrieveOperator")
+    async def retrieve_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+        """Retrieve the full operator, guardrails and last run included."""
+        return _json(find_operator(api_state(request), auth_of(request), operator_id).public())
+
+    @patch("/{operator_id:str}", opt={"scope": "operators:write", "route_class": "config_write",
+                                      "body_model": OperatorUpdate}, operation_id="updateOperator")
+    async def update_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+        """Update the fields sent; guardrails are replaced whole; name is immutable."""
+        state, auth = api_state(request), auth_of(request)
+        find_operator(state, auth, operator_id)
+        body = await read_body(request)
+
+        async def handle() -> Response[bytes]:
+            data = validate(OperatorUpdate, body)
+            changes = data.model_dump(mode="json", include=data.model_fields_set)
+            args = {"operator_id": operator_id, "changes": changes}
+            return _json(await run_command(state, request, auth, "operator.update", args))
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+    @post("/{operator_id:str}/pause", opt={"scope": "operators:write", "route_class": "config_write",
+                                           "body_model": PauseBody}, operation_id="pauseOperator", status_code=200)
+    async def pause_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+        """Pause: stop reasoning and proposing (events keep ingesting). Idempotent."""
+        state, auth = api_state(request), auth_of(request)
+        find_operator(state, auth, operator_id)
+        body = await read_body(request)
+
+        async def handle() -> Response[bytes]:
+            data = validate(PauseBody, body, allow_empty=True)
+            args = {"operator_id": operator_id, "reason": data.reason}
+            return _json(await run_command(state, request, auth, "operator.pause", args))
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+    @post("/{operator_id:str}/resume", opt={"scope": "operators:write", "route_class": "config_write",
+                                            "body_model": ResumeBody}, operation_id="resumeOperator", status_code=200)
+    async def resume_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+        """Resume a paused operator; with ``catch_up`` it reasons over the events that arrived
+        while it was paused, oldest first, and the response counts them."""
+        state, auth = api_state(request), auth_of(request)
+        op = find_operator(state, auth, operator_id)
+        body = await read_body(request)
+
+        async def handle() -> Response[bytes]:
+            data = validate(ResumeBody, body, allow_empty=True)
+            count = 0
+            if data.catch_up and op.status == "paused" and op.paused_at is not None:
+                count = await state.store.count_events_matching(
+                    auth.scope, op.triggers, op.paused_at, datetime.now(UTC)
+                )
+            args = {"operator_id": operator_id, "catch_up": data.catch_up, "catch_up_events": count}
+            result = await run_command(state, request, auth, "operator.resume", args)
+            if result.get("catch_up_window") is None:
+                result.pop("catch_up_window", None)
+            return _json(result)
+
+        return await state.idempotency.run(request, auth.scope, body, handle)

@@ -1,0 +1,178 @@
+"""The operator object (seed 002) and its request bodies."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9-]{3,40}$")
+CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+TRIGGER_RE = re.compile(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$")
+
+
+def default_triggers(capabilities: list[str]) -> list[str]:
+    """Documented default: every event type of the nouns the operator acts on
+    (capabilities ``order.hold``, ``order.notify`` → triggers ``["order.**"]``)."""
+    return sorted({f"{c.split('.', 1)[0]}.**" for c in capabilities})
+
+
+class Guardrail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str | None = Field(default=None, min_length=1, max_length=100)
+    tool: str | None = Field(default=None, min_length=1, max_length=100)
+    max_value: float | None = None
+    decision: Literal["ALLOW", "ALERT"]
+
+    @field_validator("max_value", mode="before")
+    @classmethod
+    def _numeric(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError("max_value must be a non-negative number")
+        return v
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.connector is not None:
+            out["connector"] = self.connector
+        if self.tool is not None:
+            out["tool"] = self.tool
+        if self.max_value is not None:
+            mv = self.max_value
+            out["max_value"] = int(mv) if float(mv).is_integer() else mv
+        out["decision"] = self.decision
+        return out
+
+
+class LastRun(BaseModel):
+    run_id: str
+    sensed: int = 0
+    proposed: int = 0
+    applied: int = 0
+    at: datetime
+
+
+class Operator(BaseModel):
+    """The stored operator (the config log carries exactly this)."""
+
+    id: str
+    object: Literal["operator"] = "operator"
+    tenant_id: str
+    livemode: bool
+    name: str
+    status: Literal["active", "paused", "draft"]
+    outcome: str
+    capabilities: list[str]
+    guardrails: list[Guardrail]
+    model: str = "router:default"
+    schedule: str | None = None
+    triggers: list[str]
+    playbook: list[dict[str, Any]] | None = None
+    created_at: datetime
+    updated_at: datetime
+    last_run: LastRun | None = None
+    version: int = 1
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
+    resumed_at: datetime | None = None
+    deleted: bool = False
+
+    def public(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json", exclude={"tenant_id", "deleted", "pause_reason"})
+        d["guardrails"] = [g.public() for g in self.guardrails]
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "operator",
+            "name": self.name,
+            "status": self.status,
+            "capabilities": self.capabilities,
+            "created_at": self.model_dump(mode="json")["created_at"],
+        }
+
+
+class _OperatorFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    outcome: str | None = Field(default=None, min_length=1, max_length=4000)
+    capabilities: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    guardrails: list[Guardrail] | None = Field(default=None, max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    schedule: str | None = Field(default=None, max_length=200)
+    triggers: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    playbook: list[dict[str, Any]] | None = Field(default=None, max_length=100)
+
+    @field_validator("capabilities")
+    @classmethod
+    def _caps(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for c in v:
+            if not CAPABILITY_RE.match(c):
+                raise ValueError(f"capability {c!r} is not noun.verb (e.g. order.hold)")
+        return list(dict.fromkeys(v))
+
+    @field_validator("triggers")
+    @classmethod
+    def _triggers(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for t in v:
+            if not TRIGGER_RE.match(t) or len(t) > 200:
+                raise ValueError(f"trigger {t!r} is not an event_type glob (e.g. order.*)")
+        return list(dict.fromkeys(v))
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from croniter import croniter
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"schedule {v!r} is not a cron expression")
+        return v
+
+
+class OperatorCreate(_OperatorFields):
+    name: str
+    outcome: str = Field(min_length=1, max_length=4000)
+    capabilities: list[str] = Field(min_length=1, max_length=50)
+    guardrails: list[Guardrail] = Field(default_factory=list, max_length=200)
+    status: Literal["active", "draft"] = "active"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("name must be 3–40 lowercase letters, digits and hyphens")
+        return v
+
+
+class OperatorUpdate(_OperatorFields):
+    name: str | None = None
+    status: Literal["active", "draft"] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> OperatorUpdate:
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to update")
+        return self
+
+
+class PauseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class ResumeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    catch_up: bool = False
