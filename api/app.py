@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from agents.secrets import SecretBox
 from api.auth import require_scope
 from api.controllers.dead_letters import DeadLettersController
+from api.controllers.connectors import ConnectorsController, MarketplaceController
 from api.controllers.events import EventsController
 from api.controllers.operators import OperatorsController
 from api.controllers.health import healthz, openapi, readyz
@@ -99,7 +100,13 @@ def create_app(settings: Settings) -> Litestar:
 
     v1 = Router(
         path="/v1",
-        route_handlers=[EventsController, DeadLettersController, OperatorsController],
+        route_handlers=[
+            EventsController,
+            DeadLettersController,
+            OperatorsController,
+            ConnectorsController,
+            MarketplaceController,
+        ],
         guards=[require_scope],
     )
     return Litestar(

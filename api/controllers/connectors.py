@@ -1,0 +1,290 @@
+"""``/v1/connectors`` (seed 001) and ``/v1/marketplace/listings``.
+
+Install validates the request, checks the credentials against the real source through the
+connector's own MCP server (``connector.check``) and only then asks the control agent to record
+the instance; credentials are sealed before they leave this process and never appear in a
+response. Test runs read tools live and side-effecting tools as dry runs."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from litestar import Controller, Request, Response, delete, get, post
+
+from agents.secrets import credential_hint
+from api.auth import AuthContext, api_state, auth_of
+from api.body import read_body, validate
+from api.commands import run_command
+from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.state import ApiState
+from connectors.marketplace import CHECK_TOOL, Listing, load_catalogue
+from schemas.connector import CONNECTOR_NAME_RE, Connector, ConnectorInstall, ConnectorTest
+from schemas.errors import ErrorCode, FibricError
+from schemas.ids import new_id
+from schemas.operator import CAPABILITY_RE
+
+KINDS = ("saas", "hardware")
+STATUSES = ("connected", "pending_auth", "error")
+# Transport-level failures mean the source (or its connector) could not be reached: 502.
+UNREACHABLE = {"upstream_error", "timeout", "connector_crashed"}
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _json(data: Any, status: int = 200) -> Response[bytes]:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def find_connector(state: ApiState, auth: AuthContext, connector_id: str) -> Connector:
+    cn = state.view.connectors.get(connector_id)
+    if cn is None or cn.tenant_id != auth.tenant.id or cn.livemode != auth.key.livemode:
+        raise FibricError(ErrorCode.NOT_FOUND, f"No connector {connector_id[:60]!r}.")
+    return cn
+
+
+def _check_auth_shape(listing: Listing, auth: dict[str, Any]) -> None:
+    kind = auth.get("type")
+    if kind not in ("api_key", "oauth2", "basic"):
+        raise FibricError(ErrorCode.INVALID_PARAMETER, "auth.type must be api_key, oauth2 or basic.", param="auth.type")
+    if kind != listing.auth_type:
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            f"{listing.id} uses {listing.auth_type} auth, not {kind}.", param="auth.type",
+        )
+    need = {"api_key": ("key",), "basic": ("username", "password"), "oauth2": ()}[kind]
+    for field in need:
+        value = auth.get(field)
+        if not isinstance(value, str) or not value or len(value) > 4096:
+            raise FibricError(ErrorCode.INVALID_PARAMETER, f"auth.{field} is required for {kind} auth.", param=f"auth.{field}")
+    extra = set(auth) - {"type", *need}
+    if extra:
+        raise FibricError(ErrorCode.INVALID_PARAMETER, f"auth.{sorted(extra)[0]} is not a recognised field.",
+                          param=f"auth.{sorted(extra)[0]}")
+
+
+def _check_config(listing: Listing, config: dict[str, Any]) -> dict[str, Any]:
+    known = {k.name for k in listing.config_keys}
+    for key in listing.config_keys:
+        if key.required and not config.get(key.name):
+            raise FibricError(ErrorCode.INVALID_PARAMETER, f"config.{key.name} is required by {listing.id}.",
+                              param=f"config.{key.name}")
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise FibricError(ErrorCode.INVALID_PARAMETER, f"config.{unknown[0]} is not a setting of {listing.id}.",
+                          param=f"config.{unknown[0]}")
+    for k, v in config.items():
+        if not isinstance(v, str | int | float | bool) or (isinstance(v, str) and len(v) > 2000):
+            raise FibricError(ErrorCode.INVALID_PARAMETER, f"config.{k} must be a short scalar.", param=f"config.{k}")
+    return config
+
+
+async def _spec(state: ApiState, cn: Connector, listing: Listing, credentials: dict[str, Any]) -> Any:
+    from connectors.pool import ConnectorSpec
+
+    return ConnectorSpec(instance_id=cn.id, listing=listing, config=cn.config, credentials=credentials,
+                         remote_url=cn.remote_url)
+
+
+class MarketplaceController(Controller):
+    path = "/marketplace/listings"
+    tags = ["connectors"]
+
+    @get("/", opt={"scope": "connectors:read", "route_class": "config_read"}, operation_id="listListings")
+    async def list_listings(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Browse the marketplace catalogue; filters ``kind``, ``status``, ``capability``."""
+        q = request.query_params
+        limit = parse_limit(q.get("limit"))
+        raw = {"kind": q.get("kind"), "status": q.get("status"), "capability": q.get("capability")}
+        after = decode_cursor(q.get("cursor"), raw)
+        items = [
+            lst for lst in load_catalogue().values()
+            if (raw["kind"] is None or lst.kind == raw["kind"])
+            and (raw["status"] is None or lst.status == raw["status"])
+            and (raw["capability"] is None or raw["capability"] in lst.capabilities)
+        ]
+        page, more, last = paginate(items, lambda lst: (_EPOCH, lst.id), limit, after)
+        return _json(list_body([lst.model_dump(mode="json") for lst in page], more, last, raw))
+
+    @get("/{listing_id:str}", opt={"scope": "connectors:read", "route_class": "config_read"},
+         operation_id="retrieveListing")
+    async def retrieve_listing(self, listing_id: str) -> Response[bytes]:
+        """One marketplace listing: tools, capabilities, auth type, config keys, price."""
+        listing = load_catalogue().get(listing_id)
+        if listing is None:
+            raise FibricError(ErrorCode.NOT_FOUND, f"No marketplace listing {listing_id[:60]!r}.")
+        return _json(listing.model_dump(mode="json"))
+
+
+class ConnectorsController(Controller):
+    path = "/connectors"
+    tags = ["connectors"]
+
+    @get("/", opt={"scope": "connectors:read", "route_class": "config_read"}, operation_id="listConnectors")
+    async def list_connectors(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """The tenant's installed connectors, newest first; filters ``capability``, ``kind``, ``status``."""
+        state, auth = api_state(request), auth_of(request)
+        q = request.query_params
+        limit = parse_limit(q.get("limit"))
+        raw = {"capability": q.get("capability"), "kind": q.get("kind"), "status": q.get("status")}
+        if raw["kind"] is not None and raw["kind"] not in KINDS:
+            raise FibricError(ErrorCode.INVALID_PARAMETER, "kind must be saas or hardware.", param="kind")
+        if raw["status"] is not None and raw["status"] not in STATUSES:
+            raise FibricError(ErrorCode.INVALID_PARAMETER, "status must be connected, pending_auth or error.", param="status")
+        if raw["capability"] is not None and not CAPABILITY_RE.match(raw["capability"]):
+            raise FibricError(ErrorCode.INVALID_PARAMETER, "capability must be noun.verb.", param="capability")
+        after = decode_cursor(q.get("cursor"), raw)
+        items = [
+            c for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)
+            if (raw["capability"] is None or raw["capability"] in c.capabilities)
+            and (raw["kind"] is None or c.kind == raw["kind"])
+            and (raw["status"] is None or c.status == raw["status"])
+        ]
+        page, more, last = paginate(items, lambda c: (c.created_at, c.id), limit, after)
+        return _json(list_body([c.summary() for c in page], more, last, raw))
+
+    @post("/", opt={"scope": "connectors:write", "route_class": "config_write", "body_model": ConnectorInstall},
+          operation_id="installConnector", status_code=201)
+    async def install_connector(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Install a marketplace listing with its credentials (write-only) and settings."""
+        state, auth = api_state(request), auth_of(request)
+        body = await read_body(request)
+
+        async def handle() -> Response[bytes]:
+            data = validate(ConnectorInstall, body)
+            listing = load_catalogue().get(data.listing)
+            if listing is None:
+                raise FibricError(ErrorCode.NOT_FOUND, f"No marketplace listing {data.listing[:60]!r}.", param="listing")
+            _check_auth_shape(listing, data.auth)
+            config = _check_config(listing, data.config)
+            name = data.name or listing.id
+            if not CONNECTOR_NAME_RE.match(name):
+                raise FibricError(ErrorCode.INVALID_PARAMETER, "name must be 1–64 lowercase letters, digits, '.', '-', '_'.",
+                                  param="name")
+            if listing.status == "early_access":
+                raise FibricError(
+                    ErrorCode.LISTING_EARLY_ACCESS,
+                    f"{listing.id} is early access and not yet self-serve; request access and it is "
+                    "provisioned during onboarding.",
+                )
+            if any(c.name == name for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)):
+                raise FibricError(ErrorCode.STATE_CONFLICT, f"A connector named {name!r} already exists in this tenant.",
+                                  param="name")
+            now = datetime.now(UTC)
+            draft = Connector(
+                id=new_id("cn"), tenant_id=auth.tenant.id, livemode=auth.key.livemode, listing=listing.id,
+                name=name, kind=listing.kind, capabilities=list(listing.capabilities),
+                tools=[{"name": t.name, "side_effect": t.side_effect, "capability": t.capability,
+                        "compensating_tool": t.compensating_tool} for t in listing.tools],
+                auth={"type": listing.auth_type, "hint": credential_hint(data.auth)}, config=config,
+                status="connected", price=listing.price.model_dump() if listing.price else None,
+                remote_url=data.remote_url, created_at=now, updated_at=now,
+            )
+            if listing.auth_type == "oauth2":
+                draft.status = "pending_auth"
+                base = listing.authorize_url or ""
+                draft.authorize_url = f"{base}{'&' if '?' in base else '?'}state={draft.id}"
+            else:
+                draft.tools = await self._verify(state, draft, listing, data.auth)
+                draft.last_synced_at = datetime.now(UTC)
+            args = {"connector": draft.model_dump(mode="json", exclude={"tenant_id", "livemode", "created_at",
+                                                                          "updated_at"}),
+                    "ciphertext": state.box.seal(data.auth)}
+            return _json(await run_command(state, request, auth, "connector.install", args), 201)
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+    async def _verify(self, state: ApiState, draft: Connector, listing: Listing, credentials: dict[str, Any]) -> list:
+        """Start the connector, read its tool list, and check the credentials upstream."""
+        assert state.runtime is not None
+        spec = await _spec(state, draft, listing, credentials)
+        try:
+            await state.runtime.ensure(spec)
+            tools = await state.runtime.tools(draft.id)
+            result = await state.runtime.call(draft.id, CHECK_TOOL, {})
+        except Exception as exc:  # noqa: BLE001 - the connector itself failed to start
+            await state.runtime.remove(draft.id)
+            raise FibricError(ErrorCode.CONNECTOR_UPSTREAM_ERROR, f"The connector could not start: {type(exc).__name__}.") from None
+        await state.runtime.remove(draft.id)
+        if not result.ok:
+            if result.error_code == "auth_failed":
+                raise FibricError(ErrorCode.AUTH_FAILED, f"{listing.name} rejected the supplied credentials; nothing was installed.",
+                                  details={"upstream_status": result.upstream_status})
+            raise FibricError(ErrorCode.CONNECTOR_UPSTREAM_ERROR,
+                              f"{listing.name} could not be reached: {result.error_message}; nothing was installed.",
+                              details={"upstream_status": result.upstream_status})
+        listed = {t.name for t in listing.tools}
+        return [{"name": t.name, "side_effect": t.side_effect, "capability": t.capability,
+                 "compensating_tool": t.compensating_tool} for t in tools if t.name in listed]
+
+    @get("/{connector_id:str}", opt={"scope": "connectors:read", "route_class": "config_read"},
+         operation_id="retrieveConnector")
+    async def retrieve_connector(self, request: Request[Any, Any, Any], connector_id: str) -> Response[bytes]:
+        """The full connector object with tools and health; secrets are never included."""
+        return _json(find_connector(api_state(request), auth_of(request), connector_id).public())
+
+    @post("/{connector_id:str}/test", opt={"scope": "connectors:write", "route_class": "config_write",
+                                           "body_model": ConnectorTest}, operation_id="testConnector", status_code=200)
+    async def test_connector(self, request: Request[Any, Any, Any], connector_id: str) -> Response[bytes]:
+        """Connection test: read tools run live, side-effecting tools dry-run (nothing written).
+        A failure moves the connector to ``error``; an unreachable source is a 502."""
+        state, auth = api_state(request), auth_of(request)
+        cn = find_connector(state, auth, connector_id)
+        body = await read_body(request)
+        data = validate(ConnectorTest, body, allow_empty=True)
+        names = {t.name for t in cn.tools}
+        wanted = data.tools or [t.name for t in cn.tools]
+        for name in wanted:
+            if name not in names:
+                raise FibricError(ErrorCode.INVALID_PARAMETER, f"{name!r} is not a tool of {cn.id}.", param="tools")
+        if cn.status == "pending_auth":
+            raise FibricError(ErrorCode.STATE_CONFLICT, f"{cn.id} is pending_auth; complete authorization first.")
+        listing = load_catalogue()[cn.listing]
+        entry = state.view.vault.get(cn.id)
+        credentials = state.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
+        assert state.runtime is not None
+        await state.runtime.ensure(await _spec(state, cn, listing, credentials))
+        results = []
+        for name in wanted:
+            tool = next(t for t in cn.tools if t.name == name)
+            started = time.perf_counter()
+            res = await state.runtime.call(cn.id, name, {}, dry_run=tool.side_effect, idempotency_key=None
+                                           if not tool.side_effect else f"test:{new_id('req')}")
+            item: dict[str, Any] = {"tool": name, "mode": "dry_run" if tool.side_effect else "live", "ok": res.ok,
+                                    "latency_ms": round(res.latency_ms or (time.perf_counter() - started) * 1000)}
+            if not res.ok:
+                item["error"] = {"code": res.error_code, "message": res.error_message,
+                                 "upstream_status": res.upstream_status}
+            results.append(item)
+        failed = [r for r in results if not r["ok"]]
+        tested_at = datetime.now(UTC)
+        if failed:
+            detail = f"{failed[0]['tool']}: {failed[0]['error']['code']}"
+            await run_command(state, request, auth, "connector.set_status",
+                              {"connector_id": cn.id, "status": "error", "detail": detail})
+            if any(r["error"]["code"] in UNREACHABLE for r in failed):
+                raise FibricError(
+                    ErrorCode.CONNECTOR_UPSTREAM_ERROR,
+                    f"The source system was unreachable ({detail}); {cn.id} moved to error.",
+                    details={"connector_id": cn.id, "results": results},
+                )
+        elif cn.status != "connected" or cn.last_synced_at is None:
+            await run_command(state, request, auth, "connector.set_status",
+                              {"connector_id": cn.id, "status": "connected", "synced": True})
+        return _json({
+            "object": "connector_test", "connector_id": cn.id, "status": "failed" if failed else "passed",
+            "results": results, "tested_at": tested_at.isoformat().replace("+00:00", "Z"),
+        })
+
+    @delete("/{connector_id:str}", opt={"scope": "connectors:write", "route_class": "config_write"},
+            operation_id="uninstallConnector", status_code=200)
+    async def uninstall_connector(self, request: Request[Any, Any, Any], connector_id: str) -> Response[bytes]:
+        """Remove the instance and purge its credentials; events and receipts are kept.
+        409 ``connector_in_use`` when an active operator depends on a capability only it fulfils."""
+        state, auth = api_state(request), auth_of(request)
+        cn = find_connector(state, auth, connector_id)
+        result = await run_command(state, request, auth, "connector.uninstall", {"connector_id": cn.id})
+        if state.runtime is not None:
+            await state.runtime.remove(cn.id)
+        return _json(result)
