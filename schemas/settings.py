@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,7 +38,7 @@ class Settings(BaseSettings):
     # Requests per minute per tenant and route class (per api process). Early access: generous.
     rate_limit_per_minute: int = 600_000
     worker_id: str = ""
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # A worker whose last heartbeat is older than this makes /readyz report it as down.
     heartbeat_stale_s: float = 15.0
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 EVENTS = "fibric.events.v1"  # envelopes from producers and POST /v1/events; key tenant:entity
 LEDGER = "fibric.ledger.v1"  # rows for ClickHouse, written by workers; key tenant
 DLQ = "fibric.dlq.v1"  # refusal records for envelopes that could not be processed; key tenant
-CONFIG = "fibric.config.v1"  # config log (tenants, keys, …); key tenant; compacted in production
+# config log (tenants, keys, operators, connectors, vault): partitioned by tenant, keyed by
+# kind:object_id so compaction keeps every object's latest state; compacted in production
+CONFIG = "fibric.config.v1"
 HEARTBEATS = "fibric.heartbeats.v1"  # worker liveness for /readyz; one partition
 COMMANDS = "fibric.commands.v1"  # config commands to the control agent; key tenant
 REPLIES = "fibric.replies.v1"  # control agent replies; partition = hash(requesting instance)
