@@ -17,7 +17,11 @@ from typing import Any, Protocol
 from schemas.commands import Command, Reply, ReplyError
 from schemas.config import SLUG_RE, ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
-from schemas.operator import Guardrail, Operator, default_triggers
+from agents.planning import receipt, revet
+from agents.policy import evaluate
+from schemas.ids import derived_id
+from schemas.operator import Guardrail, LastRun, Operator, default_triggers
+from schemas.plan import ActionRecord, Plan, Verdict
 
 
 class ConfigState(Protocol):
@@ -27,6 +31,7 @@ class ConfigState(Protocol):
     operators: dict[str, Operator]
     connectors: dict[str, Connector]
     vault: dict[str, VaultEntry]
+    pending_plans: dict[str, Plan]
 
     def operators_of(self, tenant_id: str, livemode: bool) -> list[Operator]: ...
     def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]: ...
@@ -36,6 +41,9 @@ class ConfigState(Protocol):
 class Decision:
     reply: Reply
     records: list[ConfigRecord] = field(default_factory=list)
+    # ledger rows ("plan" | "receipt" | "action", object) and actions for the executor
+    outputs: list[tuple[str, Any]] = field(default_factory=list)
+    dispatch: list[ActionRecord] = field(default_factory=list)
 
 
 class Refusal(Exception):
@@ -52,12 +60,14 @@ def decide(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory) -
     try:
         if handler is None:
             raise Refusal(400, "invalid_parameter", f"unknown command {cmd.type!r}")
-        records, result = handler(state, cmd, now, new_id)
+        out = handler(state, cmd, now, new_id)
     except Refusal as r:
         return Decision(Reply(id=cmd.id, reply_to=cmd.reply_to, ok=False, error=r.error))
+    records, result = out[0], out[1]
+    outputs, dispatch = (out[2], out[3]) if len(out) == 4 else ([], [])
     return Decision(
         Reply(id=cmd.id, reply_to=cmd.reply_to, ok=True, result=result, record_ids=[r.id for r in records]),
-        records,
+        records, outputs, dispatch,
     )
 
 
@@ -199,7 +209,7 @@ def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: Id
 
 def _operator_record_run(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     op = _operator(state, cmd)
-    updated = op.model_copy(update={"last_run": cmd.args["last_run"], "updated_at": now})
+    updated = op.model_copy(update={"last_run": LastRun.model_validate(cmd.args["last_run"]), "updated_at": now})
     rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), op.version, now, new_id)
     return [rec], updated.public()
 
@@ -285,3 +295,111 @@ _HANDLERS = {
     "connector.set_status": _connector_set_status,
     "connector.uninstall": _connector_uninstall,
 }
+
+
+# ---- plans awaiting approval, and undo --------------------------------------------------------
+# These commands also emit ledger rows (plan versions, receipts) and actions for the executor;
+# the control agent writes them with the config records. See streams/app.py::_apply_command.
+def _pending(state: ConfigState, cmd: Command) -> Plan:
+    plan = state.pending_plans.get(str(cmd.args.get("plan_id")))
+    if plan is None or plan.tenant_id != cmd.tenant_id or plan.livemode != cmd.livemode:
+        raise Refusal(409, "state_conflict",
+                      f"Plan {cmd.args.get('plan_id')} is not awaiting approval and cannot be "
+                      f"{'approved' if cmd.type == 'plan.approve' else 'vetoed'}.")
+    return plan
+
+
+def _close_plan(cmd: Command, plan: Plan, status: str, now: datetime, new_id: IdFactory,
+                approver: str | None) -> tuple[Plan, ConfigRecord]:
+    closed = plan.model_copy(update={"status": status, "approver": approver, "updated_at": now,
+                                     "version": plan.version + 1})
+    rec = _record(cmd, "pending_plan", plan.tenant_id, closed.model_dump(mode="json"), closed.version,
+                  now, new_id, f"{cmd.type}: {approver or 'system'}")
+    return closed, rec
+
+
+def _plan_approve(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    plan = _pending(state, cmd)
+    approver = str(cmd.args.get("approver") or cmd.actor)
+    operator = state.operators.get(plan.operator_id)
+    connectors = state.connectors_of(plan.tenant_id, plan.livemode)
+    closed, rec = _close_plan(cmd, plan, "approved", now, new_id, approver)
+    outputs: list[tuple[str, Any]] = [("plan", closed)]
+    dispatch: list[ActionRecord] = []
+    actions = []
+    for a in plan.actions:
+        if a.verdict.decision == "BLOCK":
+            actions.append(a)
+            continue  # approval never runs a BLOCK; its refusal receipt already exists
+        verdict = revet(a, operator, connectors)
+        approved = a.model_copy(update={"approver": approver, "request_id": cmd.request_id,
+                                        "verdict": verdict, "guardrail_version":
+                                        operator.version if operator else a.guardrail_version})
+        actions.append(approved)
+        if verdict.decision == "BLOCK":
+            outputs.append(("receipt", receipt(approved, "BLOCK", "refused",
+                                               f"blocked at approval: {verdict.reason}", now)))
+        else:
+            dispatch.append(approved)
+    closed.actions = actions
+    rec.data = closed.model_dump(mode="json")
+    return [rec], closed.model_dump(mode="json"), outputs, dispatch
+
+
+def _plan_veto(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    plan = _pending(state, cmd)
+    approver = str(cmd.args.get("approver") or cmd.actor)
+    closed, rec = _close_plan(cmd, plan, "vetoed", now, new_id, approver)
+    outputs: list[tuple[str, Any]] = [("plan", closed)]
+    for a in plan.actions:
+        if a.verdict.decision != "BLOCK":
+            outputs.append(("receipt", receipt(a, a.verdict.decision, "vetoed", f"vetoed by {approver}", now,
+                                               approver=approver, request_id=cmd.request_id)))
+    return [rec], closed.model_dump(mode="json"), outputs, []
+
+
+def _plan_expire(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    plan = _pending(state, cmd)
+    if plan.expires_at is None or plan.expires_at > now:
+        raise Refusal(409, "state_conflict", f"Plan {plan.id} has not expired yet.")
+    closed, rec = _close_plan(cmd, plan, "expired", now, new_id, None)
+    outputs: list[tuple[str, Any]] = [("plan", closed)]
+    for a in plan.actions:
+        if a.verdict.decision != "BLOCK":
+            outputs.append(("receipt", receipt(a, a.verdict.decision, "expired",
+                                               "no approval before the plan expired", now)))
+    return [rec], closed.model_dump(mode="json"), outputs, []
+
+
+def _action_undo(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    original = ActionRecord.model_validate(cmd.args["action"])
+    if original.tenant_id != cmd.tenant_id or original.livemode != cmd.livemode:
+        raise Refusal(404, "not_found", f"No action {original.id!r}.")
+    if not original.compensating_tool:
+        raise Refusal(409, "state_conflict", f"{original.tool} declares no compensating tool; it cannot be undone.")
+    operator = state.operators.get(original.operator_id)
+    connectors = state.connectors_of(original.tenant_id, original.livemode)
+    cn = next((c for c in connectors if c.id == original.connector_id), None)
+    tool = next((t for t in cn.tools if t.name == original.compensating_tool), None) if cn else None
+    undo = original.model_copy(update={
+        "id": derived_id("act", int(now.timestamp() * 1000), original.id, "undo"),
+        "tool": original.compensating_tool, "compensating_tool": None, "undo_of": original.id,
+        "idempotency_key": f"{original.idempotency_key}:undo", "side_effect": True,
+        "request_id": cmd.request_id, "approver": None, "proposed_at": now,
+        "guardrail_version": operator.version if operator else original.guardrail_version,
+    })
+    if operator is None or cn is None or tool is None:
+        undo.verdict = Verdict(decision="BLOCK", rule=None,
+                               reason="the operator or connector needed for the undo is gone")
+    else:
+        undo.verdict = evaluate(operator.guardrails, tool=undo.tool, side_effect=True, value=undo.value,
+                                connector_names=(cn.id, cn.name, cn.listing))
+    return [], undo.model_dump(mode="json"), [("action", undo)], [undo]
+
+
+_HANDLERS.update({
+    "plan.approve": _plan_approve,
+    "plan.veto": _plan_veto,
+    "plan.expire": _plan_expire,
+    "action.undo": _action_undo,
+})

@@ -64,6 +64,7 @@ def build_plan(
     refusal: str | None,
     now: datetime,
     run_id: str | None = None,
+    approval_ttl: timedelta = APPROVAL_TTL,
 ) -> Built:
     plan_id = derived_id("pl", _ms(event.created_at), event.id, operator.id, operator.version)
     plan = Plan(
@@ -99,7 +100,7 @@ def build_plan(
     held = any(a.verdict.decision == "ALERT" for a in actions)
     if held:
         plan.status = "proposed"
-        plan.expires_at = now + APPROVAL_TTL
+        plan.expires_at = now + approval_ttl
     for a in actions:
         if a.verdict.decision == "BLOCK":
             built.receipts.append(receipt(a, "BLOCK", "refused", a.verdict.reason, now))

@@ -15,6 +15,7 @@ from api.auth import require_scope
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
 from api.controllers.events import EventsController
+from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
 from api.controllers.health import healthz, openapi, readyz
 from api.errors import handle_exception
@@ -23,6 +24,7 @@ from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
 from api.ratelimit import RateLimiter
 from api.state import ApiState
+from connectors.pool import ConnectorRuntime
 from ledger.sink import LedgerSink
 from ledger.store import LedgerStore
 from schemas.config import ConfigRecord
@@ -77,6 +79,7 @@ def create_app(settings: Settings) -> Litestar:
         await sink.start()
         commands = CommandClient(settings.kafka_bootstrap, producer)
         await commands.start()
+        runtime = ConnectorRuntime(state_dir=settings.resolved_home / "api" / "connectors")
         app.state["fibric"] = ApiState(
             settings=settings,
             store=store,
@@ -88,10 +91,12 @@ def create_app(settings: Settings) -> Litestar:
             limiter=RateLimiter(settings.rate_limit_per_minute),
             commands=commands,
             box=SecretBox(settings.load_secret_key()),
+            runtime=runtime,
         )
         try:
             yield
         finally:
+            await runtime.close()
             await commands.stop()
             await sink.stop()
             await view.stop()
@@ -106,6 +111,9 @@ def create_app(settings: Settings) -> Litestar:
             OperatorsController,
             ConnectorsController,
             MarketplaceController,
+            PlansController,
+            ActionsController,
+            ReceiptsController,
         ],
         guards=[require_scope],
     )

@@ -24,16 +24,23 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from ledger.store import (
+    ACTION_COLUMNS,
     CONFIG_COLUMNS,
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
+    PLAN_COLUMNS,
+    RECEIPT_COLUMNS,
     VAULT_COLUMNS,
     LedgerStore,
+    action_row,
     dead_letter_row,
     event_row,
+    plan_row,
+    receipt_row,
 )
 from schemas.config import ConfigRecord
 from schemas.envelope import DeadLetter, Event, LedgerRecord
+from schemas.plan import ActionRecord, Plan, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -119,84 +126,57 @@ class LedgerSink:
             for listener in self.listeners:
                 listener(stored)
 
-    def _decode(
-        self, batch: dict[Any, list[Any]]
-    ) -> tuple[dict[str, Event], dict[str, DeadLetter], dict[str, ConfigRecord]]:
-        events: dict[str, Event] = {}
-        dead: dict[str, DeadLetter] = {}
-        configs: dict[str, ConfigRecord] = {}
+    def _decode(self, batch: dict[Any, list[Any]]) -> dict[str, dict[str, Any]]:
+        """Records by kind, keyed by their dedup identity (repeats inside a batch dropped)."""
+        out: dict[str, dict[str, Any]] = {k: {} for k in _KINDS}
         for tp, messages in batch.items():
             for msg in messages:
                 try:
                     if tp.topic == self._topics["ledger"]:
                         rec = LedgerRecord.model_validate_json(msg.value)
-                        if rec.kind == "event":
-                            ev = Event.model_validate(rec.row)
-                            events.setdefault(ev.id, ev)
+                        obj, kind = _KINDS[rec.kind][0].model_validate(rec.row), rec.kind
                     elif tp.topic == self._topics["dlq"]:
-                        dl = DeadLetter.model_validate_json(msg.value)
-                        dead.setdefault(dl.id, dl)
+                        obj, kind = DeadLetter.model_validate_json(msg.value), "dead_letter"
                     else:
-                        cfg = ConfigRecord.model_validate_json(msg.value)
-                        configs.setdefault(cfg.id, cfg)
-                except (ValidationError, ValueError):
+                        obj, kind = ConfigRecord.model_validate_json(msg.value), "config"
+                except (ValidationError, ValueError, KeyError):
                     # Only Fibric's own roles write these topics; a bad record is a bug, logged
                     # with its coordinates so it can be inspected, and skipped.
                     log.error("undecodable record on %s[%d]@%d", tp.topic, tp.partition, msg.offset)
-        return events, dead, configs
+                    continue
+                out[kind].setdefault(_identity(kind, obj), obj)
+        return out
 
     async def _store_batch(self, batch: dict[Any, list[Any]]) -> list[str]:
-        events, dead, all_configs = self._decode(batch)
+        by_kind = self._decode(batch)
         # Vault records (encrypted credentials) never enter the append-only config_log: they are
         # upserted into `vault`, and a purge (ciphertext null) deletes the row.
-        configs = {k: c for k, c in all_configs.items() if c.kind != "vault"}
-        vault = [c for c in all_configs.values() if c.kind == "vault"]
+        vault = [c for c in by_kind["config"].values() if c.kind == "vault"]
+        by_kind["config"] = {k: c for k, c in by_kind["config"].items() if c.kind != "vault"}
         if vault:
             await self._with_retry(lambda: self._store_vault(vault), "vault")
-        plan = [
-            ("events", "created_at", EVENT_COLUMNS, events, lambda e: e.created_at, event_row),
-            (
-                "dead_letters",
-                "created_at",
-                DEAD_LETTER_COLUMNS,
-                dead,
-                lambda d: d.created_at,
-                dead_letter_row,
-            ),
-            ("config_log", "at", CONFIG_COLUMNS, configs, lambda c: c.at, _config_row),
-        ]
         stored_events: list[str] = []
-        for table, time_col, columns, objs, when, to_row in plan:
+        for kind, objs in by_kind.items():
             if not objs:
                 continue
-            times = [when(o) for o in objs.values()]
-            lo, hi = min(times), max(times)
+            _, table, time_attr, time_col, columns, to_row, id_expr = _KINDS[kind]
+            times = [getattr(o, time_attr) for o in objs.values()]
+            lo = min(times) - timedelta(microseconds=1)
+            hi = max(times) + timedelta(microseconds=1)
 
             async def insert_new(
-                table=table,
-                time_col=time_col,
-                columns=columns,
-                objs=objs,
-                to_row=to_row,
-                lo=lo,
-                hi=hi,
-            ) -> list[str]:
-                have = await self._store.existing_ids(
-                    table,
-                    time_col,
-                    objs.keys(),
-                    lo - timedelta(microseconds=1),
-                    hi + timedelta(microseconds=1),
-                )
+                table=table, time_col=time_col, columns=columns, objs=objs, to_row=to_row,
+                lo=lo, hi=hi, id_expr=id_expr,
+            ) -> None:
+                have = await self._store.existing_ids(table, time_col, objs.keys(), lo, hi, id_expr)
                 new = [o for k, o in objs.items() if k not in have]
                 await self._store.insert(table, [to_row(o) for o in new], columns)
                 self.inserted["duplicates"] += len(have)
-                self.inserted[table] += len(new)
-                return list(objs.keys())
+                self.inserted[table] = self.inserted.get(table, 0) + len(new)
 
-            ids = await self._with_retry(insert_new, table)
-            if table == "events":
-                stored_events = ids
+            await self._with_retry(insert_new, table)
+            if kind == "event":
+                stored_events = list(objs.keys())
         return stored_events
 
     async def _store_vault(self, records: list[ConfigRecord]) -> None:
@@ -228,3 +208,25 @@ class LedgerSink:
 
 def _config_row(c: ConfigRecord) -> list[Any]:
     return [c.tenant_id, c.at, c.id, c.kind, c.version, c.actor, c.model_dump_json()]
+
+
+def _identity(kind: str, obj: Any) -> str:
+    # plans are versioned rows: each version is stored once
+    return f"{obj.id}#{obj.version}" if kind == "plan" else obj.id
+
+
+# kind -> (model, table, time attribute, time column, columns, row builder, identity expression)
+_KINDS: dict[str, tuple[Any, str, str, str, tuple[str, ...], Callable[[Any], list[Any]], str]] = {
+    "event": (Event, "events", "created_at", "created_at", EVENT_COLUMNS, event_row, "id"),
+    "dead_letter": (
+        DeadLetter, "dead_letters", "created_at", "created_at", DEAD_LETTER_COLUMNS,
+        dead_letter_row, "id",
+    ),
+    "config": (ConfigRecord, "config_log", "at", "at", CONFIG_COLUMNS, _config_row, "id"),
+    "plan": (
+        Plan, "plans", "created_at", "created_at", PLAN_COLUMNS, plan_row,
+        "concat(id, '#', toString(version))",
+    ),
+    "action": (ActionRecord, "actions", "proposed_at", "proposed_at", ACTION_COLUMNS, action_row, "id"),
+    "receipt": (Receipt, "receipts", "created_at", "created_at", RECEIPT_COLUMNS, receipt_row, "id"),
+}

@@ -21,6 +21,7 @@ import orjson
 
 from agents.globs import glob_to_regex, is_glob
 from schemas.envelope import DeadLetter, Event
+from schemas.plan import ActionRecord, Plan, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,62 @@ DEAD_LETTER_COLUMNS = (
 )
 CONFIG_COLUMNS = ("tenant_id", "at", "id", "kind", "version", "actor", "record")
 VAULT_COLUMNS = ("tenant_id", "connector_id", "at", "id", "record")
+PLAN_COLUMNS = (
+    "tenant_id", "livemode", "created_at", "id", "version", "updated_at", "operator_id",
+    "operator_name", "guardrail_version", "event_id", "correlation_id", "status", "approver",
+    "expires_at", "doc",
+)
+ACTION_COLUMNS = (
+    "tenant_id", "livemode", "proposed_at", "id", "plan_id", "operator_id", "event_id",
+    "correlation_id", "connector_id", "tool", "entity_key", "idempotency_key", "value", "undo_of",
+    "doc",
+)
+RECEIPT_COLUMNS = (
+    "tenant_id", "livemode", "created_at", "id", "operator_id", "operator_name",
+    "guardrail_version", "event_id", "plan_id", "action_id", "correlation_id", "connector_id",
+    "connector_name", "tool", "entity_key", "idempotency_key", "value", "decision", "outcome",
+    "rule", "reason", "result", "error", "approver", "request_id", "latency_ms", "proposed_at",
+)
+
+
+def _dumps(v: Any) -> str | None:
+    return None if v is None else orjson.dumps(v).decode()
+
+
+def plan_row(p: Plan) -> list[Any]:
+    return [
+        p.tenant_id, p.livemode, p.created_at, p.id, p.version, p.updated_at, p.operator_id,
+        p.operator_name, p.guardrail_version, p.event_id, p.correlation_id, p.status, p.approver,
+        p.expires_at, p.model_dump_json(),
+    ]
+
+
+def action_row(a: ActionRecord) -> list[Any]:
+    return [
+        a.tenant_id, a.livemode, a.proposed_at, a.id, a.plan_id, a.operator_id, a.event_id,
+        a.correlation_id, a.connector_id, a.tool, a.entity_key, a.idempotency_key, a.value,
+        a.undo_of, a.model_dump_json(),
+    ]
+
+
+def receipt_row(r: Receipt) -> list[Any]:
+    return [
+        r.tenant_id, r.livemode, r.created_at, r.id, r.operator_id, r.operator_name,
+        r.guardrail_version, r.event_id, r.plan_id, r.action_id, r.correlation_id, r.connector_id,
+        r.connector_name, r.tool, r.entity_key, r.idempotency_key, r.value, r.decision, r.outcome,
+        _dumps(r.rule), r.reason, _dumps(r.result), _dumps(r.error), r.approver, r.request_id,
+        r.latency_ms, r.proposed_at,
+    ]
+
+
+def receipt_from_row(row: Sequence[Any]) -> Receipt:
+    d = dict(zip(RECEIPT_COLUMNS, row, strict=True))
+    d["created_at"] = _utc(d["created_at"])
+    if d["proposed_at"] is not None:
+        d["proposed_at"] = _utc(d["proposed_at"])
+    for k in ("rule", "result", "error"):
+        d[k] = orjson.loads(d[k]) if d[k] is not None else None
+    return Receipt.model_validate(d)
 IDEMPOTENCY_COLUMNS = (
     "tenant_id",
     "livemode",
@@ -243,15 +300,21 @@ class LedgerStore:
             return False
 
     async def existing_ids(
-        self, table: str, time_col: str, ids: Iterable[str], lo: datetime, hi: datetime
+        self,
+        table: str,
+        time_col: str,
+        ids: Iterable[str],
+        lo: datetime,
+        hi: datetime,
+        id_expr: str = "id",
     ) -> set[str]:
         """Which of ``ids`` (rows created between lo and hi) are already stored."""
         ids = list(ids)
         if not ids:
             return set()
         rows = await self.query(
-            f"SELECT id FROM {table} WHERE {time_col} BETWEEN {{lo:DateTime64(6, 'UTC')}} "
-            "AND {hi:DateTime64(6, 'UTC')} AND id IN {ids:Array(String)}",
+            f"SELECT {id_expr} AS k FROM {table} WHERE {time_col} BETWEEN "
+            "{lo:DateTime64(6, 'UTC')} AND {hi:DateTime64(6, 'UTC')} AND k IN {ids:Array(String)}",
             {"lo": lo, "hi": hi, "ids": ids},
         )
         return {r[0] for r in rows}
@@ -334,6 +397,125 @@ class LedgerStore:
         items = items[:limit]
         last = (items[-1].created_at, items[-1].id) if items else None
         return Page(items, has_more, last)
+
+    # ---- plans, actions, receipts -------------------------------------------------------------
+    async def list_receipts(
+        self, scope: Scope, filters: dict[str, Any], limit: int, after: tuple[datetime, str] | None
+    ) -> Page:
+        def where(params: dict[str, Any]) -> list[str]:
+            clauses = []
+            for name in ("operator_id", "outcome", "decision", "entity_key", "correlation_id",
+                         "plan_id", "action_id", "event_id"):
+                if filters.get(name) is not None:
+                    params[name] = filters[name]
+                    clauses.append(f"{name} = {{{name}:String}}")
+            if filters.get("since") is not None:
+                params["since"] = filters["since"]
+                clauses.append("created_at >= {since:DateTime64(6, 'UTC')}")
+            if filters.get("until") is not None:
+                params["until"] = filters["until"]
+                clauses.append("created_at < {until:DateTime64(6, 'UTC')}")
+            return clauses
+
+        return await self._list("receipts", RECEIPT_COLUMNS, receipt_from_row, scope, where, limit, after)
+
+    async def get_receipt(self, scope: Scope, receipt_id: str) -> Receipt | None:
+        rows = await self.query(
+            f"SELECT {', '.join(RECEIPT_COLUMNS)} FROM receipts WHERE tenant_id = {{t:String}} "
+            "AND livemode = {m:Bool} AND id = {id:String} LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": receipt_id},
+        )
+        return receipt_from_row(rows[0]) if rows else None
+
+    async def receipts_for(self, scope: Scope, column: str, ids: list[str]) -> list[Receipt]:
+        if not ids:
+            return []
+        rows = await self.query(
+            f"SELECT {', '.join(RECEIPT_COLUMNS)} FROM receipts WHERE tenant_id = {{t:String}} "
+            f"AND livemode = {{m:Bool}} AND {column} IN {{ids:Array(String)}} "
+            "ORDER BY created_at, id LIMIT 1 BY id",
+            {"t": scope.tenant_id, "m": scope.livemode, "ids": ids},
+        )
+        return [receipt_from_row(r) for r in rows]
+
+    async def get_plan(self, scope: Scope, plan_id: str) -> Plan | None:
+        rows = await self.query(
+            "SELECT doc FROM plans WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND id = {id:String} ORDER BY version DESC LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": plan_id},
+        )
+        return Plan.model_validate_json(rows[0][0]) if rows else None
+
+    async def list_plans(
+        self, scope: Scope, status: str | None, operator_id: str | None, event_id: str | None,
+        limit: int, after: tuple[datetime, str] | None,
+    ) -> Page:
+        params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode, "n": limit + 1}
+        inner = ["tenant_id = {t:String}", "livemode = {m:Bool}"]
+        outer = []
+        if operator_id is not None:
+            params["op"] = operator_id
+            inner.append("operator_id = {op:String}")
+        if event_id is not None:
+            params["ev"] = event_id
+            inner.append("event_id = {ev:String}")
+        if after is not None:
+            params["after_ts"], params["after_id"] = after
+            inner.append("(created_at, id) < ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})")
+        if status is not None:
+            params["st"] = status
+            outer.append("WHERE status = {st:String}")
+        rows = await self.query(
+            "SELECT doc, status FROM (SELECT created_at, id, argMax(doc, version) AS doc, "
+            f"argMax(status, version) AS status FROM plans WHERE {' AND '.join(inner)} "
+            f"GROUP BY created_at, id) {' '.join(outer)} ORDER BY created_at DESC, id DESC "
+            "LIMIT {n:UInt32}",
+            params,
+        )
+        items = [Plan.model_validate_json(r[0]) for r in rows]
+        has_more = len(items) > limit
+        items = items[:limit]
+        return Page(items, has_more, (items[-1].created_at, items[-1].id) if items else None)
+
+    async def get_action(self, scope: Scope, action_id: str) -> ActionRecord | None:
+        rows = await self.query(
+            "SELECT doc FROM actions WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND id = {id:String} LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": action_id},
+        )
+        return ActionRecord.model_validate_json(rows[0][0]) if rows else None
+
+    async def list_actions(
+        self, scope: Scope, filters: dict[str, Any], limit: int, after: tuple[datetime, str] | None
+    ) -> Page:
+        params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode, "n": limit + 1}
+        clauses = ["tenant_id = {t:String}", "livemode = {m:Bool}"]
+        for name in ("plan_id", "operator_id", "entity_key", "tool"):
+            if filters.get(name) is not None:
+                params[name] = filters[name]
+                clauses.append(f"{name} = {{{name}:String}}")
+        if after is not None:
+            params["after_ts"], params["after_id"] = after
+            clauses.append("(proposed_at, id) < ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})")
+        rows = await self.query(
+            f"SELECT doc FROM actions WHERE {' AND '.join(clauses)} "
+            "ORDER BY proposed_at DESC, id DESC LIMIT 1 BY id LIMIT {n:UInt32}",
+            params,
+        )
+        items = [ActionRecord.model_validate_json(r[0]) for r in rows]
+        has_more = len(items) > limit
+        items = items[:limit]
+        return Page(items, has_more, (items[-1].proposed_at, items[-1].id) if items else None)
+
+    async def plan_ids_for_events(self, scope: Scope, event_ids: list[str]) -> dict[str, list[str]]:
+        if not event_ids:
+            return {}
+        rows = await self.query(
+            "SELECT event_id, groupUniqArray(id) FROM plans WHERE tenant_id = {t:String} AND "
+            "livemode = {m:Bool} AND event_id IN {ids:Array(String)} GROUP BY event_id",
+            {"t": scope.tenant_id, "m": scope.livemode, "ids": event_ids},
+        )
+        return {r[0]: sorted(r[1]) for r in rows}
 
     # ---- config ----------------------------------------------------------------------------
     async def config_records(self) -> list[bytes]:

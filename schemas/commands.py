@@ -24,6 +24,10 @@ CommandType = Literal[
     "connector.install",
     "connector.set_status",
     "connector.uninstall",
+    "plan.approve",
+    "plan.veto",
+    "plan.expire",
+    "action.undo",
 ]
 
 # All tenant.create commands share this partition key: one writer sees every slug.

@@ -88,7 +88,7 @@ class ConfigRecord(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     id: str  # cfg_… unique per change; the ledger deduplicates on it
-    kind: Literal["tenant", "api_key", "operator", "connector", "vault"]
+    kind: Literal["tenant", "api_key", "operator", "connector", "vault", "pending_plan"]
     tenant_id: str
     version: int = 1
     data: dict[str, Any]

@@ -112,5 +112,5 @@ class DeadLetter(BaseModel):
 class LedgerRecord(BaseModel):
     """One row for ClickHouse, carried on ``fibric.ledger.v1`` (and the DLQ / config topics)."""
 
-    kind: Literal["event", "dead_letter", "config"]
+    kind: Literal["event", "dead_letter", "config", "plan", "action", "receipt"]
     row: dict[str, Any]

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     read_your_writes_ttl_s: float = 120.0
     # Requests per minute per tenant and route class (per api process). Early access: generous.
     rate_limit_per_minute: int = 600_000
+    # Plans awaiting approval expire after this many seconds (default 72 h).
+    approval_ttl_s: float = 72 * 3600
+    # What "router:default" resolves to: "rules" (embedded) or "openai:<model-name>".
+    default_model: str = "rules"
+    # OpenAI-compatible model endpoint for operators with model "openai:<name>".
+    openai_base_url: str = ""
+    openai_api_key: str = ""
     worker_id: str = ""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # A worker whose last heartbeat is older than this makes /readyz report it as down.

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from schemas.config import ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
 from schemas.operator import Operator
+from schemas.plan import Plan
 from streams.topics import CONFIG, HEARTBEATS
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class ConfigView:
         self.operators: dict[str, Operator] = {}
         self.connectors: dict[str, Connector] = {}
         self.vault: dict[str, VaultEntry] = {}
+        self.pending_plans: dict[str, Plan] = {}  # plans awaiting approval
+        self.plan_versions: dict[str, int] = {}
         self.record_ids: set[str] = set()
         self.command_results: dict[str, tuple[list[str], dict[str, Any] | None]] = {}
         self.heartbeats: dict[str, dict] = {}
@@ -138,6 +141,16 @@ class ConfigView:
                 self.connectors.pop(cn.id, None)
             else:
                 self.connectors[cn.id] = cn
+        elif rec.kind == "pending_plan":
+            plan = Plan.model_validate(rec.data)
+            # a replayed "proposed" record must never reopen a plan already closed
+            if self.plan_versions.get(plan.id, 0) >= plan.version:
+                return
+            self.plan_versions[plan.id] = plan.version
+            if plan.status == "proposed":
+                self.pending_plans[plan.id] = plan
+            else:
+                self.pending_plans.pop(plan.id, None)
         elif rec.kind == "vault":
             entry = VaultEntry.model_validate(rec.data)
             if entry.ciphertext is None:

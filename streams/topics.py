@@ -14,6 +14,9 @@ CONFIG = "fibric.config.v1"
 HEARTBEATS = "fibric.heartbeats.v1"  # worker liveness for /readyz; one partition
 COMMANDS = "fibric.commands.v1"  # config commands to the control agent; key tenant
 REPLIES = "fibric.replies.v1"  # control agent replies; partition = hash(requesting instance)
+OFFERS = "fibric.offers.v1"  # events offered to operators with external models; key op:entity
+ACTIONS = "fibric.actions.v1"  # vetted actions to the executor; key tenant:entity_key
+EXECSTATE = "fibric.execstate.v1"  # executor intent/result per idempotency key; same partitions
 
 # Consumer groups
 INGEST_GROUP = "fibric"  # the Faust app id
@@ -40,4 +43,8 @@ def topic_specs() -> tuple[TopicSpec, ...]:
         TopicSpec(HEARTBEATS, 1, retention_ms=3600 * 1000),
         TopicSpec(COMMANDS, None, retention_ms=day),
         TopicSpec(REPLIES, None, retention_ms=3600 * 1000),
+        TopicSpec(OFFERS, None, retention_ms=7 * day),
+        TopicSpec(ACTIONS, None, retention_ms=7 * day),
+        # the executor's seen-set: compacted, kept forever (DEDUP is permanent per tenant)
+        TopicSpec(EXECSTATE, None, compacted=True, retention_ms=-1),
     )
