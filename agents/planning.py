@@ -93,7 +93,7 @@ def build_plan(
             correlation_id=event.correlation_id, connector_id=cn.id, connector_name=cn.name,
             tool=pa.tool, side_effect=tool.side_effect, compensating_tool=tool.compensating_tool,
             args=pa.args, value=pa.value, entity_key=pa.entity_key, idempotency_key=pa.idempotency_key,
-            verdict=verdict, proposed_at=now,
+            verdict=verdict, request_id=event.request_id, proposed_at=now,
         ))
     plan.actions = actions
     built = Built(plan)

@@ -15,6 +15,7 @@ from api.auth import require_scope
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
 from api.controllers.events import EventsController
+from api.controllers.exports import ExportsController
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
 from api.controllers.health import healthz, openapi, readyz
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> Litestar:
             PlansController,
             ActionsController,
             ReceiptsController,
+            ExportsController,
         ],
         guards=[require_scope],
     )

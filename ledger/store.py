@@ -403,19 +403,9 @@ class LedgerStore:
         self, scope: Scope, filters: dict[str, Any], limit: int, after: tuple[datetime, str] | None
     ) -> Page:
         def where(params: dict[str, Any]) -> list[str]:
-            clauses = []
-            for name in ("operator_id", "outcome", "decision", "entity_key", "correlation_id",
-                         "plan_id", "action_id", "event_id"):
-                if filters.get(name) is not None:
-                    params[name] = filters[name]
-                    clauses.append(f"{name} = {{{name}:String}}")
-            if filters.get("since") is not None:
-                params["since"] = filters["since"]
-                clauses.append("created_at >= {since:DateTime64(6, 'UTC')}")
-            if filters.get("until") is not None:
-                params["until"] = filters["until"]
-                clauses.append("created_at < {until:DateTime64(6, 'UTC')}")
-            return clauses
+            clause, extra = self.receipts_where(scope, filters)
+            params.update(extra)
+            return [clause]
 
         return await self._list("receipts", RECEIPT_COLUMNS, receipt_from_row, scope, where, limit, after)
 
@@ -506,6 +496,43 @@ class LedgerStore:
         has_more = len(items) > limit
         items = items[:limit]
         return Page(items, has_more, (items[-1].proposed_at, items[-1].id) if items else None)
+
+    def receipts_where(self, scope: Scope, filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode}
+        clauses = ["tenant_id = {t:String}", "livemode = {m:Bool}"]
+        for name in ("operator_id", "outcome", "decision", "entity_key", "correlation_id", "plan_id",
+                     "action_id", "event_id"):
+            if filters.get(name) is not None:
+                params[name] = filters[name]
+                clauses.append(f"{name} = {{{name}:String}}")
+        for name, op in (("since", ">="), ("until", "<")):
+            if filters.get(name) is not None:
+                params[name] = filters[name]
+                clauses.append(f"created_at {op} {{{name}:DateTime64(6, 'UTC')}}")
+        return " AND ".join(clauses), params
+
+    async def export_receipts(self, scope: Scope, filters: dict[str, Any], fmt: str) -> bytes:
+        """All matching receipts, oldest first, in a ClickHouse output format."""
+        where, params = self.receipts_where(scope, filters)
+        sql = (f"SELECT {', '.join(RECEIPT_COLUMNS)} FROM receipts WHERE {where} "
+               "ORDER BY created_at, id LIMIT 1 BY id")
+        return await self._run(self._client.raw_query, sql, parameters=params, fmt=fmt)
+
+    async def save_export(self, scope: Scope, doc: dict[str, Any], version: int) -> None:
+        await self.insert(
+            "exports",
+            [[scope.tenant_id, scope.livemode, datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")),
+              doc["id"], version, orjson.dumps(doc).decode()]],
+            ("tenant_id", "livemode", "created_at", "id", "version", "doc"),
+        )
+
+    async def get_export(self, scope: Scope, export_id: str) -> dict[str, Any] | None:
+        rows = await self.query(
+            "SELECT doc FROM exports WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND id = {id:String} ORDER BY version DESC LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": export_id},
+        )
+        return orjson.loads(rows[0][0]) if rows else None
 
     async def plan_ids_for_events(self, scope: Scope, event_ids: list[str]) -> dict[str, list[str]]:
         if not event_ids:

@@ -140,7 +140,7 @@ class EventsController(Controller):
                 key=key.encode(),
             )
             state.pending.add(auth.scope, event)
-            return _json(event.model_dump(mode="json"), 201)
+            return _json({**event.model_dump(mode="json"), "plan_ids": []}, 201)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -166,7 +166,9 @@ class EventsController(Controller):
         else:
             items, has_more = page.items, page.has_more
         last = (items[-1].created_at, items[-1].id) if items else None
-        return _json(list_body([e.model_dump(mode="json") for e in items], has_more, last, raw))
+        plan_ids = await state.store.plan_ids_for_events(auth.scope, [e.id for e in items])
+        data = [{**e.model_dump(mode="json"), "plan_ids": plan_ids.get(e.id, [])} for e in items]
+        return _json(list_body(data, has_more, last, raw))
 
     @get(
         "/{event_id:str}",
@@ -186,4 +188,5 @@ class EventsController(Controller):
         )
         if event is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No event {event_id!r}.")
-        return _json(event.model_dump(mode="json"))
+        plan_ids = await state.store.plan_ids_for_events(auth.scope, [event.id])
+        return _json({**event.model_dump(mode="json"), "plan_ids": plan_ids.get(event.id, [])})
