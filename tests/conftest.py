@@ -165,3 +165,52 @@ def acme(stack: Stack) -> Tenant:
 @pytest.fixture(scope="session")
 def globex(stack: Stack) -> Tenant:
     return new_tenant(stack, "globex")
+
+
+@dataclass
+class FakeMagento:
+    """The fake Magento store (tests/fakes/magento.py) as its own process on 127.0.0.1."""
+
+    url: str
+    proc: subprocess.Popen
+
+    def state(self) -> dict:
+        return httpx.get(f"{self.url}/__fake__/state", timeout=10).json()
+
+    def mode(self, **kw) -> None:
+        httpx.post(f"{self.url}/__fake__/mode", json=kw, timeout=10).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/__fake__/reset", timeout=10).raise_for_status()
+
+    def add_order(self, entity_id: int, **kw) -> dict:
+        r = httpx.post(f"{self.url}/__fake__/orders", json={"entity_id": entity_id, **kw}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def count(self, name: str) -> int:
+        return int(self.state()["counters"].get(name, 0))
+
+
+def start_fake_magento() -> FakeMagento:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.magento", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/__fake__/state", timeout=1)
+            return FakeMagento(url, proc)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("fake magento did not start")
+
+
+@pytest.fixture(scope="session")
+def magento():
+    fake = start_fake_magento()
+    yield fake
+    fake.proc.terminate()
+    fake.proc.wait(10)

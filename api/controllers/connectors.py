@@ -80,6 +80,24 @@ def _check_config(listing: Listing, config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+_PLACEHOLDERS = {"string": "fibric connection test", "integer": 0, "number": 0, "boolean": False}
+
+
+def dry_run_args(schema: dict[str, Any]) -> dict[str, Any]:
+    """Placeholder values for a tool's required arguments, so a dry run can validate auth and
+    reachability without real inputs (nothing is written in a dry run)."""
+    props = schema.get("properties") or {}
+    out: dict[str, Any] = {}
+    for name in schema.get("required") or []:
+        if name in ("idempotency_key", "dry_run"):
+            continue
+        kind = (props.get(name) or {}).get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "string")
+        out[name] = _PLACEHOLDERS.get(kind or "string", "fibric connection test")
+    return out
+
+
 async def _spec(state: ApiState, cn: Connector, listing: Listing, credentials: dict[str, Any]) -> Any:
     from connectors.pool import ConnectorSpec
 
@@ -245,11 +263,13 @@ class ConnectorsController(Controller):
         credentials = state.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
         assert state.runtime is not None
         await state.runtime.ensure(await _spec(state, cn, listing, credentials))
+        schemas = {t.name: t.input_schema for t in await state.runtime.tools(cn.id)}
         results = []
         for name in wanted:
             tool = next(t for t in cn.tools if t.name == name)
+            args = dry_run_args(schemas.get(name) or {}) if tool.side_effect else {}
             started = time.perf_counter()
-            res = await state.runtime.call(cn.id, name, {}, dry_run=tool.side_effect, idempotency_key=None
+            res = await state.runtime.call(cn.id, name, args, dry_run=tool.side_effect, idempotency_key=None
                                            if not tool.side_effect else f"test:{new_id('req')}")
             item: dict[str, Any] = {"tool": name, "mode": "dry_run" if tool.side_effect else "live", "ok": res.ok,
                                     "latency_ms": round(res.latency_ms or (time.perf_counter() - started) * 1000)}
