@@ -119,6 +119,8 @@ def make_stack(tmp: Path, **env: str) -> Stack:
         FIBRIC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
         FIBRIC_PARTITIONS="4",
         FIBRIC_LOG_LEVEL="info",
+        # short approval window so the expiry path is exercised within a test
+        FIBRIC_APPROVAL_TTL_S="20",
     )
     e.update(env)
     return Stack(home=home, env=e)

@@ -1,0 +1,104 @@
+"""The benchmark harness runs end to end with tiny sizes: every scenario prints its line, the
+results files hold every expected key, and no process it started is left behind. Correctness
+only: nothing here looks at how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _our_processes(root: Path) -> list[int]:
+    """Processes whose FIBRIC_HOME or command line points into ``root``."""
+    found = []
+    needle = str(root).encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(v.startswith(b"FIBRIC_HOME=" + needle) for v in env.split(b"\0")) or needle in cmd:
+            found.append(int(d.name))
+    return found
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split()[1:])
+
+
+@pytest.mark.timeout(600)
+def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(work)}
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr[-6000:]}"
+
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
+    assert set(lines) == {"ceilings", "naive", "S1", "S2"}, r.stdout
+    assert {
+        "produce_msgs_per_s",
+        "consume_msgs_per_s",
+        "consume_produce_msgs_per_s",
+        "clickhouse_rows_per_s",
+    } <= set(_fields(lines["ceilings"]))
+    assert "events_per_s" in _fields(lines["naive"])
+    s1_line = _fields(lines["S1"])
+    assert {"events_per_s", "kafka_ceiling_ratio", "naive_baseline", "ratio"} <= set(s1_line)
+    assert s1_line["kafka_ceiling_ratio"] != "nan" and s1_line["ratio"] != "nan"
+    assert {"req_per_s", "p50_ms", "p99_ms", "healthz_req_per_s", "loadgen"} <= set(
+        _fields(lines["S2"])
+    )
+    assert "[bench]" not in r.stdout and "[bench]" in r.stderr  # progress goes to stderr only
+
+    doc = json.loads((out / "results.json").read_text())
+    assert {"meta", "scenarios", "targets", "lines"} <= set(doc)
+    assert {"nproc", "cpu_model", "ram_gib", "date"} <= set(doc["meta"])
+    sc = doc["scenarios"]
+    assert set(sc) == {"ceilings", "naive", "S1", "S2"}
+    for name, result in sc.items():
+        assert "error" not in result, (name, result)
+    for key in ("produce_msgs_per_s", "consume_msgs_per_s", "consume_produce_msgs_per_s"):
+        assert sc["ceilings"]["kafka"][key] > 0
+    assert sc["ceilings"]["clickhouse"]["rows_stored"] == sc["ceilings"]["clickhouse"]["rows"]
+    assert sc["naive"]["events_per_s"] > 0 and sc["naive"]["refused"] == 0
+    s1 = sc["S1"]
+    # every event produced reached ClickHouse exactly once, none was refused
+    assert s1["api_count"] == s1["events"]
+    assert s1["dead_letters"] == 0
+    for key in ("events_per_s", "kafka_ceiling_ratio", "naive_baseline", "ratio"):
+        assert s1[key] is not None
+    s2 = sc["S2"]
+    assert s2["ok_requests"] > 0 and s2["non_2xx"] == 0
+    assert s2["healthz_req_per_s"] > 0
+    assert {t["metric"] for t in doc["targets"]["S1"]} == {"events_per_s", "kafka_ceiling_ratio"}
+    assert {t["metric"] for t in doc["targets"]["S2"]} == {"req_per_s", "p99_ms"}
+    assert doc["lines"] == [ln for ln in r.stdout.splitlines() if ln.strip()]
+
+    md = (out / "results.md").read_text()
+    assert "| Scenario | Metric | Value | Target | Status |" in md
+    for name in ("ceilings", "naive", "S1", "S2"):
+        assert f"| {name} |" in md
+
+    assert _our_processes(work) == [], "the harness left processes running"
