@@ -144,7 +144,7 @@ def _role_pid(stack: Stack, role: str) -> int:
             continue
         if cmd[-2:] == [role.encode(), b""] or cmd[-1:] == [role.encode()]:
             return pid
-    raise AssertionError(f"no {role} process")
+    return 0  # not running (e.g. between a kill and the supervisor's restart)
 
 
 @pytest.mark.slow
@@ -154,6 +154,7 @@ def test_sigkill_of_worker_and_api_loses_and_duplicates_nothing(stack, acme):
     values = [envelope(acme.id, source, payload={"i": i}) for i in range(n)]
     worker_before = _role_pid(stack, "worker")
     api_before = _role_pid(stack, "api")
+    assert worker_before and api_before
 
     publish(stack, values[:1000], pace_s=0.02)
     os.kill(worker_before, signal.SIGKILL)
