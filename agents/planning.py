@@ -24,7 +24,11 @@ APPROVAL_TTL = timedelta(hours=72)
 
 
 def routed_operators(operators: Sequence[Operator], event: Event) -> list[Operator]:
-    """Active operators of the event's tenant and mode whose triggers match its type."""
+    """Active operators of the event's tenant and mode whose triggers match its type. A
+    scheduled run (source ``cron``) goes to the operator that scheduled it, and only to it."""
+    if event.source == "cron" and event.agent_id:
+        return [op for op in operators if op.id == event.agent_id and op.status == "active"
+                and op.tenant_id == event.tenant_id and op.livemode == event.livemode]
     return sorted(
         (
             op for op in operators
@@ -70,7 +74,8 @@ def build_plan(
     plan = Plan(
         id=plan_id, tenant_id=event.tenant_id, livemode=event.livemode, operator_id=operator.id,
         operator_name=operator.name, guardrail_version=operator.version, event_id=event.id,
-        correlation_id=event.correlation_id, run_id=run_id, model=operator.model, status="executing",
+        correlation_id=event.correlation_id, run_id=run_id or event.session_id, model=operator.model,
+        status="executing",
         reasoning=proposal.reasoning if proposal else None, actions=[], created_at=now, updated_at=now,
     )
     if proposal is None or refusal:

@@ -36,6 +36,7 @@ from agents.control import decide
 from agents.ingest import Admitted, Coordinates, Refused, admit
 from agents.planning import Built, build_plan, routed_operators
 from agents.rules_model import propose
+from agents.schedule import due_slots, run_envelope
 from agents.secrets import SecretBox
 from schemas.commands import Command, Reply, ReplyError
 from schemas.config import ConfigRecord
@@ -76,6 +77,8 @@ HEARTBEAT_INTERVAL_S = 2.0
 # last_run summaries are flushed to the operator at most this often (a "run" is that window).
 RUN_FLUSH_S = 5.0
 EXPIRY_SCAN_S = 15.0
+# Cron has minute resolution; scanning twice a minute never misses a slot.
+SCHEDULE_SCAN_S = 30.0
 
 
 def default_worker_id() -> str:
@@ -101,6 +104,7 @@ class WorkerState:
         self.executor: Executor | None = None
         self.models: ModelRouter | None = None
         self.instance = f"{worker_id}-{os.getpid()}"
+        self.schedule_scanned_at = datetime.now(UTC)
 
     async def start(self) -> None:
         from connectors.pool import ConnectorRuntime
@@ -284,6 +288,21 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
                 continue
             last_run = {"run_id": new_id("run"), **counts, "at": now.isoformat()}
             await _send_command(state, "operator.record_run", op, {"operator_id": op_id, "last_run": last_run})
+
+    @app.timer(interval=SCHEDULE_SCAN_S)
+    async def run_schedules() -> None:
+        """Publish a run event for every operator whose cron slot passed since the last scan."""
+        if state.producer is None:
+            return
+        now = datetime.now(UTC)
+        last, state.schedule_scanned_at = state.schedule_scanned_at, now
+        for op in list(state.view.operators.values()):
+            if op.status != "active" or not op.schedule:
+                continue
+            for slot in due_slots(op.schedule, max(last, op.updated_at), now):
+                env = run_envelope(op, slot)
+                await state.producer.send(EVENTS, env.model_dump_json(exclude_none=True).encode(),
+                                          key=f"{op.tenant_id}:{env.entity_key}".encode())
 
     @app.timer(interval=EXPIRY_SCAN_S)
     async def expire_plans() -> None:
