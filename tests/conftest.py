@@ -139,8 +139,18 @@ def client(stack: Stack, secret: str | None) -> httpx.Client:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    s = make_stack(tmp_path_factory.mktemp("stack"))
+def openai_fake():
+    from tests.fakes.openai_server import FakeOpenAI
+
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, openai_fake):
+    s = make_stack(tmp_path_factory.mktemp("stack"), FIBRIC_OPENAI_BASE_URL=openai_fake.url,
+                   FIBRIC_OPENAI_API_KEY="sk-fake-model-key")
     s.start()
     yield s
     s.stop()
