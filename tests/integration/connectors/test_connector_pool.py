@@ -348,3 +348,8 @@ async def test_every_live_listing_starts_and_reports_errors_in_shape(
     r = await runtime.call("cn_other", "connector.check", {})
     assert (r.ok, r.error_code) == (False, code)
     assert r.content == {"error": {"code": code, "message": r.error_message, "status": None}}
+    # The connection test calls every tool with no arguments (side effects as dry runs): each
+    # must reach the upstream (here: fail the same way), never refuse the empty arguments.
+    for t in listing.tools:
+        r = await runtime.call("cn_other", t.name, {}, dry_run=t.side_effect)
+        assert (r.ok, r.error_code) == (False, code), t.name

@@ -1,0 +1,123 @@
+"""The HTTP client our connector servers use to reach a vendor's REST API.
+
+One ``httpx.AsyncClient`` per server process (keep-alive), bounded timeouts, and one mapping
+from HTTP outcomes to connector errors: 401/403 -> auth_failed, 404 -> not_found, other 4xx ->
+invalid_args, 5xx / unreachable / timeout -> upstream_error. It must never put credentials in
+an error message or a log line (they travel only in the Authorization header).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from connectors.errors import ConnectorError, ConnectorErrorCode, code_for_http_status
+
+# Upstream deadline per request. Below the pool's default per-call timeout (10 s) so a slow
+# vendor is reported as upstream_error by the server, not as a bare pool timeout.
+UPSTREAM_TIMEOUT_S = 8.0
+# Connecting should be quick on any healthy API; fail fast so retries happen sooner.
+UPSTREAM_CONNECT_TIMEOUT_S = 3.0
+# Concurrent upstream connections per server process; the pool's per-connector in-flight
+# bound (16 by default) is the real limiter, this only keeps the socket count sane.
+UPSTREAM_MAX_CONNECTIONS = 32
+# Vendor error messages are echoed to receipts; cap them.
+MAX_UPSTREAM_MESSAGE_CHARS = 300
+# Statuses after which a write may or may not have been applied upstream.
+AMBIGUOUS_WRITE_STATUSES = frozenset({500, 504})
+
+
+def upstream_message(body: Any, status: int) -> str:
+    """A human message from a vendor error body (Magento's ``%name`` templating filled in)."""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        msg = body["message"]
+        params = body.get("parameters")
+        if isinstance(params, dict):
+            for k, v in params.items():
+                msg = msg.replace(f"%{k}", str(v))
+        elif isinstance(params, list):
+            for i, v in enumerate(params, start=1):
+                msg = msg.replace(f"%{i}", str(v))
+        return msg[:MAX_UPSTREAM_MESSAGE_CHARS]
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        first = body["errors"][0]
+        if isinstance(first, dict):
+            text = first.get("detail") or first.get("title") or first.get("message")
+            if isinstance(text, str):
+                return text[:MAX_UPSTREAM_MESSAGE_CHARS]
+    return f"upstream returned HTTP {status}"
+
+
+def error_for_status(status: int, body: Any, *, write: bool) -> ConnectorError:
+    return ConnectorError(
+        code_for_http_status(status),
+        upstream_message(body, status),
+        status=status,
+        outcome_unknown=write and status in AMBIGUOUS_WRITE_STATUSES,
+    )
+
+
+class Upstream:
+    """A vendor REST API at ``base_url`` with fixed auth headers."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        timeout_s: float = UPSTREAM_TIMEOUT_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Accept": "application/json", **headers},
+            timeout=httpx.Timeout(timeout_s, connect=min(UPSTREAM_CONNECT_TIMEOUT_S, timeout_s)),
+            limits=httpx.Limits(max_connections=UPSTREAM_MAX_CONNECTIONS),
+            follow_redirects=False,  # never replay a bearer token to another origin
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | list[tuple[str, Any]] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """Send one request; the decoded JSON body on 2xx, else a ``ConnectorError``."""
+        write = method.upper() not in ("GET", "HEAD")
+        try:
+            resp = await self._client.request(method, path, params=params, json=json)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ConnectorError(
+                ConnectorErrorCode.UPSTREAM_ERROR,
+                f"upstream unreachable: {type(exc).__name__}",
+            ) from None
+        except httpx.TimeoutException:
+            raise ConnectorError(
+                ConnectorErrorCode.UPSTREAM_ERROR, "upstream timed out", outcome_unknown=write
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ConnectorError(
+                ConnectorErrorCode.UPSTREAM_ERROR,
+                f"upstream transport error: {type(exc).__name__}",
+                outcome_unknown=write,
+            ) from None
+        try:
+            body = resp.json() if resp.content else None
+        except ValueError:
+            body = None
+        if resp.status_code >= 400:
+            raise error_for_status(resp.status_code, body, write=write)
+        if resp.content and body is None:
+            raise ConnectorError(
+                ConnectorErrorCode.UPSTREAM_ERROR,
+                "upstream returned a non-JSON body",
+                status=resp.status_code,
+                outcome_unknown=write,
+            )
+        return body
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
