@@ -37,7 +37,7 @@ def _print(obj: Any, as_json: bool) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from fibric.launcher import up
 
-    return up(_settings(), workers=args.workers)
+    return up(_settings(), workers=args.workers, demo=args.demo)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="start the embedded stack (broker, worker, api) in the foreground"
     )
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument(
+        "--demo", action="store_true", help="also start a fake Magento store and a demo tenant"
+    )
     up.set_defaults(fn=cmd_up)
     sub.add_parser("worker", help="run one worker process (Faust agents)").set_defaults(
         fn=cmd_worker

@@ -105,6 +105,7 @@ class Stack:
         self.broker: Child | None = None
         self.children: list[Child] = []
         self.workers = workers
+        self.extras: list[subprocess.Popen[bytes]] = []  # e.g. the demo store
         self._stop = False
 
     def _env(self, **extra: str) -> dict[str, str]:
@@ -238,6 +239,9 @@ class Stack:
         return 0
 
     def stop_all(self) -> None:
+        for proc in self.extras:
+            proc.terminate()
+            proc.wait(STOP_GRACE_S)
         for child in reversed(self.children):  # api first, then workers
             child.stop()
         if self.broker is not None:
@@ -247,7 +251,7 @@ class Stack:
         self._stop = True
 
 
-def up(settings: Settings, workers: int = 1) -> int:
+def up(settings: Settings, workers: int = 1, demo: bool = False) -> int:
     if not port_is_free(settings.api_host, settings.api_port):
         raise CliError(
             f"port {settings.api_port} on {settings.api_host} is busy (set FIBRIC_API_PORT)"
@@ -265,6 +269,12 @@ def up(settings: Settings, workers: int = 1) -> int:
                 f"fibric: ready at {settings.api_base_url}  (logs: {stack.logs}; Ctrl-C stops)",
                 flush=True,
             )
+        if demo and not stack._stop:
+            from fibric.demo import populate, start_store, summary
+
+            store, url = start_store()
+            stack.extras.append(store)
+            print(summary(populate(settings, url), settings.api_base_url), flush=True)
         code = stack.supervise()
     finally:
         stack.stop_all()
