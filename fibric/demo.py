@@ -28,28 +28,29 @@ DEMO_EVENTS = 300
 DEMO_ORDERS = 60
 SEED = 1337
 
-# The playbook documented in the README: hold risky orders (ceiling 500 on the order total),
-# tell the customer (a human approves every notification), release orders once paid.
+# The playbook documented in the README: hold risky orders at once (ceiling 500 on the order
+# total), release them when payment is captured, and tell the customer about a delay (every
+# notification waits for a human: ALERT).
 ORDER_RISK_PLAYBOOK: list[dict[str, Any]] = [
     {
         "when": "order.created",
         "if": [{"field": "payload.risk_score", "op": "gte", "value": 70}],
-        "then": [
-            {"tool": "order.hold", "args": {"order_id": "{{payload.order_id}}"}, "value": "{{payload.total}}",
-             "entity_key": "order:{{payload.order_id}}", "idempotency_key": "hold:{{payload.order_id}}"},
-            {"tool": "order.notify",
-             "args": {"order_id": "{{payload.order_id}}",
-                      "comment": "Your order is on hold for a quick review; we will ship it soon."},
-             "entity_key": "order:{{payload.order_id}}", "idempotency_key": "notify-hold:{{payload.order_id}}"},
-        ],
-        "reasoning": "Risk score {{payload.risk_score}} is at or above 70: hold order {{payload.order_id}} "
-                     "and tell the customer why.",
+        "then": [{"tool": "order.hold", "args": {"order_id": "{{payload.order_id}}"}, "value": "{{payload.total}}",
+                  "entity_key": "order:{{payload.order_id}}", "idempotency_key": "hold:{{payload.order_id}}"}],
+        "reasoning": "Risk score {{payload.risk_score}} is at or above 70: hold order {{payload.order_id}}.",
     },
     {
         "when": "payment.captured",
         "then": [{"tool": "order.release", "args": {"order_id": "{{payload.order_id}}"},
                   "entity_key": "order:{{payload.order_id}}", "idempotency_key": "release:{{payload.order_id}}"}],
         "reasoning": "Payment captured for order {{payload.order_id}}: release the hold.",
+    },
+    {
+        "when": "order.delayed",
+        "then": [{"tool": "order.notify",
+                  "args": {"order_id": "{{payload.order_id}}", "comment": "{{payload.message}}"},
+                  "entity_key": "order:{{payload.order_id}}", "idempotency_key": "delay:{{payload.order_id}}"}],
+        "reasoning": "Order {{payload.order_id}} will miss its ship date: tell the customer.",
     },
 ]
 ORDER_RISK = {
@@ -58,6 +59,7 @@ ORDER_RISK = {
     "capabilities": ["order.read", "order.hold", "order.release", "order.notify"],
     "guardrails": [
         {"tool": "order.hold", "decision": "ALLOW", "max_value": 500},
+        {"tool": "order.release", "decision": "ALLOW"},
         {"tool": "order.notify", "decision": "ALERT"},
     ],
     "schedule": "*/15 * * * *",
@@ -107,16 +109,25 @@ def populate(settings: Settings, store_url: str) -> dict[str, Any]:
         op = c.post("/v1/operators", json=ORDER_RISK)
         if op.status_code not in (201, 409):
             raise CliError(f"demo: creating order-risk failed: {op.text[:200]}")
+        held: list[int] = []
         for n in range(DEMO_EVENTS):
             order = 100 + rng.randint(1, DEMO_ORDERS)
             kind = rng.random()
-            if kind < 0.75:
+            if kind < 0.7 or not held:
+                risk = rng.randint(0, 100)
                 body = {"source": "magento", "event_type": "order.created", "entity_key": f"order:{order}",
                         "payload": {"order_id": str(order), "total": rng.choice([49, 129, 240, 480, 720, 1290]),
-                                    "risk_score": rng.randint(0, 100)}}
+                                    "risk_score": risk}}
+                if risk >= 70:
+                    held.append(order)
+            elif kind < 0.9:
+                paid = held.pop(rng.randrange(len(held)))
+                body = {"source": "stripe", "event_type": "payment.captured", "entity_key": f"order:{paid}",
+                        "payload": {"order_id": str(paid)}}
             else:
-                body = {"source": "stripe", "event_type": "payment.captured", "entity_key": f"order:{order}",
-                        "payload": {"order_id": str(order), "n": n}}
+                body = {"source": "warehouse", "event_type": "order.delayed", "entity_key": f"order:{order}",
+                        "payload": {"order_id": str(order),
+                                    "message": "Your order will ship two days late; sorry for the wait."}}
             c.post("/v1/events", json=body)
         time.sleep(3)
         outcomes: dict[str, int] = {}

@@ -206,7 +206,7 @@ class FakeMagento:
 
 def start_fake_magento() -> FakeMagento:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.magento", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "connectors.fakes.magento", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
