@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from agents.planning import receipt, revet
+from agents.policy import evaluate
 from schemas.commands import Command, Reply, ReplyError
 from schemas.config import SLUG_RE, ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
-from agents.planning import receipt, revet
-from agents.policy import evaluate
 from schemas.ids import derived_id
 from schemas.operator import Guardrail, LastRun, Operator, default_triggers
 from schemas.plan import ActionRecord, Plan, Verdict
@@ -66,16 +66,39 @@ def decide(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory) -
     records, result = out[0], out[1]
     outputs, dispatch = (out[2], out[3]) if len(out) == 4 else ([], [])
     return Decision(
-        Reply(id=cmd.id, reply_to=cmd.reply_to, ok=True, result=result, record_ids=[r.id for r in records]),
-        records, outputs, dispatch,
+        Reply(
+            id=cmd.id,
+            reply_to=cmd.reply_to,
+            ok=True,
+            result=result,
+            record_ids=[r.id for r in records],
+        ),
+        records,
+        outputs,
+        dispatch,
     )
 
 
-def _record(cmd: Command, kind: str, tenant_id: str, data: dict[str, Any], version: int,
-            now: datetime, new_id: IdFactory, note: str | None = None) -> ConfigRecord:
+def _record(
+    cmd: Command,
+    kind: str,
+    tenant_id: str,
+    data: dict[str, Any],
+    version: int,
+    now: datetime,
+    new_id: IdFactory,
+    note: str | None = None,
+) -> ConfigRecord:
     return ConfigRecord(
-        id=new_id("cfg"), kind=kind, tenant_id=tenant_id, version=version, data=data,  # type: ignore[arg-type]
-        actor=cmd.actor, note=note or cmd.type, request_id=cmd.request_id, at=now,
+        id=new_id("cfg"),
+        kind=kind,
+        tenant_id=tenant_id,
+        version=version,
+        data=data,  # type: ignore[arg-type]
+        actor=cmd.actor,
+        note=note or cmd.type,
+        request_id=cmd.request_id,
+        at=now,
     )
 
 
@@ -83,9 +106,17 @@ def _record(cmd: Command, kind: str, tenant_id: str, data: dict[str, Any], versi
 def _tenant_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     slug = str(cmd.args.get("slug", ""))
     if not SLUG_RE.match(slug):
-        raise Refusal(400, "invalid_parameter", f"invalid slug {slug!r}: 3–40 lowercase letters, digits and hyphens")
+        raise Refusal(
+            400,
+            "invalid_parameter",
+            f"invalid slug {slug!r}: 3–40 lowercase letters, digits and hyphens",
+        )
     if slug in state.tenant_by_slug:
-        raise Refusal(409, "state_conflict", f"tenant slug {slug!r} already exists ({state.tenant_by_slug[slug].id})")
+        raise Refusal(
+            409,
+            "state_conflict",
+            f"tenant slug {slug!r} already exists ({state.tenant_by_slug[slug].id})",
+        )
     tenant = Tenant(id=new_id("t"), slug=slug, name=cmd.args.get("name") or slug, created_at=now)
     data = tenant.model_dump(mode="json")
     return [_record(cmd, "tenant", tenant.id, data, 1, now, new_id)], data
@@ -93,8 +124,12 @@ def _tenant_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFa
 
 def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     tenant = _tenant(state, cmd)
-    key = ApiKey.model_validate({**cmd.args["key"], "id": new_id("key"), "tenant_id": tenant.id, "created_at": now})
-    return [_record(cmd, "api_key", tenant.id, key.model_dump(mode="json"), 1, now, new_id)], key.public()
+    key = ApiKey.model_validate(
+        {**cmd.args["key"], "id": new_id("key"), "tenant_id": tenant.id, "created_at": now}
+    )
+    return [
+        _record(cmd, "api_key", tenant.id, key.model_dump(mode="json"), 1, now, new_id)
+    ], key.public()
 
 
 def _key_revoke(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
@@ -102,7 +137,9 @@ def _key_revoke(state: ConfigState, cmd: Command, now: datetime, new_id: IdFacto
     if key is None or (cmd.tenant_id and key.tenant_id != cmd.tenant_id):
         raise Refusal(404, "not_found", f"no key {cmd.args.get('key_id')!r}")
     revoked = key.model_copy(update={"status": "revoked"})
-    return [_record(cmd, "api_key", key.tenant_id, revoked.model_dump(mode="json"), 2, now, new_id)], revoked.public()
+    return [
+        _record(cmd, "api_key", key.tenant_id, revoked.model_dump(mode="json"), 2, now, new_id)
+    ], revoked.public()
 
 
 def _tenant(state: ConfigState, cmd: Command) -> Tenant:
@@ -120,9 +157,11 @@ def _unbound(state: ConfigState, cmd: Command, capabilities: list[str]) -> None:
     missing = [c for c in capabilities if c not in bound]
     if missing:
         raise Refusal(
-            422, "capability_unbound",
+            422,
+            "capability_unbound",
             f"{missing[0]} is fulfilled by no installed connector; install one first.",
-            capability=missing[0], capabilities=missing,
+            capability=missing[0],
+            capabilities=missing,
         )
 
 
@@ -138,18 +177,29 @@ def _operator_create(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     body = cmd.args["operator"]
     name = body["name"]
     if any(o.name == name for o in state.operators_of(cmd.tenant_id or "", cmd.livemode)):
-        raise Refusal(409, "state_conflict", f"An operator named {name!r} already exists in this tenant.")
+        raise Refusal(
+            409, "state_conflict", f"An operator named {name!r} already exists in this tenant."
+        )
     _unbound(state, cmd, body["capabilities"])
     op = Operator(
-        id=new_id("op"), tenant_id=cmd.tenant_id or "", livemode=cmd.livemode, name=name,
-        status=body.get("status") or "active", outcome=body["outcome"],
+        id=new_id("op"),
+        tenant_id=cmd.tenant_id or "",
+        livemode=cmd.livemode,
+        name=name,
+        status=body.get("status") or "active",
+        outcome=body["outcome"],
         capabilities=body["capabilities"],
         guardrails=[Guardrail.model_validate(g) for g in body.get("guardrails") or []],
-        model=body.get("model") or "router:default", schedule=body.get("schedule"),
+        model=body.get("model") or "router:default",
+        schedule=body.get("schedule"),
         triggers=body.get("triggers") or default_triggers(body["capabilities"]),
-        playbook=body.get("playbook"), created_at=now, updated_at=now,
+        playbook=body.get("playbook"),
+        created_at=now,
+        updated_at=now,
     )
-    return [_record(cmd, "operator", op.tenant_id, op.model_dump(mode="json"), 1, now, new_id)], op.public()
+    return [
+        _record(cmd, "operator", op.tenant_id, op.model_dump(mode="json"), 1, now, new_id)
+    ], op.public()
 
 
 def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
@@ -157,7 +207,9 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     changes: dict[str, Any] = dict(cmd.args["changes"])
     if "name" in changes:
         if changes["name"] != op.name:
-            raise Refusal(400, "invalid_parameter", "name is immutable after creation.", param="name")
+            raise Refusal(
+                400, "invalid_parameter", "name is immutable after creation.", param="name"
+            )
         del changes["name"]
     if "capabilities" in changes:
         _unbound(state, cmd, changes["capabilities"])
@@ -170,7 +222,16 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
         return [], op.public()
     updated = op.model_copy(update={**changes, "version": op.version + 1, "updated_at": now})
     note = "operator.update: " + ", ".join(sorted(changes))
-    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
+    rec = _record(
+        cmd,
+        "operator",
+        op.tenant_id,
+        updated.model_dump(mode="json"),
+        updated.version,
+        now,
+        new_id,
+        note,
+    )
     return [rec], updated.public()
 
 
@@ -179,38 +240,93 @@ def _operator_pause(state: ConfigState, cmd: Command, now: datetime, new_id: IdF
     if op.status == "draft":
         raise Refusal(409, "state_conflict", f"Operator {op.id} is a draft; it is not running.")
     if op.status == "paused":
-        return [], {"id": op.id, "object": "operator", "name": op.name, "status": "paused",
-                    "paused_at": _iso(op.paused_at)}
+        return [], {
+            "id": op.id,
+            "object": "operator",
+            "name": op.name,
+            "status": "paused",
+            "paused_at": _iso(op.paused_at),
+        }
     reason = cmd.args.get("reason")
-    updated = op.model_copy(update={"status": "paused", "paused_at": now, "pause_reason": reason,
-                                    "version": op.version + 1, "updated_at": now})
+    updated = op.model_copy(
+        update={
+            "status": "paused",
+            "paused_at": now,
+            "pause_reason": reason,
+            "version": op.version + 1,
+            "updated_at": now,
+        }
+    )
     note = f"operator.pause: {reason}" if reason else "operator.pause"
-    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
-    return [rec], {"id": op.id, "object": "operator", "name": op.name, "status": "paused", "paused_at": _iso(now)}
+    rec = _record(
+        cmd,
+        "operator",
+        op.tenant_id,
+        updated.model_dump(mode="json"),
+        updated.version,
+        now,
+        new_id,
+        note,
+    )
+    return [rec], {
+        "id": op.id,
+        "object": "operator",
+        "name": op.name,
+        "status": "paused",
+        "paused_at": _iso(now),
+    }
 
 
 def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     op = _operator(state, cmd)
     if op.status == "draft":
-        raise Refusal(409, "state_conflict", f"Operator {op.id} is a draft; activate it with PATCH first.")
+        raise Refusal(
+            409, "state_conflict", f"Operator {op.id} is a draft; activate it with PATCH first."
+        )
     catch_up = bool(cmd.args.get("catch_up"))
     if op.status == "active":
-        return [], {"id": op.id, "object": "operator", "name": op.name, "status": "active",
-                    "resumed_at": _iso(op.resumed_at), "catch_up_events": 0}
-    updated = op.model_copy(update={"status": "active", "resumed_at": now, "version": op.version + 1,
-                                    "updated_at": now})
+        return [], {
+            "id": op.id,
+            "object": "operator",
+            "name": op.name,
+            "status": "active",
+            "resumed_at": _iso(op.resumed_at),
+            "catch_up_events": 0,
+        }
+    updated = op.model_copy(
+        update={"status": "active", "resumed_at": now, "version": op.version + 1, "updated_at": now}
+    )
     note = "operator.resume (catch_up)" if catch_up else "operator.resume"
-    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
-    result = {"id": op.id, "object": "operator", "name": op.name, "status": "active",
-              "resumed_at": _iso(now), "catch_up_events": int(cmd.args.get("catch_up_events") or 0) if catch_up else 0,
-              "catch_up_window": {"from": _iso(op.paused_at), "to": _iso(now)} if catch_up else None}
+    rec = _record(
+        cmd,
+        "operator",
+        op.tenant_id,
+        updated.model_dump(mode="json"),
+        updated.version,
+        now,
+        new_id,
+        note,
+    )
+    result = {
+        "id": op.id,
+        "object": "operator",
+        "name": op.name,
+        "status": "active",
+        "resumed_at": _iso(now),
+        "catch_up_events": int(cmd.args.get("catch_up_events") or 0) if catch_up else 0,
+        "catch_up_window": {"from": _iso(op.paused_at), "to": _iso(now)} if catch_up else None,
+    }
     return [rec], result
 
 
 def _operator_record_run(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     op = _operator(state, cmd)
-    updated = op.model_copy(update={"last_run": LastRun.model_validate(cmd.args["last_run"]), "updated_at": now})
-    rec = _record(cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), op.version, now, new_id)
+    updated = op.model_copy(
+        update={"last_run": LastRun.model_validate(cmd.args["last_run"]), "updated_at": now}
+    )
+    rec = _record(
+        cmd, "operator", op.tenant_id, updated.model_dump(mode="json"), op.version, now, new_id
+    )
     return [rec], updated.public()
 
 
@@ -226,25 +342,53 @@ def _connector_install(state: ConfigState, cmd: Command, now: datetime, new_id: 
     _tenant(state, cmd)
     draft = dict(cmd.args["connector"])
     if any(c.name == draft["name"] for c in state.connectors_of(cmd.tenant_id or "", cmd.livemode)):
-        raise Refusal(409, "state_conflict", f"A connector named {draft['name']!r} already exists in this tenant.")
-    cn = Connector.model_validate({**draft, "tenant_id": cmd.tenant_id, "livemode": cmd.livemode,
-                                   "created_at": now, "updated_at": now})
+        raise Refusal(
+            409,
+            "state_conflict",
+            f"A connector named {draft['name']!r} already exists in this tenant.",
+        )
+    cn = Connector.model_validate(
+        {
+            **draft,
+            "tenant_id": cmd.tenant_id,
+            "livemode": cmd.livemode,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
     records = [_record(cmd, "connector", cn.tenant_id, cn.model_dump(mode="json"), 1, now, new_id)]
     if cmd.args.get("ciphertext"):
-        vault = VaultEntry(connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=cmd.args["ciphertext"])
-        records.append(_record(cmd, "vault", cn.tenant_id, vault.model_dump(mode="json"), 1, now, new_id))
+        vault = VaultEntry(
+            connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=cmd.args["ciphertext"]
+        )
+        records.append(
+            _record(cmd, "vault", cn.tenant_id, vault.model_dump(mode="json"), 1, now, new_id)
+        )
     return records, cn.public()
 
 
 def _connector_set_status(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     cn = _connector(state, cmd)
-    update: dict[str, Any] = {"status": cmd.args["status"], "status_detail": cmd.args.get("detail"),
-                              "updated_at": now, "version": cn.version + 1}
+    update: dict[str, Any] = {
+        "status": cmd.args["status"],
+        "status_detail": cmd.args.get("detail"),
+        "updated_at": now,
+        "version": cn.version + 1,
+    }
     if cmd.args.get("synced"):
         update["last_synced_at"] = now
     updated = cn.model_copy(update=update)
     note = f"connector.set_status: {updated.status}"
-    rec = _record(cmd, "connector", cn.tenant_id, updated.model_dump(mode="json"), updated.version, now, new_id, note)
+    rec = _record(
+        cmd,
+        "connector",
+        cn.tenant_id,
+        updated.model_dump(mode="json"),
+        updated.version,
+        now,
+        new_id,
+        note,
+    )
     return [rec], updated.public()
 
 
@@ -256,24 +400,33 @@ def _connector_uninstall(state: ConfigState, cmd: Command, now: datetime, new_id
             others.update(other.capabilities)
     sole = [c for c in cn.capabilities if c not in others]
     dependents = sorted(
-        (op for op in state.operators_of(cn.tenant_id, cn.livemode)
-         if op.status == "active" and any(c in sole for c in op.capabilities)),
+        (
+            op
+            for op in state.operators_of(cn.tenant_id, cn.livemode)
+            if op.status == "active" and any(c in sole for c in op.capabilities)
+        ),
         key=lambda op: op.id,
     )
     if dependents:
         caps = sorted({c for op in dependents for c in op.capabilities if c in sole})
         ids = ", ".join(op.id for op in dependents)
         raise Refusal(
-            409, "connector_in_use",
+            409,
+            "connector_in_use",
             f"{', '.join(caps)} {'is' if len(caps) == 1 else 'are'} fulfilled only by {cn.id}; "
             f"operators {ids} depend on it.",
-            operators=[{"id": op.id, "name": op.name} for op in dependents], capabilities=caps,
+            operators=[{"id": op.id, "name": op.name} for op in dependents],
+            capabilities=caps,
         )
     gone = cn.model_copy(update={"deleted": True, "updated_at": now, "version": cn.version + 1})
     purge = VaultEntry(connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=None)
     records = [
-        _record(cmd, "connector", cn.tenant_id, gone.model_dump(mode="json"), gone.version, now, new_id),
-        _record(cmd, "vault", cn.tenant_id, purge.model_dump(mode="json"), 2, now, new_id, "vault.purge"),
+        _record(
+            cmd, "connector", cn.tenant_id, gone.model_dump(mode="json"), gone.version, now, new_id
+        ),
+        _record(
+            cmd, "vault", cn.tenant_id, purge.model_dump(mode="json"), 2, now, new_id, "vault.purge"
+        ),
     ]
     return records, {"id": cn.id, "object": "connector", "deleted": True}
 
@@ -303,18 +456,36 @@ _HANDLERS = {
 def _pending(state: ConfigState, cmd: Command) -> Plan:
     plan = state.pending_plans.get(str(cmd.args.get("plan_id")))
     if plan is None or plan.tenant_id != cmd.tenant_id or plan.livemode != cmd.livemode:
-        raise Refusal(409, "state_conflict",
-                      f"Plan {cmd.args.get('plan_id')} is not awaiting approval and cannot be "
-                      f"{'approved' if cmd.type == 'plan.approve' else 'vetoed'}.")
+        raise Refusal(
+            409,
+            "state_conflict",
+            f"Plan {cmd.args.get('plan_id')} is not awaiting approval and cannot be "
+            f"{'approved' if cmd.type == 'plan.approve' else 'vetoed'}.",
+        )
     return plan
 
 
-def _close_plan(cmd: Command, plan: Plan, status: str, now: datetime, new_id: IdFactory,
-                approver: str | None) -> tuple[Plan, ConfigRecord]:
-    closed = plan.model_copy(update={"status": status, "approver": approver, "updated_at": now,
-                                     "version": plan.version + 1})
-    rec = _record(cmd, "pending_plan", plan.tenant_id, closed.model_dump(mode="json"), closed.version,
-                  now, new_id, f"{cmd.type}: {approver or 'system'}")
+def _close_plan(
+    cmd: Command, plan: Plan, status: str, now: datetime, new_id: IdFactory, approver: str | None
+) -> tuple[Plan, ConfigRecord]:
+    closed = plan.model_copy(
+        update={
+            "status": status,
+            "approver": approver,
+            "updated_at": now,
+            "version": plan.version + 1,
+        }
+    )
+    rec = _record(
+        cmd,
+        "pending_plan",
+        plan.tenant_id,
+        closed.model_dump(mode="json"),
+        closed.version,
+        now,
+        new_id,
+        f"{cmd.type}: {approver or 'system'}",
+    )
     return closed, rec
 
 
@@ -332,13 +503,24 @@ def _plan_approve(state: ConfigState, cmd: Command, now: datetime, new_id: IdFac
             actions.append(a)
             continue  # approval never runs a BLOCK; its refusal receipt already exists
         verdict = revet(a, operator, connectors)
-        approved = a.model_copy(update={"approver": approver, "request_id": cmd.request_id,
-                                        "verdict": verdict, "guardrail_version":
-                                        operator.version if operator else a.guardrail_version})
+        approved = a.model_copy(
+            update={
+                "approver": approver,
+                "request_id": cmd.request_id,
+                "verdict": verdict,
+                "guardrail_version": operator.version if operator else a.guardrail_version,
+            }
+        )
         actions.append(approved)
         if verdict.decision == "BLOCK":
-            outputs.append(("receipt", receipt(approved, "BLOCK", "refused",
-                                               f"blocked at approval: {verdict.reason}", now)))
+            outputs.append(
+                (
+                    "receipt",
+                    receipt(
+                        approved, "BLOCK", "refused", f"blocked at approval: {verdict.reason}", now
+                    ),
+                )
+            )
         else:
             dispatch.append(approved)
     closed.actions = actions
@@ -353,8 +535,20 @@ def _plan_veto(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactor
     outputs: list[tuple[str, Any]] = [("plan", closed)]
     for a in plan.actions:
         if a.verdict.decision != "BLOCK":
-            outputs.append(("receipt", receipt(a, a.verdict.decision, "vetoed", f"vetoed by {approver}", now,
-                                               approver=approver, request_id=cmd.request_id)))
+            outputs.append(
+                (
+                    "receipt",
+                    receipt(
+                        a,
+                        a.verdict.decision,
+                        "vetoed",
+                        f"vetoed by {approver}",
+                        now,
+                        approver=approver,
+                        request_id=cmd.request_id,
+                    ),
+                )
+            )
     return [rec], closed.model_dump(mode="json"), outputs, []
 
 
@@ -366,8 +560,14 @@ def _plan_expire(state: ConfigState, cmd: Command, now: datetime, new_id: IdFact
     outputs: list[tuple[str, Any]] = [("plan", closed)]
     for a in plan.actions:
         if a.verdict.decision != "BLOCK":
-            outputs.append(("receipt", receipt(a, a.verdict.decision, "expired",
-                                               "no approval before the plan expired", now)))
+            outputs.append(
+                (
+                    "receipt",
+                    receipt(
+                        a, a.verdict.decision, "expired", "no approval before the plan expired", now
+                    ),
+                )
+            )
     return [rec], closed.model_dump(mode="json"), outputs, []
 
 
@@ -376,30 +576,51 @@ def _action_undo(state: ConfigState, cmd: Command, now: datetime, new_id: IdFact
     if original.tenant_id != cmd.tenant_id or original.livemode != cmd.livemode:
         raise Refusal(404, "not_found", f"No action {original.id!r}.")
     if not original.compensating_tool:
-        raise Refusal(409, "state_conflict", f"{original.tool} declares no compensating tool; it cannot be undone.")
+        raise Refusal(
+            409,
+            "state_conflict",
+            f"{original.tool} declares no compensating tool; it cannot be undone.",
+        )
     operator = state.operators.get(original.operator_id)
     connectors = state.connectors_of(original.tenant_id, original.livemode)
     cn = next((c for c in connectors if c.id == original.connector_id), None)
     tool = next((t for t in cn.tools if t.name == original.compensating_tool), None) if cn else None
-    undo = original.model_copy(update={
-        "id": derived_id("act", int(now.timestamp() * 1000), original.id, "undo"),
-        "tool": original.compensating_tool, "compensating_tool": None, "undo_of": original.id,
-        "idempotency_key": f"{original.idempotency_key}:undo", "side_effect": True,
-        "request_id": cmd.request_id, "approver": None, "proposed_at": now,
-        "guardrail_version": operator.version if operator else original.guardrail_version,
-    })
+    undo = original.model_copy(
+        update={
+            "id": derived_id("act", int(now.timestamp() * 1000), original.id, "undo"),
+            "tool": original.compensating_tool,
+            "compensating_tool": None,
+            "undo_of": original.id,
+            "idempotency_key": f"{original.idempotency_key}:undo",
+            "side_effect": True,
+            "request_id": cmd.request_id,
+            "approver": None,
+            "proposed_at": now,
+            "guardrail_version": operator.version if operator else original.guardrail_version,
+        }
+    )
     if operator is None or cn is None or tool is None:
-        undo.verdict = Verdict(decision="BLOCK", rule=None,
-                               reason="the operator or connector needed for the undo is gone")
+        undo.verdict = Verdict(
+            decision="BLOCK",
+            rule=None,
+            reason="the operator or connector needed for the undo is gone",
+        )
     else:
-        undo.verdict = evaluate(operator.guardrails, tool=undo.tool, side_effect=True, value=undo.value,
-                                connector_names=(cn.id, cn.name, cn.listing))
+        undo.verdict = evaluate(
+            operator.guardrails,
+            tool=undo.tool,
+            side_effect=True,
+            value=undo.value,
+            connector_names=(cn.id, cn.name, cn.listing),
+        )
     return [], undo.model_dump(mode="json"), [("action", undo)], [undo]
 
 
-_HANDLERS.update({
-    "plan.approve": _plan_approve,
-    "plan.veto": _plan_veto,
-    "plan.expire": _plan_expire,
-    "action.undo": _action_undo,
-})
+_HANDLERS.update(
+    {
+        "plan.approve": _plan_approve,
+        "plan.veto": _plan_veto,
+        "plan.expire": _plan_expire,
+        "action.undo": _action_undo,
+    }
+)

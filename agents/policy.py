@@ -29,14 +29,22 @@ def evaluate(
     if not side_effect:
         return Verdict(decision="ALLOW", rule=None, reason="read-only tool")
     matching = [
-        (i, g) for i, g in enumerate(guardrails)
-        if (g.connector is None or g.connector in connector_names) and (g.tool is None or g.tool == tool)
+        (i, g)
+        for i, g in enumerate(guardrails)
+        if (g.connector is None or g.connector in connector_names)
+        and (g.tool is None or g.tool == tool)
     ]
     if not matching:
-        return Verdict(decision="BLOCK", rule=None, reason=f"no guardrail allows {tool} (default closed)")
+        return Verdict(
+            decision="BLOCK", rule=None, reason=f"no guardrail allows {tool} (default closed)"
+        )
     for i, g in matching:
         if g.max_value is not None and (value is None or value > g.max_value):
-            why = "has no value" if value is None else f"value {value:g} exceeds max_value {g.max_value:g}"
+            why = (
+                "has no value"
+                if value is None
+                else f"value {value:g} exceeds max_value {g.max_value:g}"
+            )
             return Verdict(decision="BLOCK", rule=_rule(i, g), reason=f"{tool} {why}")
     alerts = [(i, g) for i, g in matching if g.decision == "ALERT"]
     if alerts:

@@ -81,7 +81,9 @@ def render(value: Any, ctx: dict[str, Any]) -> Any:
         if whole:
             found = _lookup(ctx, whole.group(1))
             if found is _MISSING:
-                raise TemplateError(f"template {{{{{whole.group(1)}}}}} names no field of the event")
+                raise TemplateError(
+                    f"template {{{{{whole.group(1)}}}}} names no field of the event"
+                )
             return found
 
         def sub(m: re.Match[str]) -> str:
@@ -123,9 +125,13 @@ def _holds(cond: Condition, ctx: dict[str, Any]) -> bool:
 
 def context(event: Event) -> dict[str, Any]:
     return {
-        "id": event.id, "event_type": event.event_type, "source": event.source,
-        "correlation_id": event.correlation_id, "entity_key": event.entity_key,
-        "workspace_id": event.workspace_id, "payload": event.payload,
+        "id": event.id,
+        "event_type": event.event_type,
+        "source": event.source,
+        "correlation_id": event.correlation_id,
+        "entity_key": event.entity_key,
+        "workspace_id": event.workspace_id,
+        "payload": event.payload,
     }
 
 
@@ -143,6 +149,10 @@ def propose(playbook: list[dict[str, Any]] | None, event: Event) -> ExecutionPla
         if rule.reasoning:
             reasons.append(str(render(rule.reasoning, ctx)))
     try:
-        return ExecutionPlan.model_validate({"reasoning": " ".join(reasons) or None, "actions": actions})
+        return ExecutionPlan.model_validate(
+            {"reasoning": " ".join(reasons) or None, "actions": actions}
+        )
     except ValidationError as exc:
-        raise ValueError(f"the playbook produced an invalid plan: {exc.errors()[0]['msg']}") from None
+        raise ValueError(
+            f"the playbook produced an invalid plan: {exc.errors()[0]['msg']}"
+        ) from None

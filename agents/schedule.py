@@ -34,8 +34,14 @@ def run_envelope(op: Operator, slot: datetime) -> EventEnvelope:
     run_id = derived_id("run", ms, op.id, "schedule")
     return EventEnvelope(
         event_id=derived_id("ev", ms, op.id, "schedule"),
-        tenant_id=op.tenant_id, livemode=op.livemode, source="cron", event_type=SCHEDULE_EVENT_TYPE,
+        tenant_id=op.tenant_id,
+        livemode=op.livemode,
+        source="cron",
+        event_type=SCHEDULE_EVENT_TYPE,
         payload={"run_id": run_id, "operator_id": op.id, "scheduled_for": slot.isoformat()},
-        agent_id=op.id, session_id=run_id, entity_key=f"operator:{op.id}",
-        idempotency_key=f"schedule:{op.id}:{ms}", received_at=slot,
+        agent_id=op.id,
+        session_id=run_id,
+        entity_key=f"operator:{op.id}",
+        idempotency_key=f"schedule:{op.id}:{ms}",
+        received_at=slot,
     )

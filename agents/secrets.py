@@ -29,7 +29,9 @@ class SecretBox:
         try:
             return orjson.loads(self._fernet.decrypt(ciphertext.encode()))
         except InvalidToken:
-            raise ValueError("credentials cannot be decrypted with this FIBRIC_SECRET_KEY") from None
+            raise ValueError(
+                "credentials cannot be decrypted with this FIBRIC_SECRET_KEY"
+            ) from None
 
 
 def credential_hint(auth: dict[str, Any]) -> str | None:

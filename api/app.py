@@ -12,13 +12,13 @@ from litestar.openapi import OpenAPIConfig
 
 from agents.secrets import SecretBox
 from api.auth import require_scope
-from api.controllers.dead_letters import DeadLettersController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
+from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
+from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
-from api.controllers.health import healthz, openapi, readyz
 from api.errors import handle_exception
 from api.idempotency import Idempotency
 from api.middleware import ConventionsMiddleware
@@ -30,8 +30,8 @@ from ledger.sink import LedgerSink
 from ledger.store import LedgerStore
 from schemas.config import ConfigRecord
 from schemas.settings import Settings
-from streams.config_log import config_log_size, publish
 from streams.commands import CommandClient
+from streams.config_log import config_log_size, publish
 from streams.config_view import ConfigView
 from streams.kafka import ensure_topics, make_producer
 from streams.topics import CONFIG, DLQ, LEDGER, LEDGER_GROUP

@@ -16,16 +16,25 @@ from streams.commands import CommandTimeout
 
 
 async def run_command(
-    state: ApiState, request: Request[Any, Any, Any], auth: AuthContext, type_: CommandType, args: dict[str, Any]
+    state: ApiState,
+    request: Request[Any, Any, Any],
+    auth: AuthContext,
+    type_: CommandType,
+    args: dict[str, Any],
 ) -> dict[str, Any]:
     try:
         reply = await state.commands.call(
-            type_, tenant_id=auth.tenant.id, livemode=auth.key.livemode, actor=auth.key.id,
-            request_id=request.scope["state"]["request_id"], args=args,
+            type_,
+            tenant_id=auth.tenant.id,
+            livemode=auth.key.livemode,
+            actor=auth.key.id,
+            request_id=request.scope["state"]["request_id"],
+            args=args,
         )
     except CommandTimeout:
         raise FibricError(
-            ErrorCode.SERVICE_UNAVAILABLE, "The control plane did not answer in time; retry with the same Idempotency-Key."
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The control plane did not answer in time; retry with the same Idempotency-Key.",
         ) from None
     if not reply.ok:
         assert reply.error is not None

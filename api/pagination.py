@@ -76,7 +76,9 @@ def list_body(
     }
 
 
-def paginate(items: list[Any], key: Any, limit: int, after: tuple[datetime, str] | None) -> tuple[list[Any], bool, tuple[datetime, str] | None]:
+def paginate(
+    items: list[Any], key: Any, limit: int, after: tuple[datetime, str] | None
+) -> tuple[list[Any], bool, tuple[datetime, str] | None]:
     """Newest-first keyset pagination over an in-memory list (config objects)."""
     ordered = sorted(items, key=key, reverse=True)
     if after is not None:

@@ -10,13 +10,13 @@ if TYPE_CHECKING:
 
     from agents.secrets import SecretBox
     from api.idempotency import Idempotency
-    from connectors.pool import ConnectorRuntime
-    from streams.commands import CommandClient
     from api.overlay import PendingEvents
     from api.ratelimit import RateLimiter
+    from connectors.pool import ConnectorRuntime
     from ledger.sink import LedgerSink
     from ledger.store import LedgerStore
     from schemas.settings import Settings
+    from streams.commands import CommandClient
     from streams.config_view import ConfigView
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fibric.errors import CliError
 from schemas.commands import CommandType
 from schemas.config import ApiKey, Tenant, expand_scopes, hash_secret, new_secret, secret_hint
 from schemas.settings import Settings
 from streams.commands import CommandClient, CommandTimeout
 from streams.config_view import ConfigView
 from streams.kafka import ensure_topics, make_producer, probe
-
-from fibric.errors import CliError
 
 
 class Admin:
@@ -45,12 +44,16 @@ class Admin:
         if self.producer:
             await self.producer.stop()
 
-    async def _call(self, type_: CommandType, tenant_id: str | None, args: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, type_: CommandType, tenant_id: str | None, args: dict[str, Any]
+    ) -> dict[str, Any]:
         assert self.commands is not None
         try:
             reply = await self.commands.call(type_, tenant_id=tenant_id, args=args)
         except CommandTimeout as exc:
-            raise CliError(f"{exc} (is a worker running: `fibric up` or `fibric worker`?)") from None
+            raise CliError(
+                f"{exc} (is a worker running: `fibric up` or `fibric worker`?)"
+            ) from None
         if not reply.ok:
             assert reply.error is not None
             raise CliError(reply.error.message)
@@ -68,7 +71,12 @@ class Admin:
         return tenant
 
     async def create_key(
-        self, tenant_ref: str, role: str | None, scopes: list[str] | None, mode: str, name: str | None
+        self,
+        tenant_ref: str,
+        role: str | None,
+        scopes: list[str] | None,
+        mode: str,
+        name: str | None,
     ) -> tuple[ApiKey, str]:
         tenant = self._tenant(tenant_ref)
         try:
@@ -78,8 +86,12 @@ class Admin:
         # The secret is made here and never leaves this process: only its hash is sent.
         secret = new_secret(mode)
         key = {
-            "name": name, "mode": mode, "role": None if scopes else (role or "admin"),
-            "scopes": expanded, "hint": secret_hint(secret), "secret_hash": hash_secret(secret),
+            "name": name,
+            "mode": mode,
+            "role": None if scopes else (role or "admin"),
+            "scopes": expanded,
+            "hint": secret_hint(secret),
+            "secret_hash": hash_secret(secret),
         }
         await self._call("key.create", tenant.id, {"key": key})
         created = next(k for k in self.view.keys.values() if k.secret_hash == key["secret_hash"])
@@ -97,4 +109,7 @@ class Admin:
 
     def keys(self, tenant_ref: str) -> list[ApiKey]:
         tenant = self._tenant(tenant_ref)
-        return sorted((k for k in self.view.keys.values() if k.tenant_id == tenant.id), key=lambda k: k.created_at)
+        return sorted(
+            (k for k in self.view.keys.values() if k.tenant_id == tenant.id),
+            key=lambda k: k.created_at,
+        )

@@ -18,10 +18,9 @@ from typing import Any
 
 import httpx
 
-from schemas.settings import Settings
-
 from fibric.admin import Admin
 from fibric.errors import CliError
+from schemas.settings import Settings
 
 DEMO_TENANT = "demo"
 DEMO_EVENTS = 300
@@ -35,21 +34,39 @@ ORDER_RISK_PLAYBOOK: list[dict[str, Any]] = [
     {
         "when": "order.created",
         "if": [{"field": "payload.risk_score", "op": "gte", "value": 70}],
-        "then": [{"tool": "order.hold", "args": {"order_id": "{{payload.order_id}}"}, "value": "{{payload.total}}",
-                  "entity_key": "order:{{payload.order_id}}", "idempotency_key": "hold:{{payload.order_id}}"}],
+        "then": [
+            {
+                "tool": "order.hold",
+                "args": {"order_id": "{{payload.order_id}}"},
+                "value": "{{payload.total}}",
+                "entity_key": "order:{{payload.order_id}}",
+                "idempotency_key": "hold:{{payload.order_id}}",
+            }
+        ],
         "reasoning": "Risk score {{payload.risk_score}} is at or above 70: hold order {{payload.order_id}}.",
     },
     {
         "when": "payment.captured",
-        "then": [{"tool": "order.release", "args": {"order_id": "{{payload.order_id}}"},
-                  "entity_key": "order:{{payload.order_id}}", "idempotency_key": "release:{{payload.order_id}}"}],
+        "then": [
+            {
+                "tool": "order.release",
+                "args": {"order_id": "{{payload.order_id}}"},
+                "entity_key": "order:{{payload.order_id}}",
+                "idempotency_key": "release:{{payload.order_id}}",
+            }
+        ],
         "reasoning": "Payment captured for order {{payload.order_id}}: release the hold.",
     },
     {
         "when": "order.delayed",
-        "then": [{"tool": "order.notify",
-                  "args": {"order_id": "{{payload.order_id}}", "comment": "{{payload.message}}"},
-                  "entity_key": "order:{{payload.order_id}}", "idempotency_key": "delay:{{payload.order_id}}"}],
+        "then": [
+            {
+                "tool": "order.notify",
+                "args": {"order_id": "{{payload.order_id}}", "comment": "{{payload.message}}"},
+                "entity_key": "order:{{payload.order_id}}",
+                "idempotency_key": "delay:{{payload.order_id}}",
+            }
+        ],
         "reasoning": "Order {{payload.order_id}} will miss its ship date: tell the customer.",
     },
 ]
@@ -75,8 +92,12 @@ def _free_port() -> int:
 
 def start_store() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "connectors.fakes.magento", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectors.fakes.magento", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=0,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -99,35 +120,62 @@ def populate(settings: Settings, store_url: str) -> dict[str, Any]:
     secret = asyncio.run(tenant_and_key())
     rng = random.Random(SEED)
     for i in range(1, DEMO_ORDERS + 1):
-        httpx.post(f"{store_url}/__fake__/orders", json={"entity_id": 100 + i}, timeout=10).raise_for_status()
-    with httpx.Client(base_url=settings.api_base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=30) as c:
-        cn = c.post("/v1/connectors", json={"listing": "cn-magento", "name": "magento-demo-store",
-                                            "auth": {"type": "api_key", "key": "mg_live_9f4c2e8b1a41"},
-                                            "config": {"base_url": store_url}})
+        httpx.post(
+            f"{store_url}/__fake__/orders", json={"entity_id": 100 + i}, timeout=10
+        ).raise_for_status()
+    with httpx.Client(
+        base_url=settings.api_base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+    ) as c:
+        cn = c.post(
+            "/v1/connectors",
+            json={
+                "listing": "cn-magento",
+                "name": "magento-demo-store",
+                "auth": {"type": "api_key", "key": "mg_live_9f4c2e8b1a41"},
+                "config": {"base_url": store_url},
+            },
+        )
         if cn.status_code not in (201, 409):
             raise CliError(f"demo: installing cn-magento failed: {cn.text[:200]}")
         op = c.post("/v1/operators", json=ORDER_RISK)
         if op.status_code not in (201, 409):
             raise CliError(f"demo: creating order-risk failed: {op.text[:200]}")
         held: list[int] = []
-        for n in range(DEMO_EVENTS):
+        for _ in range(DEMO_EVENTS):
             order = 100 + rng.randint(1, DEMO_ORDERS)
             kind = rng.random()
             if kind < 0.7 or not held:
                 risk = rng.randint(0, 100)
-                body = {"source": "magento", "event_type": "order.created", "entity_key": f"order:{order}",
-                        "payload": {"order_id": str(order), "total": rng.choice([49, 129, 240, 480, 720, 1290]),
-                                    "risk_score": risk}}
+                body = {
+                    "source": "magento",
+                    "event_type": "order.created",
+                    "entity_key": f"order:{order}",
+                    "payload": {
+                        "order_id": str(order),
+                        "total": rng.choice([49, 129, 240, 480, 720, 1290]),
+                        "risk_score": risk,
+                    },
+                }
                 if risk >= 70:
                     held.append(order)
             elif kind < 0.9:
                 paid = held.pop(rng.randrange(len(held)))
-                body = {"source": "stripe", "event_type": "payment.captured", "entity_key": f"order:{paid}",
-                        "payload": {"order_id": str(paid)}}
+                body = {
+                    "source": "stripe",
+                    "event_type": "payment.captured",
+                    "entity_key": f"order:{paid}",
+                    "payload": {"order_id": str(paid)},
+                }
             else:
-                body = {"source": "warehouse", "event_type": "order.delayed", "entity_key": f"order:{order}",
-                        "payload": {"order_id": str(order),
-                                    "message": "Your order will ship two days late; sorry for the wait."}}
+                body = {
+                    "source": "warehouse",
+                    "event_type": "order.delayed",
+                    "entity_key": f"order:{order}",
+                    "payload": {
+                        "order_id": str(order),
+                        "message": "Your order will ship two days late; sorry for the wait.",
+                    },
+                }
             c.post("/v1/events", json=body)
         time.sleep(3)
         outcomes: dict[str, int] = {}
@@ -143,8 +191,12 @@ def populate(settings: Settings, store_url: str) -> dict[str, Any]:
                 break
             cursor = page["next_cursor"]
         proposed = c.get("/v1/plans", params={"status": "proposed", "limit": 3}).json()["data"]
-    return {"key": secret, "outcomes": outcomes, "awaiting_approval": [p["id"] for p in proposed],
-            "store": store_url}
+    return {
+        "key": secret,
+        "outcomes": outcomes,
+        "awaiting_approval": [p["id"] for p in proposed],
+        "store": store_url,
+    }
 
 
 def summary(result: dict[str, Any], base_url: str) -> str:
@@ -153,11 +205,13 @@ def summary(result: dict[str, Any], base_url: str) -> str:
         f"fibric: demo tenant '{DEMO_TENANT}' is populated (fake Magento at {result['store']})",
         f"fibric: receipts so far: {outcomes}",
         f"fibric: try:  export FIBRIC_KEY={result['key']}",
-        f"fibric:       curl -s {base_url}/v1/receipts?limit=5 -H \"Authorization: Bearer $FIBRIC_KEY\"",
+        f'fibric:       curl -s {base_url}/v1/receipts?limit=5 -H "Authorization: Bearer $FIBRIC_KEY"',
     ]
     if result["awaiting_approval"]:
         pid = result["awaiting_approval"][0]
-        lines.append(f"fibric:       curl -s -X POST {base_url}/v1/plans/{pid}/approve "
-                     "-H \"Authorization: Bearer $FIBRIC_KEY\" -H 'Content-Type: application/json' "
-                     "-d '{\"approver\": \"you@example.com\"}'")
+        lines.append(
+            f"fibric:       curl -s -X POST {base_url}/v1/plans/{pid}/approve "
+            "-H \"Authorization: Bearer $FIBRIC_KEY\" -H 'Content-Type: application/json' "
+            '-d \'{"approver": "you@example.com"}\''
+        )
     return "\n".join(lines)

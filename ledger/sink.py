@@ -165,8 +165,14 @@ class LedgerSink:
             hi = max(times) + timedelta(microseconds=1)
 
             async def insert_new(
-                table=table, time_col=time_col, columns=columns, objs=objs, to_row=to_row,
-                lo=lo, hi=hi, id_expr=id_expr,
+                table=table,
+                time_col=time_col,
+                columns=columns,
+                objs=objs,
+                to_row=to_row,
+                lo=lo,
+                hi=hi,
+                id_expr=id_expr,
             ) -> None:
                 have = await self._store.existing_ids(table, time_col, objs.keys(), lo, hi, id_expr)
                 new = [o for k, o in objs.items() if k not in have]
@@ -219,14 +225,40 @@ def _identity(kind: str, obj: Any) -> str:
 _KINDS: dict[str, tuple[Any, str, str, str, tuple[str, ...], Callable[[Any], list[Any]], str]] = {
     "event": (Event, "events", "created_at", "created_at", EVENT_COLUMNS, event_row, "id"),
     "dead_letter": (
-        DeadLetter, "dead_letters", "created_at", "created_at", DEAD_LETTER_COLUMNS,
-        dead_letter_row, "id",
+        DeadLetter,
+        "dead_letters",
+        "created_at",
+        "created_at",
+        DEAD_LETTER_COLUMNS,
+        dead_letter_row,
+        "id",
     ),
     "config": (ConfigRecord, "config_log", "at", "at", CONFIG_COLUMNS, _config_row, "id"),
     "plan": (
-        Plan, "plans", "created_at", "created_at", PLAN_COLUMNS, plan_row,
+        Plan,
+        "plans",
+        "created_at",
+        "created_at",
+        PLAN_COLUMNS,
+        plan_row,
         "concat(id, '#', toString(version))",
     ),
-    "action": (ActionRecord, "actions", "proposed_at", "proposed_at", ACTION_COLUMNS, action_row, "id"),
-    "receipt": (Receipt, "receipts", "created_at", "created_at", RECEIPT_COLUMNS, receipt_row, "id"),
+    "action": (
+        ActionRecord,
+        "actions",
+        "proposed_at",
+        "proposed_at",
+        ACTION_COLUMNS,
+        action_row,
+        "id",
+    ),
+    "receipt": (
+        Receipt,
+        "receipts",
+        "created_at",
+        "created_at",
+        RECEIPT_COLUMNS,
+        receipt_row,
+        "id",
+    ),
 }

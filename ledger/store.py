@@ -62,20 +62,67 @@ DEAD_LETTER_COLUMNS = (
 CONFIG_COLUMNS = ("tenant_id", "at", "id", "kind", "version", "actor", "record")
 VAULT_COLUMNS = ("tenant_id", "connector_id", "at", "id", "record")
 PLAN_COLUMNS = (
-    "tenant_id", "livemode", "created_at", "id", "version", "updated_at", "operator_id",
-    "operator_name", "guardrail_version", "event_id", "correlation_id", "status", "approver",
-    "expires_at", "doc",
+    "tenant_id",
+    "livemode",
+    "created_at",
+    "id",
+    "version",
+    "updated_at",
+    "operator_id",
+    "operator_name",
+    "guardrail_version",
+    "event_id",
+    "correlation_id",
+    "status",
+    "approver",
+    "expires_at",
+    "doc",
 )
 ACTION_COLUMNS = (
-    "tenant_id", "livemode", "proposed_at", "id", "plan_id", "operator_id", "event_id",
-    "correlation_id", "connector_id", "tool", "entity_key", "idempotency_key", "value", "undo_of",
+    "tenant_id",
+    "livemode",
+    "proposed_at",
+    "id",
+    "plan_id",
+    "operator_id",
+    "event_id",
+    "correlation_id",
+    "connector_id",
+    "tool",
+    "entity_key",
+    "idempotency_key",
+    "value",
+    "undo_of",
     "doc",
 )
 RECEIPT_COLUMNS = (
-    "tenant_id", "livemode", "created_at", "id", "operator_id", "operator_name",
-    "guardrail_version", "event_id", "plan_id", "action_id", "correlation_id", "connector_id",
-    "connector_name", "tool", "entity_key", "idempotency_key", "value", "decision", "outcome",
-    "rule", "reason", "result", "error", "approver", "request_id", "latency_ms", "proposed_at",
+    "tenant_id",
+    "livemode",
+    "created_at",
+    "id",
+    "operator_id",
+    "operator_name",
+    "guardrail_version",
+    "event_id",
+    "plan_id",
+    "action_id",
+    "correlation_id",
+    "connector_id",
+    "connector_name",
+    "tool",
+    "entity_key",
+    "idempotency_key",
+    "value",
+    "decision",
+    "outcome",
+    "rule",
+    "reason",
+    "result",
+    "error",
+    "approver",
+    "request_id",
+    "latency_ms",
+    "proposed_at",
 )
 
 
@@ -85,27 +132,73 @@ def _dumps(v: Any) -> str | None:
 
 def plan_row(p: Plan) -> list[Any]:
     return [
-        p.tenant_id, p.livemode, p.created_at, p.id, p.version, p.updated_at, p.operator_id,
-        p.operator_name, p.guardrail_version, p.event_id, p.correlation_id, p.status, p.approver,
-        p.expires_at, p.model_dump_json(),
+        p.tenant_id,
+        p.livemode,
+        p.created_at,
+        p.id,
+        p.version,
+        p.updated_at,
+        p.operator_id,
+        p.operator_name,
+        p.guardrail_version,
+        p.event_id,
+        p.correlation_id,
+        p.status,
+        p.approver,
+        p.expires_at,
+        p.model_dump_json(),
     ]
 
 
 def action_row(a: ActionRecord) -> list[Any]:
     return [
-        a.tenant_id, a.livemode, a.proposed_at, a.id, a.plan_id, a.operator_id, a.event_id,
-        a.correlation_id, a.connector_id, a.tool, a.entity_key, a.idempotency_key, a.value,
-        a.undo_of, a.model_dump_json(),
+        a.tenant_id,
+        a.livemode,
+        a.proposed_at,
+        a.id,
+        a.plan_id,
+        a.operator_id,
+        a.event_id,
+        a.correlation_id,
+        a.connector_id,
+        a.tool,
+        a.entity_key,
+        a.idempotency_key,
+        a.value,
+        a.undo_of,
+        a.model_dump_json(),
     ]
 
 
 def receipt_row(r: Receipt) -> list[Any]:
     return [
-        r.tenant_id, r.livemode, r.created_at, r.id, r.operator_id, r.operator_name,
-        r.guardrail_version, r.event_id, r.plan_id, r.action_id, r.correlation_id, r.connector_id,
-        r.connector_name, r.tool, r.entity_key, r.idempotency_key, r.value, r.decision, r.outcome,
-        _dumps(r.rule), r.reason, _dumps(r.result), _dumps(r.error), r.approver, r.request_id,
-        r.latency_ms, r.proposed_at,
+        r.tenant_id,
+        r.livemode,
+        r.created_at,
+        r.id,
+        r.operator_id,
+        r.operator_name,
+        r.guardrail_version,
+        r.event_id,
+        r.plan_id,
+        r.action_id,
+        r.correlation_id,
+        r.connector_id,
+        r.connector_name,
+        r.tool,
+        r.entity_key,
+        r.idempotency_key,
+        r.value,
+        r.decision,
+        r.outcome,
+        _dumps(r.rule),
+        r.reason,
+        _dumps(r.result),
+        _dumps(r.error),
+        r.approver,
+        r.request_id,
+        r.latency_ms,
+        r.proposed_at,
     ]
 
 
@@ -117,6 +210,8 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
     for k in ("rule", "result", "error"):
         d[k] = orjson.loads(d[k]) if d[k] is not None else None
     return Receipt.model_validate(d)
+
+
 IDEMPOTENCY_COLUMNS = (
     "tenant_id",
     "livemode",
@@ -335,8 +430,13 @@ class LedgerStore:
             "SELECT count() FROM events WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
             "AND created_at >= {s:DateTime64(6, 'UTC')} AND created_at < {u:DateTime64(6, 'UTC')} "
             "AND arrayExists(r -> match(event_type, r), {res:Array(String)})",
-            {"t": scope.tenant_id, "m": scope.livemode, "s": since, "u": until,
-             "res": [glob_to_regex(p) for p in patterns]},
+            {
+                "t": scope.tenant_id,
+                "m": scope.livemode,
+                "s": since,
+                "u": until,
+                "res": [glob_to_regex(p) for p in patterns],
+            },
         )
         return int(rows[0][0])
 
@@ -407,7 +507,9 @@ class LedgerStore:
             params.update(extra)
             return [clause]
 
-        return await self._list("receipts", RECEIPT_COLUMNS, receipt_from_row, scope, where, limit, after)
+        return await self._list(
+            "receipts", RECEIPT_COLUMNS, receipt_from_row, scope, where, limit, after
+        )
 
     async def get_receipt(self, scope: Scope, receipt_id: str) -> Receipt | None:
         rows = await self.query(
@@ -437,8 +539,13 @@ class LedgerStore:
         return Plan.model_validate_json(rows[0][0]) if rows else None
 
     async def list_plans(
-        self, scope: Scope, status: str | None, operator_id: str | None, event_id: str | None,
-        limit: int, after: tuple[datetime, str] | None,
+        self,
+        scope: Scope,
+        status: str | None,
+        operator_id: str | None,
+        event_id: str | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
     ) -> Page:
         params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode, "n": limit + 1}
         inner = ["tenant_id = {t:String}", "livemode = {m:Bool}"]
@@ -486,7 +593,9 @@ class LedgerStore:
                 clauses.append(f"{name} = {{{name}:String}}")
         if after is not None:
             params["after_ts"], params["after_id"] = after
-            clauses.append("(proposed_at, id) < ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})")
+            clauses.append(
+                "(proposed_at, id) < ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})"
+            )
         rows = await self.query(
             f"SELECT doc FROM actions WHERE {' AND '.join(clauses)} "
             "ORDER BY proposed_at DESC, id DESC LIMIT 1 BY id LIMIT {n:UInt32}",
@@ -500,8 +609,16 @@ class LedgerStore:
     def receipts_where(self, scope: Scope, filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode}
         clauses = ["tenant_id = {t:String}", "livemode = {m:Bool}"]
-        for name in ("operator_id", "outcome", "decision", "entity_key", "correlation_id", "plan_id",
-                     "action_id", "event_id"):
+        for name in (
+            "operator_id",
+            "outcome",
+            "decision",
+            "entity_key",
+            "correlation_id",
+            "plan_id",
+            "action_id",
+            "event_id",
+        ):
             if filters.get(name) is not None:
                 params[name] = filters[name]
                 clauses.append(f"{name} = {{{name}:String}}")
@@ -514,15 +631,25 @@ class LedgerStore:
     async def export_receipts(self, scope: Scope, filters: dict[str, Any], fmt: str) -> bytes:
         """All matching receipts, oldest first, in a ClickHouse output format."""
         where, params = self.receipts_where(scope, filters)
-        sql = (f"SELECT {', '.join(RECEIPT_COLUMNS)} FROM receipts WHERE {where} "
-               "ORDER BY created_at, id LIMIT 1 BY id")
+        sql = (
+            f"SELECT {', '.join(RECEIPT_COLUMNS)} FROM receipts WHERE {where} "
+            "ORDER BY created_at, id LIMIT 1 BY id"
+        )
         return await self._run(self._client.raw_query, sql, parameters=params, fmt=fmt)
 
     async def save_export(self, scope: Scope, doc: dict[str, Any], version: int) -> None:
         await self.insert(
             "exports",
-            [[scope.tenant_id, scope.livemode, datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")),
-              doc["id"], version, orjson.dumps(doc).decode()]],
+            [
+                [
+                    scope.tenant_id,
+                    scope.livemode,
+                    datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")),
+                    doc["id"],
+                    version,
+                    orjson.dumps(doc).decode(),
+                ]
+            ],
             ("tenant_id", "livemode", "created_at", "id", "version", "doc"),
         )
 

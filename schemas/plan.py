@@ -10,9 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Decision = Literal["ALLOW", "ALERT", "BLOCK", "DEDUP"]
 Outcome = Literal[
-    "applied", "refused", "deduplicated", "failed", "pending_approval", "vetoed", "expired", "undone"
+    "applied",
+    "refused",
+    "deduplicated",
+    "failed",
+    "pending_approval",
+    "vetoed",
+    "expired",
+    "undone",
 ]
-PlanStatus = Literal["proposed", "approved", "executing", "executed", "refused", "vetoed", "expired"]
+PlanStatus = Literal[
+    "proposed", "approved", "executing", "executed", "refused", "vetoed", "expired"
+]
 
 MAX_ACTIONS_PER_PLAN = 50
 

@@ -97,7 +97,9 @@ class WorkerState:
         self.box = SecretBox(settings.load_secret_key())
         self.ready = asyncio.Event()
         self.counts: dict[str, int] = defaultdict(int)
-        self.runs: dict[str, dict[str, int]] = defaultdict(lambda: {"sensed": 0, "proposed": 0, "applied": 0})
+        self.runs: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"sensed": 0, "proposed": 0, "applied": 0}
+        )
         # made in start(): aiokafka and the MCP pool bind to the running loop
         self.producer: Any = None
         self.runtime: Any = None
@@ -112,20 +114,27 @@ class WorkerState:
         self.producer = make_producer(self.settings.kafka_bootstrap)
         await self.producer.start()
         self.runtime = ConnectorRuntime(state_dir=self.home / "connectors")
-        self.executor = Executor(self.settings.kafka_bootstrap, self.producer, self.runtime, self.view, self.box)
+        self.executor = Executor(
+            self.settings.kafka_bootstrap, self.producer, self.runtime, self.view, self.box
+        )
         self.models = ModelRouter(self.settings)
         await self.view.start()
         await self.view.sync()
         self.ready.set()
 
-    async def admit_all(self, records: Sequence[tuple[bytes | None, Coordinates]]) -> list[Admitted | Refused]:
+    async def admit_all(
+        self, records: Sequence[tuple[bytes | None, Coordinates]]
+    ) -> list[Admitted | Refused]:
         results = [admit(raw, at, self.view.tenant_exists) for raw, at in records]
-        if any(isinstance(r, Refused) and r.dead_letter.reason == "unknown_tenant" for r in results):
+        if any(
+            isinstance(r, Refused) and r.dead_letter.reason == "unknown_tenant" for r in results
+        ):
             # A tenant created a moment ago may not be in the view yet: catch up once, re-decide.
             await self.view.sync()
             results = [
                 admit(raw, at, self.view.tenant_exists)
-                if isinstance(r, Refused) and r.dead_letter.reason == "unknown_tenant" else r
+                if isinstance(r, Refused) and r.dead_letter.reason == "unknown_tenant"
+                else r
                 for r, (raw, at) in zip(results, records, strict=True)
             ]
         return results
@@ -139,9 +148,12 @@ class WorkerState:
 
     def plan(self, event: Event, operator: Operator, proposal: Any, refusal: str | None) -> Built:
         return build_plan(
-            event=event, operator=operator,
+            event=event,
+            operator=operator,
             connectors=self.view.connectors_of(event.tenant_id, event.livemode),
-            proposal=proposal, refusal=refusal, now=datetime.now(UTC),
+            proposal=proposal,
+            refusal=refusal,
+            now=datetime.now(UTC),
             approval_ttl=timedelta(seconds=self.settings.approval_ttl_s),
         )
 
@@ -167,21 +179,33 @@ class Outbox:
         for a in built.dispatch:
             self.action(a)
         if plan.status == "proposed":
-            self.config.append(ConfigRecord(
-                id=derived_id("cfg", int(plan.created_at.timestamp() * 1000), plan.id, plan.version),
-                kind="pending_plan", tenant_id=plan.tenant_id, version=plan.version,
-                data=plan.model_dump(mode="json"), actor=f"operator:{plan.operator_name}",
-                note="plan.proposed", at=plan.created_at,
-            ))
+            self.config.append(
+                ConfigRecord(
+                    id=derived_id(
+                        "cfg", int(plan.created_at.timestamp() * 1000), plan.id, plan.version
+                    ),
+                    kind="pending_plan",
+                    tenant_id=plan.tenant_id,
+                    version=plan.version,
+                    data=plan.model_dump(mode="json"),
+                    actor=f"operator:{plan.operator_name}",
+                    note="plan.proposed",
+                    at=plan.created_at,
+                )
+            )
         run = state.runs[plan.operator_id]
         run["sensed"] += 1
         run["proposed"] += len(plan.actions)
 
     def action(self, a: ActionRecord) -> None:
-        self.sends.append((ACTIONS, f"{a.tenant_id}:{a.entity_key}".encode(), a.model_dump_json().encode()))
+        self.sends.append(
+            (ACTIONS, f"{a.tenant_id}:{a.entity_key}".encode(), a.model_dump_json().encode())
+        )
 
     async def flush(self, state: WorkerState) -> None:
-        futures = [await state.producer.send(topic, value, key=key) for topic, key, value in self.sends]
+        futures = [
+            await state.producer.send(topic, value, key=key) for topic, key, value in self.sends
+        ]
         if self.config:
             await publish(state.producer, self.config)
             for rec in self.config:
@@ -243,9 +267,13 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
             items = []
             for ev in batch:
                 try:
-                    items.append((ActionRecord.model_validate_json(ev.message.value), ev.message.partition))
+                    items.append(
+                        (ActionRecord.model_validate_json(ev.message.value), ev.message.partition)
+                    )
                 except Exception:  # noqa: BLE001 - only Fibric writes this topic; log and skip
-                    log.error("undecodable action at %s@%d", ev.message.partition, ev.message.offset)
+                    log.error(
+                        "undecodable action at %s@%d", ev.message.partition, ev.message.offset
+                    )
             assert state.executor is not None
             await state.executor.execute_batch(items)
             for outcome, n in state.executor.counts.items():
@@ -268,8 +296,13 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         if state.producer is None:
             return
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == EVENTS)
-        beat = {"worker_id": worker_id, "pid": os.getpid(), "at": datetime.now(UTC).isoformat(),
-                "partitions": assigned, "counts": dict(state.counts)}
+        beat = {
+            "worker_id": worker_id,
+            "pid": os.getpid(),
+            "at": datetime.now(UTC).isoformat(),
+            "partitions": assigned,
+            "counts": dict(state.counts),
+        }
         await state.producer.send_and_wait(HEARTBEATS, orjson.dumps(beat), key=worker_id.encode())
 
     @app.timer(interval=RUN_FLUSH_S)
@@ -280,14 +313,19 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         for op_id, applied in state.executor.applied_by_operator.items():
             state.runs[op_id]["applied"] += applied
         state.executor.applied_by_operator.clear()
-        runs, state.runs = dict(state.runs), defaultdict(lambda: {"sensed": 0, "proposed": 0, "applied": 0})
+        runs, state.runs = (
+            dict(state.runs),
+            defaultdict(lambda: {"sensed": 0, "proposed": 0, "applied": 0}),
+        )
         now = datetime.now(UTC)
         for op_id, counts in runs.items():
             op = state.view.operators.get(op_id)
             if op is None:
                 continue
             last_run = {"run_id": new_id("run"), **counts, "at": now.isoformat()}
-            await _send_command(state, "operator.record_run", op, {"operator_id": op_id, "last_run": last_run})
+            await _send_command(
+                state, "operator.record_run", op, {"operator_id": op_id, "last_run": last_run}
+            )
 
     @app.timer(interval=SCHEDULE_SCAN_S)
     async def run_schedules() -> None:
@@ -301,8 +339,11 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
                 continue
             for slot in due_slots(op.schedule, max(last, op.updated_at), now):
                 env = run_envelope(op, slot)
-                await state.producer.send(EVENTS, env.model_dump_json(exclude_none=True).encode(),
-                                          key=f"{op.tenant_id}:{env.entity_key}".encode())
+                await state.producer.send(
+                    EVENTS,
+                    env.model_dump_json(exclude_none=True).encode(),
+                    key=f"{op.tenant_id}:{env.entity_key}".encode(),
+                )
 
     @app.timer(interval=EXPIRY_SCAN_S)
     async def expire_plans() -> None:
@@ -312,8 +353,14 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         now = datetime.now(UTC)
         for plan in list(state.view.pending_plans.values()):
             if plan.expires_at is not None and plan.expires_at <= now:
-                await _send_command(state, "plan.expire", None, {"plan_id": plan.id},
-                                    tenant_id=plan.tenant_id, livemode=plan.livemode)
+                await _send_command(
+                    state,
+                    "plan.expire",
+                    None,
+                    {"plan_id": plan.id},
+                    tenant_id=plan.tenant_id,
+                    livemode=plan.livemode,
+                )
 
     @app.on_after_configured.connect
     def _quiet(app: Any, **kwargs: Any) -> None:  # noqa: ARG001
@@ -322,16 +369,28 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     return app
 
 
-async def _send_command(state: WorkerState, type_: str, op: Operator | None, args: dict[str, Any],
-                        tenant_id: str | None = None, livemode: bool | None = None) -> None:
+async def _send_command(
+    state: WorkerState,
+    type_: str,
+    op: Operator | None,
+    args: dict[str, Any],
+    tenant_id: str | None = None,
+    livemode: bool | None = None,
+) -> None:
     """Fire-and-forget command from the worker itself (the reply is ignored)."""
     cmd = Command(
-        id=new_id("cmd"), reply_to=state.instance, type=type_,  # type: ignore[arg-type]
+        id=new_id("cmd"),
+        reply_to=state.instance,
+        type=type_,  # type: ignore[arg-type]
         tenant_id=tenant_id or (op.tenant_id if op else None),
         livemode=livemode if livemode is not None else (op.livemode if op else False),
-        actor=f"worker:{state.worker_id}", args=args, at=datetime.now(UTC),
+        actor=f"worker:{state.worker_id}",
+        args=args,
+        at=datetime.now(UTC),
     )
-    await state.producer.send(COMMANDS, cmd.model_dump_json().encode(), key=(cmd.tenant_id or "").encode())
+    await state.producer.send(
+        COMMANDS, cmd.model_dump_json().encode(), key=(cmd.tenant_id or "").encode()
+    )
 
 
 async def _apply_command(state: WorkerState, raw: bytes) -> None:
@@ -348,7 +407,9 @@ async def _apply_command(state: WorkerState, raw: bytes) -> None:
         await state.view.sync()
         done = state.view.command_results.get(cmd.id)
         if done is not None:
-            reply = Reply(id=cmd.id, reply_to=cmd.reply_to, ok=True, result=done[1], record_ids=done[0])
+            reply = Reply(
+                id=cmd.id, reply_to=cmd.reply_to, ok=True, result=done[1], record_ids=done[0]
+            )
         else:
             decision = decide(state.view, cmd, datetime.now(UTC), new_id)
             out = Outbox()
@@ -366,12 +427,20 @@ async def _apply_command(state: WorkerState, raw: bytes) -> None:
     except Exception as exc:  # noqa: BLE001 - every command gets an answer, even a failure
         log.exception("command %s failed", cmd.id)
         reply = Reply(
-            id=cmd.id, reply_to=cmd.reply_to, ok=False,
-            error=ReplyError(status=500, code="internal_error", message=f"control agent error: {type(exc).__name__}"),
+            id=cmd.id,
+            reply_to=cmd.reply_to,
+            ok=False,
+            error=ReplyError(
+                status=500,
+                code="internal_error",
+                message=f"control agent error: {type(exc).__name__}",
+            ),
         )
     parts = state.producer.client.cluster.partitions_for_topic(REPLIES) or {0}
     await state.producer.send_and_wait(
-        REPLIES, reply.model_dump_json().encode(), key=cmd.reply_to.encode(),
+        REPLIES,
+        reply.model_dump_json().encode(),
+        key=cmd.reply_to.encode(),
         partition=partition_for(cmd.reply_to, len(parts)),
     )
 
@@ -379,8 +448,15 @@ async def _apply_command(state: WorkerState, raw: bytes) -> None:
 async def _ingest_batch(state: WorkerState, batch: Sequence[Any]) -> None:
     # 1. decide
     records = [
-        (ev.message.value, Coordinates(ev.message.topic, ev.message.partition, ev.message.offset,
-                                       int(ev.message.timestamp * 1000)))
+        (
+            ev.message.value,
+            Coordinates(
+                ev.message.topic,
+                ev.message.partition,
+                ev.message.offset,
+                int(ev.message.timestamp * 1000),
+            ),
+        )
         for ev in batch
     ]
     results = await state.admit_all(records)
@@ -421,7 +497,11 @@ def _offer(state: WorkerState, out: Outbox, event: Event, op: Operator) -> None:
             proposal, refusal = None, str(exc)
         out.built(state.plan(event, op, proposal, refusal), state)
     else:
-        offer = {"event": event.model_dump(mode="json"), "operator_id": op.id, "operator_version": op.version}
+        offer = {
+            "event": event.model_dump(mode="json"),
+            "operator_id": op.id,
+            "operator_version": op.version,
+        }
         key = f"{op.id}:{event.entity_key or event.id}".encode()
         out.sends.append((OFFERS, key, orjson.dumps(offer)))
 
@@ -444,7 +524,9 @@ async def _reason_batch(state: WorkerState, batch: Sequence[Any]) -> None:
                 continue
             event = Event.model_validate(offer["event"])
             connectors = state.view.connectors_of(event.tenant_id, event.livemode)
-            proposal, refusal = await state.models.reason(op, event, connectors, state.describe_tools)
+            proposal, refusal = await state.models.reason(
+                op, event, connectors, state.describe_tools
+            )
             out.built(state.plan(event, op, proposal, refusal), state)
 
     await asyncio.gather(*(lane(offers) for offers in lanes.values()))

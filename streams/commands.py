@@ -97,17 +97,25 @@ class CommandClient:
         timeout: float = COMMAND_TIMEOUT_S,
     ) -> Reply:
         cmd = Command(
-            id=new_id("cmd"), reply_to=self.instance, type=type_, tenant_id=tenant_id,
-            livemode=livemode, actor=actor, request_id=request_id, args=args or {},
+            id=new_id("cmd"),
+            reply_to=self.instance,
+            type=type_,
+            tenant_id=tenant_id,
+            livemode=livemode,
+            actor=actor,
+            request_id=request_id,
+            args=args or {},
             at=datetime.now(UTC),
         )
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[cmd.id] = fut
         try:
             key = (tenant_id or TENANTS_KEY) if type_ != "tenant.create" else TENANTS_KEY
-            await self._producer.send_and_wait(COMMANDS, cmd.model_dump_json().encode(), key=key.encode())
+            await self._producer.send_and_wait(
+                COMMANDS, cmd.model_dump_json().encode(), key=key.encode()
+            )
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CommandTimeout(f"no control agent answered within {timeout:.0f}s") from None
         finally:
             self._pending.pop(cmd.id, None)

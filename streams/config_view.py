@@ -184,10 +184,18 @@ class ConfigView:
         return tenant_id in self.tenants
 
     def operators_of(self, tenant_id: str, livemode: bool) -> list[Operator]:
-        return [o for o in self.operators.values() if o.tenant_id == tenant_id and o.livemode == livemode]
+        return [
+            o
+            for o in self.operators.values()
+            if o.tenant_id == tenant_id and o.livemode == livemode
+        ]
 
     def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]:
-        return [c for c in self.connectors.values() if c.tenant_id == tenant_id and c.livemode == livemode]
+        return [
+            c
+            for c in self.connectors.values()
+            if c.tenant_id == tenant_id and c.livemode == livemode
+        ]
 
     async def wait_for_records(self, ids: list[str], timeout: float = SYNC_TIMEOUT_S) -> None:
         """Return once every record in ``ids`` has been applied (read-your-writes)."""

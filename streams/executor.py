@@ -50,7 +50,9 @@ def state_key(a: ActionRecord) -> str:
 
 
 class Executor:
-    def __init__(self, bootstrap: str, producer: Any, runtime: Any, view: Any, box: SecretBox) -> None:
+    def __init__(
+        self, bootstrap: str, producer: Any, runtime: Any, view: Any, box: SecretBox
+    ) -> None:
         self._bootstrap = bootstrap
         self.producer = producer
         self.runtime = runtime
@@ -88,7 +90,7 @@ class Executor:
                 deadline = time.monotonic() + STATE_LOAD_TIMEOUT_S
                 while todo and time.monotonic() < deadline:
                     batch = await consumer.getmany(*todo, timeout_ms=200, max_records=20000)
-                    for tp, msgs in batch.items():
+                    for msgs in batch.values():
                         for m in msgs:
                             rec = orjson.loads(m.value)
                             self.seen[rec["key"]] = rec
@@ -96,16 +98,22 @@ class Executor:
                         if await consumer.position(tp) >= ends[tp]:
                             todo.discard(tp)
                 if todo:
-                    raise RuntimeError(f"exec state not loaded for {sorted(t.partition for t in todo)}")
+                    raise RuntimeError(
+                        f"exec state not loaded for {sorted(t.partition for t in todo)}"
+                    )
             finally:
                 await consumer.stop()
             self.loaded.update(missing)
             log.info("executor state loaded for partitions %s (%d keys)", missing, len(self.seen))
 
-    async def _state(self, a: ActionRecord, partition: int, state: str, wait: bool, **extra: Any) -> None:
+    async def _state(
+        self, a: ActionRecord, partition: int, state: str, wait: bool, **extra: Any
+    ) -> None:
         rec = {"key": state_key(a), "action_id": a.id, "state": state, **extra}
         self.seen[rec["key"]] = rec
-        fut = await self.producer.send(EXECSTATE, orjson.dumps(rec), key=rec["key"].encode(), partition=partition)
+        fut = await self.producer.send(
+            EXECSTATE, orjson.dumps(rec), key=rec["key"].encode(), partition=partition
+        )
         if wait:
             await fut
         else:
@@ -116,7 +124,9 @@ class Executor:
         if rc.outcome == "applied":
             self.applied_by_operator[rc.operator_id] += 1
         rec = LedgerRecord(kind="receipt", row=rc.model_dump(mode="json"))
-        fut = await self.producer.send(LEDGER, orjson.dumps(rec.model_dump(mode="json")), key=rc.tenant_id.encode())
+        fut = await self.producer.send(
+            LEDGER, orjson.dumps(rec.model_dump(mode="json")), key=rc.tenant_id.encode()
+        )
         self.pending.append(fut)
 
     # ---- connectors ------------------------------------------------------------------------
@@ -135,8 +145,15 @@ class Executor:
         entry = self.view.vault.get(connector_id)
         creds = self.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
         listing = load_catalogue()[cn.listing]
-        await self.runtime.ensure(ConnectorSpec(instance_id=cn.id, listing=listing, config=cn.config,
-                                                credentials=creds, remote_url=cn.remote_url))
+        await self.runtime.ensure(
+            ConnectorSpec(
+                instance_id=cn.id,
+                listing=listing,
+                config=cn.config,
+                credentials=creds,
+                remote_url=cn.remote_url,
+            )
+        )
         self._ensured[connector_id] = cn.version
         return None
 
@@ -153,8 +170,16 @@ class Executor:
                     await self.dispose(a, p)
                 except Exception as exc:  # noqa: BLE001 - one action's bug must not sink the lane
                     log.exception("disposing %s failed", a.id)
-                    await self._emit(receipt(a, a.verdict.decision, "failed", f"executor error: {type(exc).__name__}",
-                                             datetime.now(UTC), error={"code": "executor_error"}))
+                    await self._emit(
+                        receipt(
+                            a,
+                            a.verdict.decision,
+                            "failed",
+                            f"executor error: {type(exc).__name__}",
+                            datetime.now(UTC),
+                            error={"code": "executor_error"},
+                        )
+                    )
 
         await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
         pending, self.pending = self.pending, []
@@ -171,34 +196,77 @@ class Executor:
             if seen["action_id"] == a.id and seen["state"] in ("done", "failed"):
                 return  # this very action was disposed before a crash; its receipt exists
             if seen["state"] == "done":
-                await self._emit(receipt(a, "DEDUP", "deduplicated",
-                                         f"idempotency_key {a.idempotency_key!r} already applied by {seen['action_id']}",
-                                         now, result=seen.get("result")))
+                await self._emit(
+                    receipt(
+                        a,
+                        "DEDUP",
+                        "deduplicated",
+                        f"idempotency_key {a.idempotency_key!r} already applied by {seen['action_id']}",
+                        now,
+                        result=seen.get("result"),
+                    )
+                )
                 return
         problem = await self.ensure_connector(a.connector_id or "")
         if problem:
-            await self._emit(receipt(a, a.verdict.decision, "failed", problem, now,
-                                     error={"code": "connector_unavailable"}))
+            await self._emit(
+                receipt(
+                    a,
+                    a.verdict.decision,
+                    "failed",
+                    problem,
+                    now,
+                    error={"code": "connector_unavailable"},
+                )
+            )
             if a.side_effect:
                 await self._state(a, partition, "failed", wait=False)
             return
         if a.side_effect:
             await self._state(a, partition, "intent", wait=True)
         started = time.perf_counter()
-        res = await self.runtime.call(a.connector_id, a.tool, a.args,
-                                      idempotency_key=a.idempotency_key if a.side_effect else None)
+        res = await self.runtime.call(
+            a.connector_id,
+            a.tool,
+            a.args,
+            idempotency_key=a.idempotency_key if a.side_effect else None,
+        )
         latency = (time.perf_counter() - started) * 1000
         done = datetime.now(UTC)
         if res.ok:
             if a.side_effect:
                 await self._state(a, partition, "done", wait=False, result=res.content)
-            await self._emit(receipt(a, a.verdict.decision, "undone" if a.undo_of else "applied",
-                                     a.verdict.reason, done, result=res.content, latency_ms=latency))
+            await self._emit(
+                receipt(
+                    a,
+                    a.verdict.decision,
+                    "undone" if a.undo_of else "applied",
+                    a.verdict.reason,
+                    done,
+                    result=res.content,
+                    latency_ms=latency,
+                )
+            )
             return
-        reason = "outcome_unknown" if res.error_code in UNKNOWN_OUTCOME else f"connector error: {res.error_code}"
+        reason = (
+            "outcome_unknown"
+            if res.error_code in UNKNOWN_OUTCOME
+            else f"connector error: {res.error_code}"
+        )
         if a.side_effect:
             await self._state(a, partition, "failed", wait=False, error=res.error_code)
-        await self._emit(receipt(
-            a, a.verdict.decision, "failed", reason, done, latency_ms=latency,
-            error={"code": res.error_code, "message": res.error_message, "upstream_status": res.upstream_status},
-        ))
+        await self._emit(
+            receipt(
+                a,
+                a.verdict.decision,
+                "failed",
+                reason,
+                done,
+                latency_ms=latency,
+                error={
+                    "code": res.error_code,
+                    "message": res.error_message,
+                    "upstream_status": res.upstream_status,
+                },
+            )
+        )

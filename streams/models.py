@@ -39,8 +39,8 @@ RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 SYSTEM_PROMPT = (
     "You are a Fibric operator. You never act yourself: you propose an execution plan that a "
     "deterministic executor will vet against policy. Reply with ONE JSON object matching the "
-    "ExecutionPlan schema: {\"reasoning\": string, \"actions\": [{\"tool\", \"args\", \"value\", "
-    "\"entity_key\", \"idempotency_key\", \"connector\"?}]}. Use only the tools listed. Give every "
+    'ExecutionPlan schema: {"reasoning": string, "actions": [{"tool", "args", "value", '
+    '"entity_key", "idempotency_key", "connector"?}]}. Use only the tools listed. Give every '
     "action a stable idempotency_key derived from the event (the same situation must produce the "
     "same key) and an entity_key naming the object it changes (e.g. order:SO-10884). Propose no "
     "actions when nothing needs doing."
@@ -83,7 +83,10 @@ class ModelRouter:
             "temperature": 0,
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "ExecutionPlan", "schema": ExecutionPlan.model_json_schema()},
+                "json_schema": {
+                    "name": "ExecutionPlan",
+                    "schema": ExecutionPlan.model_json_schema(),
+                },
             },
         }
         try:
@@ -106,7 +109,9 @@ class ModelRouter:
             if self.settings.openai_api_key:
                 headers["Authorization"] = f"Bearer {self.settings.openai_api_key}"
             self._client = httpx.AsyncClient(
-                base_url=self.settings.openai_base_url.rstrip("/"), headers=headers, timeout=MODEL_TIMEOUT_S
+                base_url=self.settings.openai_base_url.rstrip("/"),
+                headers=headers,
+                timeout=MODEL_TIMEOUT_S,
             )
         last = "no attempt"
         for attempt in range(MODEL_ATTEMPTS):
@@ -132,7 +137,9 @@ class ModelError(Exception):
 
 
 async def _tool_catalogue(
-    op: Operator, connectors: Sequence[Connector], describe_tools: Callable[[str], Awaitable[list[Any]]]
+    op: Operator,
+    connectors: Sequence[Connector],
+    describe_tools: Callable[[str], Awaitable[list[Any]]],
 ) -> list[dict[str, Any]]:
     out = []
     schemas: dict[str, dict[str, Any]] = {}
@@ -144,10 +151,14 @@ async def _tool_catalogue(
             schemas[cn.id] = {t.name: t for t in await describe_tools(cn.id)}
         info = schemas[cn.id].get(cap)
         tool = next(t for t in cn.tools if t.name == cap)
-        out.append({
-            "tool": cap, "connector": cn.name, "side_effect": tool.side_effect,
-            "input_schema": getattr(info, "input_schema", None) or {},
-        })
+        out.append(
+            {
+                "tool": cap,
+                "connector": cn.name,
+                "side_effect": tool.side_effect,
+                "input_schema": getattr(info, "input_schema", None) or {},
+            }
+        )
     return out
 
 

@@ -149,8 +149,11 @@ def openai_fake():
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, openai_fake):
-    s = make_stack(tmp_path_factory.mktemp("stack"), FIBRIC_OPENAI_BASE_URL=openai_fake.url,
-                   FIBRIC_OPENAI_API_KEY="sk-fake-model-key")
+    s = make_stack(
+        tmp_path_factory.mktemp("stack"),
+        FIBRIC_OPENAI_BASE_URL=openai_fake.url,
+        FIBRIC_OPENAI_API_KEY="sk-fake-model-key",
+    )
     s.start()
     yield s
     s.stop()
@@ -196,7 +199,9 @@ class FakeMagento:
         httpx.post(f"{self.url}/__fake__/reset", timeout=10).raise_for_status()
 
     def add_order(self, entity_id: int, **kw) -> dict:
-        r = httpx.post(f"{self.url}/__fake__/orders", json={"entity_id": entity_id, **kw}, timeout=10)
+        r = httpx.post(
+            f"{self.url}/__fake__/orders", json={"entity_id": entity_id, **kw}, timeout=10
+        )
         r.raise_for_status()
         return r.json()
 
@@ -206,8 +211,11 @@ class FakeMagento:
 
 def start_fake_magento() -> FakeMagento:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "connectors.fakes.magento", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectors.fakes.magento", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

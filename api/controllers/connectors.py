@@ -47,36 +47,58 @@ def find_connector(state: ApiState, auth: AuthContext, connector_id: str) -> Con
 def _check_auth_shape(listing: Listing, auth: dict[str, Any]) -> None:
     kind = auth.get("type")
     if kind not in ("api_key", "oauth2", "basic"):
-        raise FibricError(ErrorCode.INVALID_PARAMETER, "auth.type must be api_key, oauth2 or basic.", param="auth.type")
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            "auth.type must be api_key, oauth2 or basic.",
+            param="auth.type",
+        )
     if kind != listing.auth_type:
         raise FibricError(
             ErrorCode.INVALID_PARAMETER,
-            f"{listing.id} uses {listing.auth_type} auth, not {kind}.", param="auth.type",
+            f"{listing.id} uses {listing.auth_type} auth, not {kind}.",
+            param="auth.type",
         )
     need = {"api_key": ("key",), "basic": ("username", "password"), "oauth2": ()}[kind]
     for field in need:
         value = auth.get(field)
         if not isinstance(value, str) or not value or len(value) > 4096:
-            raise FibricError(ErrorCode.INVALID_PARAMETER, f"auth.{field} is required for {kind} auth.", param=f"auth.{field}")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                f"auth.{field} is required for {kind} auth.",
+                param=f"auth.{field}",
+            )
     extra = set(auth) - {"type", *need}
     if extra:
-        raise FibricError(ErrorCode.INVALID_PARAMETER, f"auth.{sorted(extra)[0]} is not a recognised field.",
-                          param=f"auth.{sorted(extra)[0]}")
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            f"auth.{sorted(extra)[0]} is not a recognised field.",
+            param=f"auth.{sorted(extra)[0]}",
+        )
 
 
 def _check_config(listing: Listing, config: dict[str, Any]) -> dict[str, Any]:
     known = {k.name for k in listing.config_keys}
     for key in listing.config_keys:
         if key.required and not config.get(key.name):
-            raise FibricError(ErrorCode.INVALID_PARAMETER, f"config.{key.name} is required by {listing.id}.",
-                              param=f"config.{key.name}")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                f"config.{key.name} is required by {listing.id}.",
+                param=f"config.{key.name}",
+            )
     unknown = sorted(set(config) - known)
     if unknown:
-        raise FibricError(ErrorCode.INVALID_PARAMETER, f"config.{unknown[0]} is not a setting of {listing.id}.",
-                          param=f"config.{unknown[0]}")
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            f"config.{unknown[0]} is not a setting of {listing.id}.",
+            param=f"config.{unknown[0]}",
+        )
     for k, v in config.items():
         if not isinstance(v, str | int | float | bool) or (isinstance(v, str) and len(v) > 2000):
-            raise FibricError(ErrorCode.INVALID_PARAMETER, f"config.{k} must be a short scalar.", param=f"config.{k}")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                f"config.{k} must be a short scalar.",
+                param=f"config.{k}",
+            )
     return config
 
 
@@ -98,18 +120,29 @@ def dry_run_args(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _spec(state: ApiState, cn: Connector, listing: Listing, credentials: dict[str, Any]) -> Any:
+async def _spec(
+    state: ApiState, cn: Connector, listing: Listing, credentials: dict[str, Any]
+) -> Any:
     from connectors.pool import ConnectorSpec
 
-    return ConnectorSpec(instance_id=cn.id, listing=listing, config=cn.config, credentials=credentials,
-                         remote_url=cn.remote_url)
+    return ConnectorSpec(
+        instance_id=cn.id,
+        listing=listing,
+        config=cn.config,
+        credentials=credentials,
+        remote_url=cn.remote_url,
+    )
 
 
 class MarketplaceController(Controller):
     path = "/marketplace/listings"
     tags = ["connectors"]
 
-    @get("/", opt={"scope": "connectors:read", "route_class": "config_read"}, operation_id="listListings")
+    @get(
+        "/",
+        opt={"scope": "connectors:read", "route_class": "config_read"},
+        operation_id="listListings",
+    )
     async def list_listings(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Browse the marketplace catalogue; filters ``kind``, ``status``, ``capability``."""
         q = request.query_params
@@ -117,7 +150,8 @@ class MarketplaceController(Controller):
         raw = {"kind": q.get("kind"), "status": q.get("status"), "capability": q.get("capability")}
         after = decode_cursor(q.get("cursor"), raw)
         items = [
-            lst for lst in load_catalogue().values()
+            lst
+            for lst in load_catalogue().values()
             if (raw["kind"] is None or lst.kind == raw["kind"])
             and (raw["status"] is None or lst.status == raw["status"])
             and (raw["capability"] is None or raw["capability"] in lst.capabilities)
@@ -125,8 +159,11 @@ class MarketplaceController(Controller):
         page, more, last = paginate(items, lambda lst: (_EPOCH, lst.id), limit, after)
         return _json(list_body([lst.model_dump(mode="json") for lst in page], more, last, raw))
 
-    @get("/{listing_id:str}", opt={"scope": "connectors:read", "route_class": "config_read"},
-         operation_id="retrieveListing")
+    @get(
+        "/{listing_id:str}",
+        opt={"scope": "connectors:read", "route_class": "config_read"},
+        operation_id="retrieveListing",
+    )
     async def retrieve_listing(self, listing_id: str) -> Response[bytes]:
         """One marketplace listing: tools, capabilities, auth type, config keys, price."""
         listing = load_catalogue().get(listing_id)
@@ -139,7 +176,11 @@ class ConnectorsController(Controller):
     path = "/connectors"
     tags = ["connectors"]
 
-    @get("/", opt={"scope": "connectors:read", "route_class": "config_read"}, operation_id="listConnectors")
+    @get(
+        "/",
+        opt={"scope": "connectors:read", "route_class": "config_read"},
+        operation_id="listConnectors",
+    )
     async def list_connectors(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """The tenant's installed connectors, newest first; filters ``capability``, ``kind``, ``status``."""
         state, auth = api_state(request), auth_of(request)
@@ -147,14 +188,23 @@ class ConnectorsController(Controller):
         limit = parse_limit(q.get("limit"))
         raw = {"capability": q.get("capability"), "kind": q.get("kind"), "status": q.get("status")}
         if raw["kind"] is not None and raw["kind"] not in KINDS:
-            raise FibricError(ErrorCode.INVALID_PARAMETER, "kind must be saas or hardware.", param="kind")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, "kind must be saas or hardware.", param="kind"
+            )
         if raw["status"] is not None and raw["status"] not in STATUSES:
-            raise FibricError(ErrorCode.INVALID_PARAMETER, "status must be connected, pending_auth or error.", param="status")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                "status must be connected, pending_auth or error.",
+                param="status",
+            )
         if raw["capability"] is not None and not CAPABILITY_RE.match(raw["capability"]):
-            raise FibricError(ErrorCode.INVALID_PARAMETER, "capability must be noun.verb.", param="capability")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, "capability must be noun.verb.", param="capability"
+            )
         after = decode_cursor(q.get("cursor"), raw)
         items = [
-            c for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)
+            c
+            for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)
             if (raw["capability"] is None or raw["capability"] in c.capabilities)
             and (raw["kind"] is None or c.kind == raw["kind"])
             and (raw["status"] is None or c.status == raw["status"])
@@ -162,8 +212,16 @@ class ConnectorsController(Controller):
         page, more, last = paginate(items, lambda c: (c.created_at, c.id), limit, after)
         return _json(list_body([c.summary() for c in page], more, last, raw))
 
-    @post("/", opt={"scope": "connectors:write", "route_class": "config_write", "body_model": ConnectorInstall},
-          operation_id="installConnector", status_code=201)
+    @post(
+        "/",
+        opt={
+            "scope": "connectors:write",
+            "route_class": "config_write",
+            "body_model": ConnectorInstall,
+        },
+        operation_id="installConnector",
+        status_code=201,
+    )
     async def install_connector(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Install a marketplace listing with its credentials (write-only) and settings."""
         state, auth = api_state(request), auth_of(request)
@@ -173,31 +231,59 @@ class ConnectorsController(Controller):
             data = validate(ConnectorInstall, body)
             listing = load_catalogue().get(data.listing)
             if listing is None:
-                raise FibricError(ErrorCode.NOT_FOUND, f"No marketplace listing {data.listing[:60]!r}.", param="listing")
+                raise FibricError(
+                    ErrorCode.NOT_FOUND,
+                    f"No marketplace listing {data.listing[:60]!r}.",
+                    param="listing",
+                )
             _check_auth_shape(listing, data.auth)
             config = _check_config(listing, data.config)
             name = data.name or listing.id
             if not CONNECTOR_NAME_RE.match(name):
-                raise FibricError(ErrorCode.INVALID_PARAMETER, "name must be 1–64 lowercase letters, digits, '.', '-', '_'.",
-                                  param="name")
+                raise FibricError(
+                    ErrorCode.INVALID_PARAMETER,
+                    "name must be 1–64 lowercase letters, digits, '.', '-', '_'.",
+                    param="name",
+                )
             if listing.status == "early_access":
                 raise FibricError(
                     ErrorCode.LISTING_EARLY_ACCESS,
                     f"{listing.id} is early access and not yet self-serve; request access and it is "
                     "provisioned during onboarding.",
                 )
-            if any(c.name == name for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)):
-                raise FibricError(ErrorCode.STATE_CONFLICT, f"A connector named {name!r} already exists in this tenant.",
-                                  param="name")
+            if any(
+                c.name == name for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)
+            ):
+                raise FibricError(
+                    ErrorCode.STATE_CONFLICT,
+                    f"A connector named {name!r} already exists in this tenant.",
+                    param="name",
+                )
             now = datetime.now(UTC)
             draft = Connector(
-                id=new_id("cn"), tenant_id=auth.tenant.id, livemode=auth.key.livemode, listing=listing.id,
-                name=name, kind=listing.kind, capabilities=list(listing.capabilities),
-                tools=[{"name": t.name, "side_effect": t.side_effect, "capability": t.capability,
-                        "compensating_tool": t.compensating_tool} for t in listing.tools],
-                auth={"type": listing.auth_type, "hint": credential_hint(data.auth)}, config=config,
-                status="connected", price=listing.price.model_dump() if listing.price else None,
-                remote_url=data.remote_url, created_at=now, updated_at=now,
+                id=new_id("cn"),
+                tenant_id=auth.tenant.id,
+                livemode=auth.key.livemode,
+                listing=listing.id,
+                name=name,
+                kind=listing.kind,
+                capabilities=list(listing.capabilities),
+                tools=[
+                    {
+                        "name": t.name,
+                        "side_effect": t.side_effect,
+                        "capability": t.capability,
+                        "compensating_tool": t.compensating_tool,
+                    }
+                    for t in listing.tools
+                ],
+                auth={"type": listing.auth_type, "hint": credential_hint(data.auth)},
+                config=config,
+                status="connected",
+                price=listing.price.model_dump() if listing.price else None,
+                remote_url=data.remote_url,
+                created_at=now,
+                updated_at=now,
             )
             if listing.auth_type == "oauth2":
                 draft.status = "pending_auth"
@@ -206,14 +292,19 @@ class ConnectorsController(Controller):
             else:
                 draft.tools = await self._verify(state, draft, listing, data.auth)
                 draft.last_synced_at = datetime.now(UTC)
-            args = {"connector": draft.model_dump(mode="json", exclude={"tenant_id", "livemode", "created_at",
-                                                                          "updated_at"}),
-                    "ciphertext": state.box.seal(data.auth)}
+            args = {
+                "connector": draft.model_dump(
+                    mode="json", exclude={"tenant_id", "livemode", "created_at", "updated_at"}
+                ),
+                "ciphertext": state.box.seal(data.auth),
+            }
             return _json(await run_command(state, request, auth, "connector.install", args), 201)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
-    async def _verify(self, state: ApiState, draft: Connector, listing: Listing, credentials: dict[str, Any]) -> list:
+    async def _verify(
+        self, state: ApiState, draft: Connector, listing: Listing, credentials: dict[str, Any]
+    ) -> list:
         """Start the connector, read its tool list, and check the credentials upstream."""
         assert state.runtime is not None
         spec = await _spec(state, draft, listing, credentials)
@@ -223,28 +314,59 @@ class ConnectorsController(Controller):
             result = await state.runtime.call(draft.id, CHECK_TOOL, {})
         except Exception as exc:  # noqa: BLE001 - the connector itself failed to start
             await state.runtime.remove(draft.id)
-            raise FibricError(ErrorCode.CONNECTOR_UPSTREAM_ERROR, f"The connector could not start: {type(exc).__name__}.") from None
+            raise FibricError(
+                ErrorCode.CONNECTOR_UPSTREAM_ERROR,
+                f"The connector could not start: {type(exc).__name__}.",
+            ) from None
         await state.runtime.remove(draft.id)
         if not result.ok:
             if result.error_code == "auth_failed":
-                raise FibricError(ErrorCode.AUTH_FAILED, f"{listing.name} rejected the supplied credentials; nothing was installed.",
-                                  details={"upstream_status": result.upstream_status})
-            raise FibricError(ErrorCode.CONNECTOR_UPSTREAM_ERROR,
-                              f"{listing.name} could not be reached: {result.error_message}; nothing was installed.",
-                              details={"upstream_status": result.upstream_status})
+                raise FibricError(
+                    ErrorCode.AUTH_FAILED,
+                    f"{listing.name} rejected the supplied credentials; nothing was installed.",
+                    details={"upstream_status": result.upstream_status},
+                )
+            raise FibricError(
+                ErrorCode.CONNECTOR_UPSTREAM_ERROR,
+                f"{listing.name} could not be reached: {result.error_message}; nothing was installed.",
+                details={"upstream_status": result.upstream_status},
+            )
         listed = {t.name for t in listing.tools}
-        return [{"name": t.name, "side_effect": t.side_effect, "capability": t.capability,
-                 "compensating_tool": t.compensating_tool} for t in tools if t.name in listed]
+        return [
+            {
+                "name": t.name,
+                "side_effect": t.side_effect,
+                "capability": t.capability,
+                "compensating_tool": t.compensating_tool,
+            }
+            for t in tools
+            if t.name in listed
+        ]
 
-    @get("/{connector_id:str}", opt={"scope": "connectors:read", "route_class": "config_read"},
-         operation_id="retrieveConnector")
-    async def retrieve_connector(self, request: Request[Any, Any, Any], connector_id: str) -> Response[bytes]:
+    @get(
+        "/{connector_id:str}",
+        opt={"scope": "connectors:read", "route_class": "config_read"},
+        operation_id="retrieveConnector",
+    )
+    async def retrieve_connector(
+        self, request: Request[Any, Any, Any], connector_id: str
+    ) -> Response[bytes]:
         """The full connector object with tools and health; secrets are never included."""
         return _json(find_connector(api_state(request), auth_of(request), connector_id).public())
 
-    @post("/{connector_id:str}/test", opt={"scope": "connectors:write", "route_class": "config_write",
-                                           "body_model": ConnectorTest}, operation_id="testConnector", status_code=200)
-    async def test_connector(self, request: Request[Any, Any, Any], connector_id: str) -> Response[bytes]:
+    @post(
+        "/{connector_id:str}/test",
+        opt={
+            "scope": "connectors:write",
+            "route_class": "config_write",
+            "body_model": ConnectorTest,
+        },
+        operation_id="testConnector",
+        status_code=200,
+    )
+    async def test_connector(
+        self, request: Request[Any, Any, Any], connector_id: str
+    ) -> Response[bytes]:
         """Connection test: read tools run live, side-effecting tools dry-run (nothing written).
         A failure moves the connector to ``error``; an unreachable source is a 502."""
         state, auth = api_state(request), auth_of(request)
@@ -255,9 +377,15 @@ class ConnectorsController(Controller):
         wanted = data.tools or [t.name for t in cn.tools]
         for name in wanted:
             if name not in names:
-                raise FibricError(ErrorCode.INVALID_PARAMETER, f"{name!r} is not a tool of {cn.id}.", param="tools")
+                raise FibricError(
+                    ErrorCode.INVALID_PARAMETER,
+                    f"{name!r} is not a tool of {cn.id}.",
+                    param="tools",
+                )
         if cn.status == "pending_auth":
-            raise FibricError(ErrorCode.STATE_CONFLICT, f"{cn.id} is pending_auth; complete authorization first.")
+            raise FibricError(
+                ErrorCode.STATE_CONFLICT, f"{cn.id} is pending_auth; complete authorization first."
+            )
         listing = load_catalogue()[cn.listing]
         entry = state.view.vault.get(cn.id)
         credentials = state.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
@@ -269,20 +397,37 @@ class ConnectorsController(Controller):
             tool = next(t for t in cn.tools if t.name == name)
             args = dry_run_args(schemas.get(name) or {}) if tool.side_effect else {}
             started = time.perf_counter()
-            res = await state.runtime.call(cn.id, name, args, dry_run=tool.side_effect, idempotency_key=None
-                                           if not tool.side_effect else f"test:{new_id('req')}")
-            item: dict[str, Any] = {"tool": name, "mode": "dry_run" if tool.side_effect else "live", "ok": res.ok,
-                                    "latency_ms": round(res.latency_ms or (time.perf_counter() - started) * 1000)}
+            res = await state.runtime.call(
+                cn.id,
+                name,
+                args,
+                dry_run=tool.side_effect,
+                idempotency_key=None if not tool.side_effect else f"test:{new_id('req')}",
+            )
+            item: dict[str, Any] = {
+                "tool": name,
+                "mode": "dry_run" if tool.side_effect else "live",
+                "ok": res.ok,
+                "latency_ms": round(res.latency_ms or (time.perf_counter() - started) * 1000),
+            }
             if not res.ok:
-                item["error"] = {"code": res.error_code, "message": res.error_message,
-                                 "upstream_status": res.upstream_status}
+                item["error"] = {
+                    "code": res.error_code,
+                    "message": res.error_message,
+                    "upstream_status": res.upstream_status,
+                }
             results.append(item)
         failed = [r for r in results if not r["ok"]]
         tested_at = datetime.now(UTC)
         if failed:
             detail = f"{failed[0]['tool']}: {failed[0]['error']['code']}"
-            await run_command(state, request, auth, "connector.set_status",
-                              {"connector_id": cn.id, "status": "error", "detail": detail})
+            await run_command(
+                state,
+                request,
+                auth,
+                "connector.set_status",
+                {"connector_id": cn.id, "status": "error", "detail": detail},
+            )
             if any(r["error"]["code"] in UNREACHABLE for r in failed):
                 raise FibricError(
                     ErrorCode.CONNECTOR_UPSTREAM_ERROR,
@@ -290,21 +435,39 @@ class ConnectorsController(Controller):
                     details={"connector_id": cn.id, "results": results},
                 )
         elif cn.status != "connected" or cn.last_synced_at is None:
-            await run_command(state, request, auth, "connector.set_status",
-                              {"connector_id": cn.id, "status": "connected", "synced": True})
-        return _json({
-            "object": "connector_test", "connector_id": cn.id, "status": "failed" if failed else "passed",
-            "results": results, "tested_at": tested_at.isoformat().replace("+00:00", "Z"),
-        })
+            await run_command(
+                state,
+                request,
+                auth,
+                "connector.set_status",
+                {"connector_id": cn.id, "status": "connected", "synced": True},
+            )
+        return _json(
+            {
+                "object": "connector_test",
+                "connector_id": cn.id,
+                "status": "failed" if failed else "passed",
+                "results": results,
+                "tested_at": tested_at.isoformat().replace("+00:00", "Z"),
+            }
+        )
 
-    @delete("/{connector_id:str}", opt={"scope": "connectors:write", "route_class": "config_write"},
-            operation_id="uninstallConnector", status_code=200)
-    async def uninstall_connector(self, request: Request[Any, Any, Any], connector_id: str) -> Response[bytes]:
+    @delete(
+        "/{connector_id:str}",
+        opt={"scope": "connectors:write", "route_class": "config_write"},
+        operation_id="uninstallConnector",
+        status_code=200,
+    )
+    async def uninstall_connector(
+        self, request: Request[Any, Any, Any], connector_id: str
+    ) -> Response[bytes]:
         """Remove the instance and purge its credentials; events and receipts are kept.
         409 ``connector_in_use`` when an active operator depends on a capability only it fulfils."""
         state, auth = api_state(request), auth_of(request)
         cn = find_connector(state, auth, connector_id)
-        result = await run_command(state, request, auth, "connector.uninstall", {"connector_id": cn.id})
+        result = await run_command(
+            state, request, auth, "connector.uninstall", {"connector_id": cn.id}
+        )
         if state.runtime is not None:
             await state.runtime.remove(cn.id)
         return _json(result)

@@ -23,7 +23,16 @@ from schemas.plan import ActionRecord, Plan, Receipt
 
 _ID = {p: re.compile(rf"^{p}_[0-9A-Z]{{26}}$") for p in ("pl", "act", "rc", "exp", "op", "ev")}
 PLAN_STATUSES = ("proposed", "approved", "executing", "executed", "refused", "vetoed", "expired")
-OUTCOMES = ("applied", "refused", "deduplicated", "failed", "pending_approval", "vetoed", "expired", "undone")
+OUTCOMES = (
+    "applied",
+    "refused",
+    "deduplicated",
+    "failed",
+    "pending_approval",
+    "vetoed",
+    "expired",
+    "undone",
+)
 DECISIONS = ("ALLOW", "ALERT", "BLOCK", "DEDUP")
 TERMINAL = {"applied", "refused", "deduplicated", "failed", "vetoed", "expired", "undone"}
 
@@ -45,14 +54,18 @@ def _check_id(prefix: str, value: str, what: str) -> None:
 def _enum(request: Request[Any, Any, Any], name: str, allowed: tuple[str, ...]) -> str | None:
     value = request.query_params.get(name)
     if value is not None and value not in allowed:
-        raise FibricError(ErrorCode.INVALID_PARAMETER, f"{name} must be one of {', '.join(allowed)}.", param=name)
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER, f"{name} must be one of {', '.join(allowed)}.", param=name
+        )
     return value
 
 
 def _opt(request: Request[Any, Any, Any], name: str) -> str | None:
     value = request.query_params.get(name)
     if value is not None and (not value or len(value) > 255):
-        raise FibricError(ErrorCode.INVALID_PARAMETER, f"{name} must be 1–255 characters.", param=name)
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER, f"{name} must be 1–255 characters.", param=name
+        )
     return value
 
 
@@ -70,7 +83,11 @@ def plan_public(plan: Plan, receipts: list[Receipt]) -> dict[str, Any]:
     d = plan.model_dump(mode="json", exclude={"tenant_id"})
     d["actions"] = [action_public(a, receipts) for a in plan.actions]
     outcomes = [a["outcome"] for a in d["actions"]]
-    if plan.status in ("executing", "approved") and outcomes and all(o in TERMINAL for o in outcomes):
+    if (
+        plan.status in ("executing", "approved")
+        and outcomes
+        and all(o in TERMINAL for o in outcomes)
+    ):
         d["status"] = "executed"
     d["receipt_ids"] = sorted(r.id for r in receipts if r.plan_id == plan.id)
     return d
@@ -81,7 +98,11 @@ async def find_plan(state: ApiState, auth: AuthContext, plan_id: str) -> Plan:
     plan = await state.store.get_plan(auth.scope, plan_id)
     if plan is None:
         pending = state.view.pending_plans.get(plan_id)
-        if pending is not None and pending.tenant_id == auth.tenant.id and pending.livemode == auth.key.livemode:
+        if (
+            pending is not None
+            and pending.tenant_id == auth.tenant.id
+            and pending.livemode == auth.key.livemode
+        ):
             return pending
         raise FibricError(ErrorCode.NOT_FOUND, f"No plan {plan_id!r}.")
     return plan
@@ -96,15 +117,27 @@ class PlansController(Controller):
         """Plans newest first; filters ``status``, ``operator_id``, ``event_id``."""
         state, auth = api_state(request), auth_of(request)
         limit = parse_limit(request.query_params.get("limit"))
-        raw = {"status": _enum(request, "status", PLAN_STATUSES), "operator_id": _opt(request, "operator_id"),
-               "event_id": _opt(request, "event_id")}
+        raw = {
+            "status": _enum(request, "status", PLAN_STATUSES),
+            "operator_id": _opt(request, "operator_id"),
+            "event_id": _opt(request, "event_id"),
+        }
         after = decode_cursor(request.query_params.get("cursor"), raw)
-        page = await state.store.list_plans(auth.scope, raw["status"], raw["operator_id"], raw["event_id"],
-                                            limit, after)
+        page = await state.store.list_plans(
+            auth.scope, raw["status"], raw["operator_id"], raw["event_id"], limit, after
+        )
         receipts = await state.store.receipts_for(auth.scope, "plan_id", [p.id for p in page.items])
-        return _json(list_body([plan_public(p, receipts) for p in page.items], page.has_more, page.last_key, raw))
+        return _json(
+            list_body(
+                [plan_public(p, receipts) for p in page.items], page.has_more, page.last_key, raw
+            )
+        )
 
-    @get("/{plan_id:str}", opt={"scope": "plans:read", "route_class": "loop_read"}, operation_id="retrievePlan")
+    @get(
+        "/{plan_id:str}",
+        opt={"scope": "plans:read", "route_class": "loop_read"},
+        operation_id="retrievePlan",
+    )
     async def retrieve_plan(self, request: Request[Any, Any, Any], plan_id: str) -> Response[bytes]:
         """One plan with its actions, their verdicts and outcomes."""
         state, auth = api_state(request), auth_of(request)
@@ -112,7 +145,9 @@ class PlansController(Controller):
         receipts = await state.store.receipts_for(auth.scope, "plan_id", [plan.id])
         return _json(plan_public(plan, receipts))
 
-    async def _decide(self, request: Request[Any, Any, Any], plan_id: str, type_: str) -> Response[bytes]:
+    async def _decide(
+        self, request: Request[Any, Any, Any], plan_id: str, type_: str
+    ) -> Response[bytes]:
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
@@ -123,24 +158,36 @@ class PlansController(Controller):
             if plan_id not in state.view.pending_plans:
                 current = await state.store.get_plan(auth.scope, plan_id) or plan
                 verb = "approved" if type_ == "plan.approve" else "vetoed"
-                raise FibricError(ErrorCode.STATE_CONFLICT,
-                                  f"Plan {plan_id} is {current.status} and cannot be {verb}.")
+                raise FibricError(
+                    ErrorCode.STATE_CONFLICT,
+                    f"Plan {plan_id} is {current.status} and cannot be {verb}.",
+                )
             approver = data.approver or auth.key.name or auth.key.id
-            result = await run_command(state, request, auth, type_, {"plan_id": plan_id, "approver": approver})
+            result = await run_command(
+                state, request, auth, type_, {"plan_id": plan_id, "approver": approver}
+            )
             closed = Plan.model_validate(result)
             return _json(plan_public(closed, []))
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
-    @post("/{plan_id:str}/approve", opt={"scope": "plans:approve", "route_class": "loop_write",
-                                         "body_model": DecisionBody}, operation_id="approvePlan", status_code=200)
+    @post(
+        "/{plan_id:str}/approve",
+        opt={"scope": "plans:approve", "route_class": "loop_write", "body_model": DecisionBody},
+        operation_id="approvePlan",
+        status_code=200,
+    )
     async def approve_plan(self, request: Request[Any, Any, Any], plan_id: str) -> Response[bytes]:
         """Ask the executor to run a plan awaiting approval. Every action is re-vetted against
         the guardrails in force now; approval never runs a BLOCK."""
         return await self._decide(request, plan_id, "plan.approve")
 
-    @post("/{plan_id:str}/veto", opt={"scope": "plans:approve", "route_class": "loop_write",
-                                      "body_model": DecisionBody}, operation_id="vetoPlan", status_code=200)
+    @post(
+        "/{plan_id:str}/veto",
+        opt={"scope": "plans:approve", "route_class": "loop_write", "body_model": DecisionBody},
+        operation_id="vetoPlan",
+        status_code=200,
+    )
     async def veto_plan(self, request: Request[Any, Any, Any], plan_id: str) -> Response[bytes]:
         """Veto a plan awaiting approval: nothing in it runs; the veto is receipted."""
         return await self._decide(request, plan_id, "plan.veto")
@@ -159,21 +206,41 @@ class ActionsController(Controller):
         raw = {k: _opt(request, k) for k in ("plan_id", "operator_id", "entity_key", "tool")}
         after = decode_cursor(request.query_params.get("cursor"), raw)
         page = await state.store.list_actions(auth.scope, raw, limit, after)
-        receipts = await state.store.receipts_for(auth.scope, "action_id", [a.id for a in page.items])
-        return _json(list_body([action_public(a, receipts) for a in page.items], page.has_more, page.last_key, raw))
+        receipts = await state.store.receipts_for(
+            auth.scope, "action_id", [a.id for a in page.items]
+        )
+        return _json(
+            list_body(
+                [action_public(a, receipts) for a in page.items], page.has_more, page.last_key, raw
+            )
+        )
 
-    @get("/{action_id:str}", opt={"scope": "actions:read", "route_class": "loop_read"}, operation_id="retrieveAction")
-    async def retrieve_action(self, request: Request[Any, Any, Any], action_id: str) -> Response[bytes]:
+    @get(
+        "/{action_id:str}",
+        opt={"scope": "actions:read", "route_class": "loop_read"},
+        operation_id="retrieveAction",
+    )
+    async def retrieve_action(
+        self, request: Request[Any, Any, Any], action_id: str
+    ) -> Response[bytes]:
         """One action with its verdict and receipts."""
         state, auth = api_state(request), auth_of(request)
         _check_id("act", action_id, "action")
         action = await state.store.get_action(auth.scope, action_id)
         if action is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No action {action_id!r}.")
-        return _json(action_public(action, await state.store.receipts_for(auth.scope, "action_id", [action_id])))
+        return _json(
+            action_public(
+                action, await state.store.receipts_for(auth.scope, "action_id", [action_id])
+            )
+        )
 
-    @post("/{action_id:str}/undo", opt={"scope": "actions:write", "route_class": "loop_write"},
-          operation_id="undoAction", status_code=202)
+    @post(
+        "/{action_id:str}/undo",
+        opt={"scope": "actions:write", "route_class": "loop_write"},
+        operation_id="undoAction",
+        status_code=202,
+    )
     async def undo_action(self, request: Request[Any, Any, Any], action_id: str) -> Response[bytes]:
         """Undo an applied action with its tool's compensating tool. The undo is itself a
         governed action (policy, single-flight, idempotency key ``<original>:undo``)."""
@@ -187,10 +254,18 @@ class ActionsController(Controller):
                 raise FibricError(ErrorCode.NOT_FOUND, f"No action {action_id!r}.")
             receipts = await state.store.receipts_for(auth.scope, "action_id", [action_id])
             if not any(r.outcome == "applied" for r in receipts):
-                raise FibricError(ErrorCode.STATE_CONFLICT, f"Action {action_id} was not applied; nothing to undo.")
+                raise FibricError(
+                    ErrorCode.STATE_CONFLICT,
+                    f"Action {action_id} was not applied; nothing to undo.",
+                )
             if action.undo_of is not None or not action.compensating_tool:
-                raise FibricError(ErrorCode.STATE_CONFLICT, f"{action.tool} is not reversible (no compensating tool).")
-            result = await run_command(state, request, auth, "action.undo", {"action": action.model_dump(mode="json")})
+                raise FibricError(
+                    ErrorCode.STATE_CONFLICT,
+                    f"{action.tool} is not reversible (no compensating tool).",
+                )
+            result = await run_command(
+                state, request, auth, "action.undo", {"action": action.model_dump(mode="json")}
+            )
             undo = ActionRecord.model_validate(result)
             return _json(action_public(undo, []), 202)
 
@@ -203,15 +278,28 @@ class ReceiptsController(Controller):
 
     @staticmethod
     def filters(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        f: dict[str, Any] = {k: _opt(request, k) for k in ("operator_id", "entity_key", "correlation_id",
-                                                           "plan_id", "action_id", "event_id")}
+        f: dict[str, Any] = {
+            k: _opt(request, k)
+            for k in (
+                "operator_id",
+                "entity_key",
+                "correlation_id",
+                "plan_id",
+                "action_id",
+                "event_id",
+            )
+        }
         f["outcome"] = _enum(request, "outcome", OUTCOMES)
         f["decision"] = _enum(request, "decision", DECISIONS)
         f["since"] = parse_time(request.query_params.get("since"), "since")
         f["until"] = parse_time(request.query_params.get("until"), "until")
         return f
 
-    @get("/", opt={"scope": "receipts:read", "route_class": "receipts_read"}, operation_id="listReceipts")
+    @get(
+        "/",
+        opt={"scope": "receipts:read", "route_class": "receipts_read"},
+        operation_id="listReceipts",
+    )
     async def list_receipts(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Receipts newest first; filters ``operator_id``, ``outcome``, ``decision``,
         ``entity_key``, ``correlation_id``, ``plan_id``, ``action_id``, ``event_id``,
@@ -221,11 +309,20 @@ class ReceiptsController(Controller):
         f = self.filters(request)
         after = decode_cursor(request.query_params.get("cursor"), f)
         page = await state.store.list_receipts(auth.scope, f, limit, after)
-        return _json(list_body([r.model_dump(mode="json") for r in page.items], page.has_more, page.last_key, f))
+        return _json(
+            list_body(
+                [r.model_dump(mode="json") for r in page.items], page.has_more, page.last_key, f
+            )
+        )
 
-    @get("/{receipt_id:str}", opt={"scope": "receipts:read", "route_class": "receipts_read"},
-         operation_id="retrieveReceipt")
-    async def retrieve_receipt(self, request: Request[Any, Any, Any], receipt_id: str) -> Response[bytes]:
+    @get(
+        "/{receipt_id:str}",
+        opt={"scope": "receipts:read", "route_class": "receipts_read"},
+        operation_id="retrieveReceipt",
+    )
+    async def retrieve_receipt(
+        self, request: Request[Any, Any, Any], receipt_id: str
+    ) -> Response[bytes]:
         """One receipt."""
         state, auth = api_state(request), auth_of(request)
         _check_id("rc", receipt_id, "receipt")

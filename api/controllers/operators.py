@@ -44,7 +44,11 @@ class OperatorsController(Controller):
     path = "/operators"
     tags = ["operators"]
 
-    @get("/", opt={"scope": "operators:read", "route_class": "config_read"}, operation_id="listOperators")
+    @get(
+        "/",
+        opt={"scope": "operators:read", "route_class": "config_read"},
+        operation_id="listOperators",
+    )
     async def list_operators(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """List operators newest first; filters ``status`` and ``capability``."""
         state, auth = api_state(request), auth_of(request)
@@ -52,20 +56,36 @@ class OperatorsController(Controller):
         status = request.query_params.get("status")
         capability = request.query_params.get("capability")
         if status is not None and status not in STATUSES:
-            raise FibricError(ErrorCode.INVALID_PARAMETER, "status must be active, paused or draft.", param="status")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                "status must be active, paused or draft.",
+                param="status",
+            )
         if capability is not None and not CAPABILITY_RE.match(capability):
-            raise FibricError(ErrorCode.INVALID_PARAMETER, "capability must be noun.verb.", param="capability")
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, "capability must be noun.verb.", param="capability"
+            )
         raw = {"status": status, "capability": capability}
         after = decode_cursor(request.query_params.get("cursor"), raw)
         ops = [
-            o for o in state.view.operators_of(auth.tenant.id, auth.key.livemode)
-            if (status is None or o.status == status) and (capability is None or capability in o.capabilities)
+            o
+            for o in state.view.operators_of(auth.tenant.id, auth.key.livemode)
+            if (status is None or o.status == status)
+            and (capability is None or capability in o.capabilities)
         ]
         page, more, last = paginate(ops, lambda o: (o.created_at, o.id), limit, after)
         return _json(list_body([o.public() for o in page], more, last, raw))
 
-    @post("/", opt={"scope": "operators:write", "route_class": "config_write", "body_model": OperatorCreate},
-          operation_id="createOperator", status_code=201)
+    @post(
+        "/",
+        opt={
+            "scope": "operators:write",
+            "route_class": "config_write",
+            "body_model": OperatorCreate,
+        },
+        operation_id="createOperator",
+        status_code=201,
+    )
     async def create_operator(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Register a named operator with its capabilities, outcome and guardrails."""
         state, auth = api_state(request), auth_of(request)
@@ -80,15 +100,29 @@ class OperatorsController(Controller):
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
-    @get("/{operator_id:str}", opt={"scope": "operators:read", "route_class": "config_read"},
-         operation_id="retrieveOperator")
-    async def retrieve_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+    @get(
+        "/{operator_id:str}",
+        opt={"scope": "operators:read", "route_class": "config_read"},
+        operation_id="retrieveOperator",
+    )
+    async def retrieve_operator(
+        self, request: Request[Any, Any, Any], operator_id: str
+    ) -> Response[bytes]:
         """Retrieve the full operator, guardrails and last run included."""
         return _json(find_operator(api_state(request), auth_of(request), operator_id).public())
 
-    @patch("/{operator_id:str}", opt={"scope": "operators:write", "route_class": "config_write",
-                                      "body_model": OperatorUpdate}, operation_id="updateOperator")
-    async def update_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+    @patch(
+        "/{operator_id:str}",
+        opt={
+            "scope": "operators:write",
+            "route_class": "config_write",
+            "body_model": OperatorUpdate,
+        },
+        operation_id="updateOperator",
+    )
+    async def update_operator(
+        self, request: Request[Any, Any, Any], operator_id: str
+    ) -> Response[bytes]:
         """Update the fields sent; guardrails are replaced whole; name is immutable."""
         state, auth = api_state(request), auth_of(request)
         find_operator(state, auth, operator_id)
@@ -102,9 +136,15 @@ class OperatorsController(Controller):
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
-    @post("/{operator_id:str}/pause", opt={"scope": "operators:write", "route_class": "config_write",
-                                           "body_model": PauseBody}, operation_id="pauseOperator", status_code=200)
-    async def pause_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+    @post(
+        "/{operator_id:str}/pause",
+        opt={"scope": "operators:write", "route_class": "config_write", "body_model": PauseBody},
+        operation_id="pauseOperator",
+        status_code=200,
+    )
+    async def pause_operator(
+        self, request: Request[Any, Any, Any], operator_id: str
+    ) -> Response[bytes]:
         """Pause: stop reasoning and proposing (events keep ingesting). Idempotent."""
         state, auth = api_state(request), auth_of(request)
         find_operator(state, auth, operator_id)
@@ -117,9 +157,15 @@ class OperatorsController(Controller):
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
-    @post("/{operator_id:str}/resume", opt={"scope": "operators:write", "route_class": "config_write",
-                                            "body_model": ResumeBody}, operation_id="resumeOperator", status_code=200)
-    async def resume_operator(self, request: Request[Any, Any, Any], operator_id: str) -> Response[bytes]:
+    @post(
+        "/{operator_id:str}/resume",
+        opt={"scope": "operators:write", "route_class": "config_write", "body_model": ResumeBody},
+        operation_id="resumeOperator",
+        status_code=200,
+    )
+    async def resume_operator(
+        self, request: Request[Any, Any, Any], operator_id: str
+    ) -> Response[bytes]:
         """Resume a paused operator; with ``catch_up`` it reasons over the events that arrived
         while it was paused, oldest first, and the response counts them."""
         state, auth = api_state(request), auth_of(request)

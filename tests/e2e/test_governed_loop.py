@@ -23,30 +23,61 @@ from tests.e2e.test_kafka_pipeline import _role_pid, wait_for
 pytestmark = pytest.mark.e2e
 
 TOKEN = "mg_live_9f4c2e8b1a41"
-HOLD = {"tool": "order.hold", "args": {"order_id": "{{payload.order_id}}"}, "value": "{{payload.total}}",
-        "entity_key": "order:{{payload.order_id}}", "idempotency_key": "hold:{{payload.order_id}}"}
-NOTIFY = {"tool": "order.notify", "args": {"order_id": "{{payload.order_id}}", "comment": "{{payload.note}}"},
-          "entity_key": "order:{{payload.order_id}}", "idempotency_key": "note:{{payload.note_id}}"}
+HOLD = {
+    "tool": "order.hold",
+    "args": {"order_id": "{{payload.order_id}}"},
+    "value": "{{payload.total}}",
+    "entity_key": "order:{{payload.order_id}}",
+    "idempotency_key": "hold:{{payload.order_id}}",
+}
+NOTIFY = {
+    "tool": "order.notify",
+    "args": {"order_id": "{{payload.order_id}}", "comment": "{{payload.note}}"},
+    "entity_key": "order:{{payload.order_id}}",
+    "idempotency_key": "note:{{payload.note_id}}",
+}
 
 
 class Loop:
-    def __init__(self, stack: Stack, fake: FakeMagento, playbook: list, guardrails: list,
-                 capabilities=("order.read", "order.hold", "order.release", "order.notify")) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        fake: FakeMagento,
+        playbook: list,
+        guardrails: list,
+        capabilities=("order.read", "order.hold", "order.release", "order.notify"),
+    ) -> None:
         self.stack, self.fake = stack, fake
         self.tenant = new_tenant(stack, f"loop-{uuid.uuid4().hex[:8]}")
         self.c = client(stack, self.tenant.keys["admin"])
-        r = self.c.post("/v1/connectors", json={"listing": "cn-magento", "name": "store", "config": {"base_url": fake.url},
-                                                "auth": {"type": "api_key", "key": TOKEN}})
+        r = self.c.post(
+            "/v1/connectors",
+            json={
+                "listing": "cn-magento",
+                "name": "store",
+                "config": {"base_url": fake.url},
+                "auth": {"type": "api_key", "key": TOKEN},
+            },
+        )
         assert r.status_code == 201, r.text
         self.cn = r.json()
-        r = self.c.post("/v1/operators", json={"name": "order-risk", "outcome": "Hold risky orders.",
-                                               "capabilities": list(capabilities), "guardrails": guardrails,
-                                               "playbook": playbook})
+        r = self.c.post(
+            "/v1/operators",
+            json={
+                "name": "order-risk",
+                "outcome": "Hold risky orders.",
+                "capabilities": list(capabilities),
+                "guardrails": guardrails,
+                "playbook": playbook,
+            },
+        )
         assert r.status_code == 201, r.text
         self.op = r.json()
 
     def post(self, event_type: str, **payload) -> dict:
-        r = self.c.post("/v1/events", json={"source": "magento", "event_type": event_type, "payload": payload})
+        r = self.c.post(
+            "/v1/events", json={"source": "magento", "event_type": event_type, "payload": payload}
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -63,10 +94,17 @@ class Loop:
             cursor = page["next_cursor"]
 
     def wait_receipts(self, n: int, timeout=60.0, **params) -> list[dict]:
-        return wait_for(lambda: (r := self.receipts(**params)) and len(r) >= n and r, timeout=timeout, interval=0.3)
+        return wait_for(
+            lambda: (r := self.receipts(**params)) and len(r) >= n and r,
+            timeout=timeout,
+            interval=0.3,
+        )
 
     def plan_for(self, event_id: str) -> dict:
-        plans = wait_for(lambda: self.c.get("/v1/plans", params={"event_id": event_id}).json()["data"], timeout=30)
+        plans = wait_for(
+            lambda: self.c.get("/v1/plans", params={"event_id": event_id}).json()["data"],
+            timeout=30,
+        )
         return plans[0]
 
 
@@ -92,23 +130,41 @@ def fake():
 
 
 def test_the_657_flood_executes_once(stack, fake):
-    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD]}],
-                [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}])
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD]}],
+        [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}],
+    )
     fake.add_order(1001)
-    env = orjson.dumps({"tenant_id": loop.tenant.id, "source": "magento", "event_type": "order.created",
-                        "payload": {"order_id": "1001", "total": 129}})
+    env = orjson.dumps(
+        {
+            "tenant_id": loop.tenant.id,
+            "source": "magento",
+            "event_type": "order.created",
+            "payload": {"order_id": "1001", "total": 129},
+        }
+    )
     publish(stack, [env] * 657)
     receipts = loop.wait_receipts(657, timeout=90, entity_key="order:1001")
     outcomes = sorted(r["outcome"] for r in receipts)
-    assert outcomes.count("applied") == 1 and outcomes.count("deduplicated") == 656 and len(receipts) == 657
+    assert (
+        outcomes.count("applied") == 1
+        and outcomes.count("deduplicated") == 656
+        and len(receipts) == 657
+    )
     assert fake.count("order.hold") == 1  # the connector was invoked exactly once
     dedup = next(r for r in receipts if r["outcome"] == "deduplicated")
     assert dedup["decision"] == "DEDUP" and dedup["result"] is not None
 
 
 def test_single_flight_per_entity_and_concurrency_across_entities(stack, fake):
-    loop = Loop(stack, fake, [{"when": "order.note", "then": [NOTIFY]}],
-                [{"tool": "order.notify", "decision": "ALLOW"}])
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.note", "then": [NOTIFY]}],
+        [{"tool": "order.notify", "decision": "ALLOW"}],
+    )
     for i in range(1, 101):
         fake.add_order(2000 + i)
     fake.mode(delay_s=0.05)
@@ -116,9 +172,17 @@ def test_single_flight_per_entity_and_concurrency_across_entities(stack, fake):
         loop.post("order.note", order_id="2001", note=f"one entity {i}", note_id=f"a{i}")
     loop.wait_receipts(12, timeout=60)
     assert fake.state()["max_in_flight"] == 1  # never two calls on one entity at once
-    envs = [orjson.dumps({"tenant_id": loop.tenant.id, "source": "m", "event_type": "order.note",
-                          "payload": {"order_id": str(2000 + i), "note": f"many {i}", "note_id": f"b{i}"}})
-            for i in range(1, 101)]
+    envs = [
+        orjson.dumps(
+            {
+                "tenant_id": loop.tenant.id,
+                "source": "m",
+                "event_type": "order.note",
+                "payload": {"order_id": str(2000 + i), "note": f"many {i}", "note_id": f"b{i}"},
+            }
+        )
+        for i in range(1, 101)
+    ]
     publish(stack, envs)
     loop.wait_receipts(112, timeout=90)
     assert fake.state()["max_in_flight"] > 1  # different entities do overlap
@@ -128,16 +192,32 @@ def test_single_flight_per_entity_and_concurrency_across_entities(stack, fake):
 def test_policy_outcomes(stack, fake):
     playbook = [
         {"when": "order.created", "then": [HOLD]},
-        {"when": "order.reopened", "then": [{**HOLD, "tool": "order.release", "idempotency_key": "rel:{{payload.order_id}}"}]},
+        {
+            "when": "order.reopened",
+            "then": [
+                {**HOLD, "tool": "order.release", "idempotency_key": "rel:{{payload.order_id}}"}
+            ],
+        },
     ]
-    loop = Loop(stack, fake, playbook, [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}])
+    loop = Loop(
+        stack, fake, playbook, [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}]
+    )
     over = loop.post("order.created", order_id="1", total=900)
     norule = loop.post("order.reopened", order_id="2", total=10)
     rcs = loop.wait_receipts(2)
     by_event = {r["event_id"]: r for r in rcs}
-    assert (by_event[over["id"]]["decision"], by_event[over["id"]]["outcome"]) == ("BLOCK", "refused")
-    assert "exceeds max_value" in by_event[over["id"]]["reason"] and by_event[over["id"]]["rule"]["index"] == 0
-    assert (by_event[norule["id"]]["decision"], by_event[norule["id"]]["outcome"]) == ("BLOCK", "refused")
+    assert (by_event[over["id"]]["decision"], by_event[over["id"]]["outcome"]) == (
+        "BLOCK",
+        "refused",
+    )
+    assert (
+        "exceeds max_value" in by_event[over["id"]]["reason"]
+        and by_event[over["id"]]["rule"]["index"] == 0
+    )
+    assert (by_event[norule["id"]]["decision"], by_event[norule["id"]]["outcome"]) == (
+        "BLOCK",
+        "refused",
+    )
     assert by_event[norule["id"]]["rule"] is None
     assert fake.count("order.hold") == 0 and fake.count("order.unhold") == 0
     plan = loop.plan_for(over["id"])
@@ -149,10 +229,20 @@ def test_policy_outcomes(stack, fake):
 
 
 def test_alert_holds_then_approve_veto_expire(stack, fake):
-    notify = {**NOTIFY, "args": {"order_id": "{{payload.order_id}}", "comment": "held"},
-              "idempotency_key": "notify-hold:{{payload.order_id}}:{{payload.total}}"}
-    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD, notify]}],
-                [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}, {"tool": "order.notify", "decision": "ALERT"}])
+    notify = {
+        **NOTIFY,
+        "args": {"order_id": "{{payload.order_id}}", "comment": "held"},
+        "idempotency_key": "notify-hold:{{payload.order_id}}:{{payload.total}}",
+    }
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD, notify]}],
+        [
+            {"tool": "order.hold", "decision": "ALLOW", "max_value": 500},
+            {"tool": "order.notify", "decision": "ALERT"},
+        ],
+    )
     # approve
     ev = loop.post("order.created", order_id="1", total=100)
     plan = loop.plan_for(ev["id"])
@@ -161,33 +251,57 @@ def test_alert_holds_then_approve_veto_expire(stack, fake):
     assert fake.count("order.hold") == 0  # nothing in a held plan runs
     with client(stack, loop.tenant.keys["read_only"]) as ro:
         assert_error(ro.post(f"/v1/plans/{plan['id']}/approve", json={}), 403, "insufficient_scope")
-    ok = loop.c.post(f"/v1/plans/{plan['id']}/approve", json={"approver": "l.ops@example.com"},
-                     headers={"Idempotency-Key": f"approve-{plan['id']}"})
+    ok = loop.c.post(
+        f"/v1/plans/{plan['id']}/approve",
+        json={"approver": "l.ops@example.com"},
+        headers={"Idempotency-Key": f"approve-{plan['id']}"},
+    )
     assert ok.status_code == 200 and ok.json()["status"] == "approved", ok.text
-    done = wait_for(lambda: [r for r in loop.receipts(plan_id=plan["id"]) if r["outcome"] == "applied"]
-                    if len([r for r in loop.receipts(plan_id=plan["id"]) if r["outcome"] == "applied"]) == 2 else None)
+    done = wait_for(
+        lambda: (
+            [r for r in loop.receipts(plan_id=plan["id"]) if r["outcome"] == "applied"]
+            if len([r for r in loop.receipts(plan_id=plan["id"]) if r["outcome"] == "applied"]) == 2
+            else None
+        )
+    )
     assert {r["approver"] for r in done} == {"l.ops@example.com"}
-    assert {r["tool"]: r["decision"] for r in done} == {"order.hold": "ALLOW", "order.notify": "ALERT"}
+    assert {r["tool"]: r["decision"] for r in done} == {
+        "order.hold": "ALLOW",
+        "order.notify": "ALERT",
+    }
     assert fake.count("order.hold") == 1
     assert_error(loop.c.post(f"/v1/plans/{plan['id']}/approve", json={}), 409, "state_conflict")
     # veto
     ev2 = loop.post("order.created", order_id="2", total=100)
     plan2 = loop.plan_for(ev2["id"])
-    assert loop.c.post(f"/v1/plans/{plan2['id']}/veto", json={"approver": "boss"}).json()["status"] == "vetoed"
+    assert (
+        loop.c.post(f"/v1/plans/{plan2['id']}/veto", json={"approver": "boss"}).json()["status"]
+        == "vetoed"
+    )
     vetoed = loop.wait_receipts(2, plan_id=plan2["id"], outcome="vetoed")
     assert {r["approver"] for r in vetoed} == {"boss"}
     assert fake.count("order.hold") == 1  # veto runs nothing
     # approving after the rule was removed still blocks
     ev3 = loop.post("order.created", order_id="1", total=100)
     plan3 = loop.plan_for(ev3["id"])
-    loop.c.patch(f"/v1/operators/{loop.op['id']}", json={"guardrails": [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}]})
+    loop.c.patch(
+        f"/v1/operators/{loop.op['id']}",
+        json={"guardrails": [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}]},
+    )
     loop.c.post(f"/v1/plans/{plan3['id']}/approve", json={})
     refused = loop.wait_receipts(1, plan_id=plan3["id"], outcome="refused")
     assert refused[0]["tool"] == "order.notify" and refused[0]["decision"] == "BLOCK"
     assert "blocked at approval" in refused[0]["reason"]
     # expiry (FIBRIC_APPROVAL_TTL_S=20 in the test stack)
-    loop.c.patch(f"/v1/operators/{loop.op['id']}", json={"guardrails": [
-        {"tool": "order.hold", "decision": "ALLOW", "max_value": 500}, {"tool": "order.notify", "decision": "ALERT"}]})
+    loop.c.patch(
+        f"/v1/operators/{loop.op['id']}",
+        json={
+            "guardrails": [
+                {"tool": "order.hold", "decision": "ALLOW", "max_value": 500},
+                {"tool": "order.notify", "decision": "ALERT"},
+            ]
+        },
+    )
     ev4 = loop.post("order.created", order_id="3", total=50)
     plan4 = loop.plan_for(ev4["id"])
     assert plan4["status"] == "proposed"
@@ -197,8 +311,15 @@ def test_alert_holds_then_approve_veto_expire(stack, fake):
 
 
 def test_undo_is_a_governed_compensation(stack, fake):
-    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD]}],
-                [{"tool": "order.hold", "decision": "ALLOW"}, {"tool": "order.release", "decision": "ALLOW"}])
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD]}],
+        [
+            {"tool": "order.hold", "decision": "ALLOW"},
+            {"tool": "order.release", "decision": "ALLOW"},
+        ],
+    )
     ev = loop.post("order.created", order_id="1", total=10)
     applied = loop.wait_receipts(1, outcome="applied")[0]
     assert fake.state()["orders"]["1"]["state"] == "holded"
@@ -208,7 +329,9 @@ def test_undo_is_a_governed_compensation(stack, fake):
     assert undo["undo_of"] == applied["action_id"] and undo["tool"] == "order.release"
     assert undo["idempotency_key"] == "hold:1:undo"
     undone = loop.wait_receipts(1, outcome="undone")[0]
-    assert undone["action_id"] == undo["id"] and fake.state()["orders"]["1"]["state"] == "processing"
+    assert (
+        undone["action_id"] == undo["id"] and fake.state()["orders"]["1"]["state"] == "processing"
+    )
     again = loop.c.post(f"/v1/actions/{applied['action_id']}/undo", json={}).json()
     assert loop.wait_receipts(1, action_id=again["id"])[0]["outcome"] == "deduplicated"
     assert fake.count("order.unhold") == 1
@@ -217,7 +340,12 @@ def test_undo_is_a_governed_compensation(stack, fake):
 
 
 def test_cross_tenant_loop_ids_are_404(stack, fake, globex):
-    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD]}], [{"tool": "order.hold", "decision": "ALLOW"}])
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD]}],
+        [{"tool": "order.hold", "decision": "ALLOW"}],
+    )
     loop.post("order.created", order_id="1", total=10)
     rc = loop.wait_receipts(1)[0]
     with client(stack, globex.keys["admin"]) as g:
@@ -230,16 +358,29 @@ def test_cross_tenant_loop_ids_are_404(stack, fake, globex):
 
 
 def test_receipt_export_jsonl_and_csv(stack, fake):
-    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD]}], [{"tool": "order.hold", "decision": "ALLOW"}])
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD]}],
+        [{"tool": "order.hold", "decision": "ALLOW"}],
+    )
     loop.post("order.created", order_id="1", total=10)
     loop.post("order.created", order_id="1", total=10)
     loop.wait_receipts(2)
-    for fmt, check in (("jsonl", lambda b: len(b.strip().splitlines()) == 2),
-                       ("csv", lambda b: len(b.strip().splitlines()) == 3),
-                       ("parquet", lambda b: b[:4] == b"PAR1")):
-        job = loop.c.post("/v1/receipts/exports", json={"format": fmt, "operator_id": loop.op["id"]}).json()
+    for fmt, check in (
+        ("jsonl", lambda b: len(b.strip().splitlines()) == 2),
+        ("csv", lambda b: len(b.strip().splitlines()) == 3),
+        ("parquet", lambda b: b[:4] == b"PAR1"),
+    ):
+        job = loop.c.post(
+            "/v1/receipts/exports", json={"format": fmt, "operator_id": loop.op["id"]}
+        ).json()
         assert job["id"].startswith("exp_") and job["object"] == "receipt_export"
-        done = wait_for(lambda: (j := loop.c.get(f"/v1/exports/{job['id']}").json())["status"] == "complete" and j)
+        done = wait_for(
+            lambda: (
+                (j := loop.c.get(f"/v1/exports/{job['id']}").json())["status"] == "complete" and j
+            )
+        )
         body = loop.c.get(done["url"].replace(stack.base_url, "")).content
         assert check(body), (fmt, body[:200])
 
@@ -248,17 +389,30 @@ def test_receipt_export_jsonl_and_csv(stack, fake):
 def test_worker_sigkills_during_10000_actions(stack, fake):
     """At least 5 SIGKILLs of the worker while 10,000 actions flow: every action ends with exactly
     one terminal receipt and the store applied each idempotency key at most once."""
-    loop = Loop(stack, fake, [{"when": "order.note", "then": [NOTIFY]}], [{"tool": "order.notify", "decision": "ALLOW"}])
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.note", "then": [NOTIFY]}],
+        [{"tool": "order.notify", "decision": "ALLOW"}],
+    )
     orders = [3000 + i for i in range(200)]
     for o in orders:
         fake.add_order(o)
-    envs = [orjson.dumps({"tenant_id": loop.tenant.id, "source": "m", "event_type": "order.note",
-                          "payload": {"order_id": str(orders[i % 200]), "note": f"n{i}", "note_id": f"k{i}"}})
-            for i in range(10_000)]
+    envs = [
+        orjson.dumps(
+            {
+                "tenant_id": loop.tenant.id,
+                "source": "m",
+                "event_type": "order.note",
+                "payload": {"order_id": str(orders[i % 200]), "note": f"n{i}", "note_id": f"k{i}"},
+            }
+        )
+        for i in range(10_000)
+    ]
     rng = random.Random(7)
     kills = 0
     for chunk in range(10):
-        publish(stack, envs[chunk * 1000:(chunk + 1) * 1000])
+        publish(stack, envs[chunk * 1000 : (chunk + 1) * 1000])
         if chunk % 2 == 0:
             time.sleep(rng.uniform(0.2, 1.5))
             pid = wait_for(lambda: _role_pid(stack, "worker"))
@@ -266,16 +420,27 @@ def test_worker_sigkills_during_10000_actions(stack, fake):
             kills += 1
             wait_for(lambda: _role_pid(stack, "worker") not in (0, pid), timeout=30)
     assert kills >= 5
-    wait_for(lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200, timeout=120)
+    wait_for(
+        lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200, timeout=120
+    )
 
     def terminal() -> list[dict]:
-        job = loop.c.post("/v1/receipts/exports", json={"format": "jsonl", "operator_id": loop.op["id"]}).json()
-        done = wait_for(lambda: (j := loop.c.get(f"/v1/exports/{job['id']}").json())["status"] == "complete" and j)
+        job = loop.c.post(
+            "/v1/receipts/exports", json={"format": "jsonl", "operator_id": loop.op["id"]}
+        ).json()
+        done = wait_for(
+            lambda: (
+                (j := loop.c.get(f"/v1/exports/{job['id']}").json())["status"] == "complete" and j
+            )
+        )
         body = loop.c.get(done["url"].replace(stack.base_url, "")).content
         return [orjson.loads(line) for line in body.splitlines() if line]
 
-    receipts = wait_for(lambda: (r := terminal()) and len({x["action_id"] for x in r}) >= 10_000 and r,
-                        timeout=600, interval=5)
+    receipts = wait_for(
+        lambda: (r := terminal()) and len({x["action_id"] for x in r}) >= 10_000 and r,
+        timeout=600,
+        interval=5,
+    )
     per_action: dict[str, int] = {}
     for r in receipts:
         per_action[r["action_id"]] = per_action.get(r["action_id"], 0) + 1

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.e2e
 
 
 def mode(openai_fake, **kw):
-    httpx.post(openai_fake.url.replace("/v1", "/__fake__/mode"), json=kw, timeout=5).raise_for_status()
+    httpx.post(
+        openai_fake.url.replace("/v1", "/__fake__/mode"), json=kw, timeout=5
+    ).raise_for_status()
 
 
 def requests_seen(openai_fake):
@@ -23,26 +25,47 @@ def requests_seen(openai_fake):
 
 def test_openai_model_proposes_a_plan_the_executor_disposes(stack, fake, openai_fake):  # noqa: F811
     mode(openai_fake, reply="plan", errors_before_success=1)  # one 503 first: retried
-    loop = Loop(stack, fake, None, [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}],
-                capabilities=("order.read", "order.hold"))
+    loop = Loop(
+        stack,
+        fake,
+        None,
+        [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}],
+        capabilities=("order.read", "order.hold"),
+    )
     loop.c.patch(f"/v1/operators/{loop.op['id']}", json={"model": "openai:fake-gpt"})
     ev = loop.post("order.created", order_id="2", total=42, customer={"email": "a@example.com"})
     rc = loop.wait_receipts(1, timeout=60)[0]
-    assert (rc["tool"], rc["outcome"], rc["idempotency_key"]) == ("order.hold", "applied", "llm-hold:2")
+    assert (rc["tool"], rc["outcome"], rc["idempotency_key"]) == (
+        "order.hold",
+        "applied",
+        "llm-hold:2",
+    )
     plan = loop.c.get(f"/v1/plans/{rc['plan_id']}").json()
-    assert plan["model"] == "openai:fake-gpt" and "risky" in plan["reasoning"] and plan["event_id"] == ev["id"]
+    assert (
+        plan["model"] == "openai:fake-gpt"
+        and "risky" in plan["reasoning"]
+        and plan["event_id"] == ev["id"]
+    )
     req = [r for r in requests_seen(openai_fake) if r["body"]["model"] == "fake-gpt"][-1]
     assert req["authorization"] == "Bearer sk-fake-model-key"
     user = req["body"]["messages"][1]["content"]
     assert loop.op["outcome"] in user
-    assert '{"order_id":"2","total":42,"customer":{"email":"a@example.com"}}' in user  # payload verbatim
+    assert (
+        '{"order_id":"2","total":42,"customer":{"email":"a@example.com"}}' in user
+    )  # payload verbatim
     assert '"order.hold"' in user and '"order_id"' in user  # tool + its MCP input schema
     assert req["body"]["response_format"]["type"] == "json_schema"
 
 
 def test_invalid_model_reply_refuses_the_plan(stack, fake, openai_fake):  # noqa: F811
     mode(openai_fake, reply="invalid")
-    loop = Loop(stack, fake, None, [{"tool": "order.hold", "decision": "ALLOW"}], capabilities=("order.hold",))
+    loop = Loop(
+        stack,
+        fake,
+        None,
+        [{"tool": "order.hold", "decision": "ALLOW"}],
+        capabilities=("order.hold",),
+    )
     loop.c.patch(f"/v1/operators/{loop.op['id']}", json={"model": "openai:fake-gpt"})
     loop.post("order.created", order_id="1", total=1)
     rc = wait_for(lambda: loop.receipts() or None, timeout=60)[0]

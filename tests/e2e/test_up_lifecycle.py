@@ -117,8 +117,13 @@ def test_demo_populates_a_tenant_and_stops_cleanly(tmp_path):
     stack.start()  # plain start first so the readiness wait is shared with the other tests
     assert stack.stop() == 0
     out_path = stack.home / "up.out"
-    proc = subprocess.Popen([sys.executable, "-m", "fibric", "up", "--demo"], env=stack.env,
-                            stdout=open(out_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fibric", "up", "--demo"],
+        env=stack.env,
+        stdout=open(out_path, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     stack.proc = proc
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and "receipts so far" not in out_path.read_text():
@@ -128,7 +133,9 @@ def test_demo_populates_a_tenant_and_stops_cleanly(tmp_path):
     line = next(ln for ln in text.splitlines() if "receipts so far" in ln)
     for outcome in ("applied", "deduplicated", "pending_approval", "refused"):
         assert outcome in line, line
-    key = next(ln for ln in text.splitlines() if "FIBRIC_KEY=" in ln).split("FIBRIC_KEY=")[1].strip()
+    key = (
+        next(ln for ln in text.splitlines() if "FIBRIC_KEY=" in ln).split("FIBRIC_KEY=")[1].strip()
+    )
     with client(stack, key) as c:
         assert c.get("/v1/plans", params={"status": "proposed"}).json()["data"]
         assert c.get("/v1/operators").json()["data"][0]["name"] == "order-risk"

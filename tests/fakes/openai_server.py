@@ -32,8 +32,15 @@ def plan_from_prompt(body: dict[str, Any]) -> dict[str, Any]:
     order = str(payload.get("order_id", "unknown"))
     return {
         "reasoning": f"Order {order} looks risky; holding it for review.",
-        "actions": [{"tool": "order.hold", "args": {"order_id": order}, "value": payload.get("total"),
-                     "entity_key": f"order:{order}", "idempotency_key": f"llm-hold:{order}"}],
+        "actions": [
+            {
+                "tool": "order.hold",
+                "args": {"order_id": order},
+                "value": payload.get("total"),
+                "entity_key": f"order:{order}",
+                "idempotency_key": f"llm-hold:{order}",
+            }
+        ],
     }
 
 
@@ -67,19 +74,35 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
             if self.path != "/v1/chat/completions":
                 return self._send(404, {"error": {"message": "not found"}})
             with state.lock:
-                state.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
+                state.requests.append(
+                    {"body": body, "authorization": self.headers.get("Authorization")}
+                )
                 if state.errors_left > 0:
                     state.errors_left -= 1
                     return self._send(503, {"error": {"message": "overloaded"}})
                 reply = state.reply
             if reply == "error":
                 return self._send(500, {"error": {"message": "boom"}})
-            content = json.dumps(plan_from_prompt(body)) if reply == "plan" else '{"plan": "hold everything"}'
-            self._send(200, {
-                "id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}],
-            })
+            content = (
+                json.dumps(plan_from_prompt(body))
+                if reply == "plan"
+                else '{"plan": "hold everything"}'
+            )
+            self._send(
+                200,
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "model": body.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": content},
+                        }
+                    ],
+                },
+            )
 
     return Handler
 

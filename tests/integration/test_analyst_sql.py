@@ -22,14 +22,39 @@ def examples() -> list[str]:
     return re.findall(r"```sql\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-def rc(i: int, decision: str, outcome: str, tool: str, approver: str | None = None, latency: float | None = None):
+def rc(
+    i: int,
+    decision: str,
+    outcome: str,
+    tool: str,
+    approver: str | None = None,
+    latency: float | None = None,
+):
     now = datetime(2026, 7, 2, 12, 0, tzinfo=UTC) + timedelta(seconds=i)
     return Receipt(
-        id=f"rc_{i:026d}", tenant_id=T, livemode=False, operator_id="op_1", operator_name="order-risk",
-        guardrail_version=2, event_id=None, plan_id=f"pl_{i}", action_id=f"act_{i}", correlation_id="co",
-        connector_id="cn_1", connector_name="m", tool=tool, entity_key="order:1", idempotency_key=f"k{i}",
-        value=10.0, decision=decision, outcome=outcome, rule={"index": 0}, reason="r", approver=approver,
-        latency_ms=latency, created_at=now,
+        id=f"rc_{i:026d}",
+        tenant_id=T,
+        livemode=False,
+        operator_id="op_1",
+        operator_name="order-risk",
+        guardrail_version=2,
+        event_id=None,
+        plan_id=f"pl_{i}",
+        action_id=f"act_{i}",
+        correlation_id="co",
+        connector_id="cn_1",
+        connector_name="m",
+        tool=tool,
+        entity_key="order:1",
+        idempotency_key=f"k{i}",
+        value=10.0,
+        decision=decision,
+        outcome=outcome,
+        rule={"index": 0},
+        reason="r",
+        approver=approver,
+        latency_ms=latency,
+        created_at=now,
     )
 
 
@@ -71,5 +96,7 @@ def test_examples_return_the_expected_numbers(store):
     assert veto[0][1] == 1 and veto[0][3] == 0.5
     blocked = store._client.query(sqls[2], parameters={"tenant": T}).result_rows
     assert blocked[0][:2] == ("order.cancel", 2)
-    latency = dict((r[0], r[1]) for r in store._client.query(sqls[3], parameters={"tenant": T}).result_rows)
+    latency = dict(
+        (r[0], r[1]) for r in store._client.query(sqls[3], parameters={"tenant": T}).result_rows
+    )
     assert latency == {"order.hold": 1, "order.notify": 1}

@@ -26,8 +26,16 @@ class Harness:
 
     def run(self, type_, tenant_id="__default__", livemode=False, **args):
         tenant = self.tenant if tenant_id == "__default__" else tenant_id
-        cmd = Command(id=new_id("cmd"), reply_to="test", type=type_, tenant_id=tenant, livemode=livemode,
-                      actor="key_test", args=args, at=NOW)
+        cmd = Command(
+            id=new_id("cmd"),
+            reply_to="test",
+            type=type_,
+            tenant_id=tenant,
+            livemode=livemode,
+            actor="key_test",
+            args=args,
+            at=NOW,
+        )
         d = decide(self.view, cmd, NOW, new_id)
         for rec in d.records:
             self.view.apply_record(rec)
@@ -44,15 +52,30 @@ class Harness:
         return d.reply.error
 
     def install(self, name="magento-us-store", caps=("order.read", "order.hold", "order.notify")):
-        return self.ok("connector.install", connector={
-            "id": new_id("cn"), "listing": "cn-magento", "name": name, "kind": "saas",
-            "capabilities": list(caps), "tools": [{"name": c, "side_effect": c != "order.read"} for c in caps],
-            "auth": {"type": "api_key", "hint": "mg_****41"}, "config": {}, "status": "connected",
-        }, ciphertext="sealed")
+        return self.ok(
+            "connector.install",
+            connector={
+                "id": new_id("cn"),
+                "listing": "cn-magento",
+                "name": name,
+                "kind": "saas",
+                "capabilities": list(caps),
+                "tools": [{"name": c, "side_effect": c != "order.read"} for c in caps],
+                "auth": {"type": "api_key", "hint": "mg_****41"},
+                "config": {},
+                "status": "connected",
+            },
+            ciphertext="sealed",
+        )
 
     def operator(self, name="order-risk", caps=("order.read", "order.hold"), **extra):
-        body = {"name": name, "outcome": "No late orders.", "capabilities": list(caps),
-                "guardrails": [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}], **extra}
+        body = {
+            "name": name,
+            "outcome": "No late orders.",
+            "capabilities": list(caps),
+            "guardrails": [{"tool": "order.hold", "decision": "ALLOW", "max_value": 500}],
+            **extra,
+        }
         return self.run("operator.create", operator=body)
 
 
@@ -63,7 +86,9 @@ def h() -> Harness:
 
 def test_operator_create_requires_bound_capabilities(h):
     err = h.operator().reply.error
-    assert (err.status, err.code) == (422, "capability_unbound") and err.details["capability"] == "order.read"
+    assert (err.status, err.code) == (422, "capability_unbound") and err.details[
+        "capability"
+    ] == "order.read"
     h.install()
     op = h.operator().reply.result
     assert op["name"] == "order-risk" and op["version"] == 1 and op["triggers"] == ["order.**"]
@@ -77,18 +102,29 @@ def test_second_create_with_the_same_name_is_a_conflict(h):
     assert (err.status, err.code) == (409, "state_conflict")
     # the same name in live mode is another scope
     body = {"name": "order-risk", "outcome": "x", "capabilities": ["order.read"]}
-    assert h.run("operator.create", livemode=True, operator=body).reply.error.code == "capability_unbound"
+    assert (
+        h.run("operator.create", livemode=True, operator=body).reply.error.code
+        == "capability_unbound"
+    )
 
 
 def test_update_bumps_version_replaces_guardrails_and_keeps_name(h):
     h.install()
     op = h.operator().reply.result
-    new = [{"tool": "order.hold", "decision": "ALLOW", "max_value": 1000}, {"tool": "order.notify", "decision": "ALERT"}]
+    new = [
+        {"tool": "order.hold", "decision": "ALLOW", "max_value": 1000},
+        {"tool": "order.notify", "decision": "ALERT"},
+    ]
     updated = h.ok("operator.update", operator_id=op["id"], changes={"guardrails": new})
     assert updated["version"] == 2 and updated["guardrails"] == new
     assert h.err("operator.update", operator_id=op["id"], changes={"name": "other"}).status == 400
-    assert h.ok("operator.update", operator_id=op["id"], changes={"name": "order-risk"})["version"] == 2
-    err = h.err("operator.update", operator_id=op["id"], changes={"capabilities": ["ticket.create"]})
+    assert (
+        h.ok("operator.update", operator_id=op["id"], changes={"name": "order-risk"})["version"]
+        == 2
+    )
+    err = h.err(
+        "operator.update", operator_id=op["id"], changes={"capabilities": ["ticket.create"]}
+    )
     assert err.code == "capability_unbound"
 
 
@@ -139,10 +175,23 @@ def test_paused_operators_do_not_block_uninstall(h):
 
 def test_duplicate_connector_name_and_tenant_slug(h):
     h.install()
-    assert h.install.__self__.run("connector.install", connector={
-        "id": new_id("cn"), "listing": "cn-magento", "name": "magento-us-store", "kind": "saas",
-        "capabilities": [], "tools": [], "auth": {"type": "api_key"}, "config": {}, "status": "connected",
-    }).reply.error.code == "state_conflict"
+    assert (
+        h.install.__self__.run(
+            "connector.install",
+            connector={
+                "id": new_id("cn"),
+                "listing": "cn-magento",
+                "name": "magento-us-store",
+                "kind": "saas",
+                "capabilities": [],
+                "tools": [],
+                "auth": {"type": "api_key"},
+                "config": {},
+                "status": "connected",
+            },
+        ).reply.error.code
+        == "state_conflict"
+    )
     assert h.run("tenant.create", None, slug="acme").reply.error.status == 409
     assert h.run("tenant.create", None, slug="Bad Slug").reply.error.status == 400
 

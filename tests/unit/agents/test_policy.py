@@ -5,7 +5,10 @@ import pytest
 from agents.policy import evaluate
 from schemas.operator import Guardrail
 
-SEED = [Guardrail(tool="order.hold", decision="ALLOW", max_value=500), Guardrail(tool="order.notify", decision="ALERT")]
+SEED = [
+    Guardrail(tool="order.hold", decision="ALLOW", max_value=500),
+    Guardrail(tool="order.notify", decision="ALERT"),
+]
 
 
 def ev(rules, tool="order.hold", value=120.0, side_effect=True, names=("cn_1", "magento-us-store")):
@@ -17,7 +20,10 @@ def test_seed_guardrails():
     assert ev(SEED, value=501).decision == "BLOCK" and "exceeds" in ev(SEED, value=501).reason
     assert ev(SEED, value=None).decision == "BLOCK"  # a ceiling with no value fails closed
     assert ev(SEED, tool="order.notify", value=None).decision == "ALERT"
-    assert ev(SEED, tool="order.cancel").decision == "BLOCK" and ev(SEED, tool="order.cancel").rule is None
+    assert (
+        ev(SEED, tool="order.cancel").decision == "BLOCK"
+        and ev(SEED, tool="order.cancel").rule is None
+    )
 
 
 def test_default_closed_and_reads_allowed():

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime
 
-from agents.planning import routed_operators
 from agents.ingest import Coordinates, admit
+from agents.planning import routed_operators
 from agents.schedule import due_slots, run_envelope
 from schemas.operator import Operator
 
@@ -9,15 +9,28 @@ T0 = datetime(2026, 7, 2, 15, 0, 30, tzinfo=UTC)
 
 
 def op(**kw) -> Operator:
-    base = dict(id="op_1", tenant_id="t_1", livemode=False, name="order-risk", status="active", outcome="o",
-                capabilities=["order.hold"], guardrails=[], triggers=["order.**"], schedule="*/15 * * * *",
-                created_at=T0, updated_at=T0)
+    base = dict(
+        id="op_1",
+        tenant_id="t_1",
+        livemode=False,
+        name="order-risk",
+        status="active",
+        outcome="o",
+        capabilities=["order.hold"],
+        guardrails=[],
+        triggers=["order.**"],
+        schedule="*/15 * * * *",
+        created_at=T0,
+        updated_at=T0,
+    )
     return Operator(**(base | kw))
 
 
 def test_due_slots_are_the_cron_slots_in_the_window():
     assert due_slots("*/15 * * * *", T0, T0.replace(minute=14)) == []
-    assert due_slots("*/15 * * * *", T0, T0.replace(minute=15, second=1)) == [T0.replace(minute=15, second=0)]
+    assert due_slots("*/15 * * * *", T0, T0.replace(minute=15, second=1)) == [
+        T0.replace(minute=15, second=0)
+    ]
     # a long outage replays only the latest slot
     assert due_slots("* * * * *", T0, T0.replace(hour=18)) == [T0.replace(hour=18, second=0)]
 
