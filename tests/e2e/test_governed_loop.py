@@ -336,6 +336,9 @@ def test_undo_is_a_governed_compensation(stack, fake):
     assert loop.wait_receipts(1, action_id=again["id"])[0]["outcome"] == "deduplicated"
     assert fake.count("order.unhold") == 1
     assert_error(loop.c.post(f"/v1/actions/{undo['id']}/undo", json={}), 409, "state_conflict")
+    # the operator's last_run summarises what it sensed, proposed and applied
+    run = wait_for(lambda: loop.c.get(f"/v1/operators/{loop.op['id']}").json()["last_run"], timeout=30)
+    assert run["run_id"].startswith("run_") and run["sensed"] >= 1 and run["proposed"] >= 1
     assert ev["id"]
 
 
