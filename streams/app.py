@@ -464,7 +464,6 @@ async def _ingest_batch(state: WorkerState, batch: Sequence[Any]) -> None:
     already = state.dedup.seen(keys)
     fresh_keys: set[str] = set()
     out = Outbox()
-    operators = list(state.view.operators.values())
     for r in results:
         if isinstance(r, Refused):
             dl = r.dead_letter
@@ -478,7 +477,9 @@ async def _ingest_batch(state: WorkerState, batch: Sequence[Any]) -> None:
             fresh_keys.add(r.dedup_key)
         state.counts["admitted"] += 1
         out.ledger("event", r.event, r.event.tenant_id)
-        for op in routed_operators(operators, r.event):
+        for op in routed_operators(
+            state.view.operators_of(r.event.tenant_id, r.event.livemode), r.event
+        ):
             _offer(state, out, r.event, op)
     # 2. produce and wait for every acknowledgement
     await out.flush(state)

@@ -38,6 +38,7 @@ class ConfigView:
         self.keys_by_hash: dict[str, ApiKey] = {}
         self.keys: dict[str, ApiKey] = {}
         self.operators: dict[str, Operator] = {}
+        self._operators_index: dict[tuple[str, bool], list[Operator]] | None = None
         self.connectors: dict[str, Connector] = {}
         self.vault: dict[str, VaultEntry] = {}
         self.pending_plans: dict[str, Plan] = {}  # plans awaiting approval
@@ -131,6 +132,7 @@ class ConfigView:
             self.command_results[rec.command_id] = ([*ids, rec.id], result or rec.result)
         if rec.kind == "operator":
             op = Operator.model_validate(rec.data)
+            self._operators_index = None
             if op.deleted:
                 self.operators.pop(op.id, None)
             else:
@@ -184,11 +186,13 @@ class ConfigView:
         return tenant_id in self.tenants
 
     def operators_of(self, tenant_id: str, livemode: bool) -> list[Operator]:
-        return [
-            o
-            for o in self.operators.values()
-            if o.tenant_id == tenant_id and o.livemode == livemode
-        ]
+        """One tenant's operators in one mode; indexed, because routing asks per event."""
+        if self._operators_index is None:
+            index: dict[tuple[str, bool], list[Operator]] = {}
+            for o in self.operators.values():
+                index.setdefault((o.tenant_id, o.livemode), []).append(o)
+            self._operators_index = index
+        return self._operators_index.get((tenant_id, livemode), [])
 
     def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]:
         return [
