@@ -34,7 +34,8 @@ def test_catalogue_loads_and_is_cached():
 def test_live_and_early_access_listings():
     cat = load_catalogue()
     live = {k for k, v in cat.items() if v.status == "live"}
-    assert live == {"cn-magento", "cn-kustomer", "cn-amazon-connect"}
+    # the seed's three live listings, plus the additive sandbox (spec §1.3)
+    assert live == {"cn-magento", "cn-kustomer", "cn-amazon-connect", "cn-sandbox-orders"}
     early = [v for v in cat.values() if v.status == "early_access"]
     assert len(early) >= 2
     assert all(v.server is None for v in early)
