@@ -61,6 +61,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

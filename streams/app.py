@@ -81,6 +81,29 @@ EXPIRY_SCAN_S = 15.0
 SCHEDULE_SCAN_S = 30.0
 
 
+# Faust hard-codes fetch_max_wait_ms=1500 for its consumer. The embedded broker (Tansu) does not
+# complete a waiting fetch when data arrives, so every hop through a Faust agent would cost ~0.5 s
+# (measured: 450 ms at 1500, 3 ms at 100). 100 ms keeps idle polling cheap and hops fast.
+FETCH_MAX_WAIT_MS = 100
+
+
+def _patch_faust_fetch_wait() -> None:
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
+    if getattr(thread_cls, "_fibric_patched", False):
+        return
+    original = thread_cls._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the fetcher at start()
+        return consumer
+
+    thread_cls._create_worker_consumer = create
+    thread_cls._fibric_patched = True
+
+
 def default_worker_id() -> str:
     return f"worker-{socket.gethostname()}"
 
@@ -217,6 +240,7 @@ class Outbox:
 def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     worker_id = worker_id or settings.worker_id or default_worker_id()
     datadir = settings.resolved_home / "workers" / worker_id
+    _patch_faust_fetch_wait()
     app = faust.App(
         INGEST_GROUP,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -226,6 +250,9 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         topic_disable_leader=True,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
+        # Static membership: a worker restarted under the same id (the supervisor's restart after
+        # a crash) takes its partitions back at once instead of waiting out its old session.
+        consumer_group_instance_id=worker_id,
         # Failover in seconds, not a minute: the broker drops a dead worker after 10 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
@@ -364,7 +391,9 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
 
     @app.on_after_configured.connect
     def _quiet(app: Any, **kwargs: Any) -> None:  # noqa: ARG001
-        logging.getLogger("faust").setLevel(logging.WARNING)
+        # aiokafka's per-fetch debug records cost ~5% of the worker's CPU when enabled
+        for name in ("faust", "aiokafka", "mode"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     return app
 

@@ -29,7 +29,9 @@ REQUEST_TIMEOUT_MS = 15_000
 async def probe(bootstrap: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """The cluster id of the Kafka broker at ``bootstrap``, or None when nothing answers."""
     # "nothing answers" is an expected outcome here, not an error worth aiokafka's log line
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    aiokafka_log = logging.getLogger("aiokafka")
+    previous = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
@@ -42,7 +44,7 @@ async def probe(bootstrap: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
             await admin.close()
         except Exception:  # noqa: BLE001 - closing a never-started client may fail; nothing to do
             pass
-        logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+        aiokafka_log.setLevel(previous)
 
 
 def _new_topic(spec: TopicSpec, partitions: int) -> NewTopic:
