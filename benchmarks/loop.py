@@ -125,6 +125,40 @@ class LedgerWatch:
             await self._consumer.stop()
 
 
+class RssSampler:
+    """Peak RSS of the stack's worker and api while a scenario runs (S10)."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+
+    def during(self, fn: Any) -> dict[str, Any]:
+        import threading
+
+        from benchmarks.common import rss_bytes
+
+        pids = self.stack._role_pids()  # noqa: SLF001
+        peak: dict[str, int] = {}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                for role in ("worker", "api"):
+                    if role in pids and (v := rss_bytes(pids[role])) is not None:
+                        peak[role] = max(peak.get(role, 0), v)
+                stop.wait(0.2)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        try:
+            result = fn()
+        finally:
+            stop.set()
+            t.join()
+        result["worker_rss_mib"] = round(peak.get("worker", 0) / 2**20) or None
+        result["api_rss_mib"] = round(peak.get("api", 0) / 2**20) or None
+        return result
+
+
 def setup(stack: Any, name: str = "bench-loop") -> dict[str, Any]:
     """Install the sandbox connector and an operator with the benchmark playbook."""
     with httpx.Client(

@@ -76,6 +76,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def cmd_admin(args: argparse.Namespace) -> int:
     from fibric.admin import Admin
 
@@ -126,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run one api process (REST API + ledger sink)").set_defaults(
         fn=cmd_api
     )
+    bench = sub.add_parser(
+        "bench", help="run the benchmarks (see `python -m benchmarks --help`)", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(fn=cmd_bench)
 
     admin = sub.add_parser("admin", help="manage tenants and API keys").add_subparsers(
         dest="resource", required=True
@@ -160,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every option belongs to the harness
+        from benchmarks.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)

@@ -1,0 +1,26 @@
+"""Fibric benchmark harness (issue 5).
+
+``python -m benchmarks [SCENARIO ...] [--quick] [--out DIR]`` (``fibric bench``).
+
+Scenarios implemented so far:
+
+- ``ceilings``: raw aiokafka produce, consume and consume→produce msgs/s against a fresh embedded
+  broker (the Tansu binary ``fibric up`` uses, started with the same flags), and ClickHouse bulk
+  insert rows/s through clickhouse-connect on a chDB DSN, for the events row shape;
+- ``naive``: a one-event-at-a-time Faust pipeline doing the ingest agent's logical work (validate,
+  one table write, one send per event) against the same broker: the peer baseline;
+- ``S1``: Kafka-native ingest through a fresh ``fibric up``: producer → events in ClickHouse;
+- ``S2``: HTTP ingest, ``POST /v1/events`` at 64 connections with ``wrk`` on its own core;
+- ``naive_exec``: a one-action-at-a-time Faust executor (table write + MCP call + send per
+  action) against the same broker and connector: S3's peer baseline;
+- ``config``: control-plane write round trip (create an operator → readable), p50/p99;
+- ``S3``–``S7`` (benchmarks/loop.py, one fresh stack shared by them): governed actions with a side
+  effect, BLOCK/DEDUP dispositions, the 657 flood, event → receipt latency at half of S3's peak,
+  and recovery after ``kill -9`` of the worker. Peak RSS of worker and api is reported (S10).
+
+Every scenario prints one machine-readable line; results go to ``results.json`` and
+``results.md`` in the output directory. Nothing here asserts on timing.
+"""
+
+SCENARIOS = ("ceilings", "naive", "naive_exec", "S1", "S2", "config", "S3", "S4", "S5", "S6", "S7")
+LOOP_SCENARIOS = ("config", "S3", "S4", "S5", "S6", "S7")

@@ -1,0 +1,351 @@
+"""``python -m benchmarks [SCENARIO ...] [--quick] [--out DIR]`` (and ``fibric bench``).
+
+Scenarios: ``ceilings``, ``naive``, ``S1``, ``S2`` (default: all, in that order). S1 reports
+ratios to the ceilings and the naive baseline, so asking for S1 also runs those two (unless
+``--no-baselines``). The ceilings and the naive baseline share one fresh embedded broker; S1
+and S2 each get a fresh ``fibric up`` (in ``--quick`` mode S2 reuses S1's stack to stay well under
+a minute). Each scenario prints one machine-readable line on stdout; progress goes to stderr;
+``results.json`` and ``results.md`` are written to ``--out`` (default ``benchmarks/results/``).
+Every process started is stopped on exit, error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmarks import LOOP_SCENARIOS, SCENARIOS
+from benchmarks.common import PROCS, Sizes, busy_cores, log, machine
+from benchmarks.report import add_loop_ratios, add_ratios, contention, scenario_line, targets, write
+
+_HERE = Path(__file__).resolve().parent
+# In a source checkout: benchmarks/results/ (gitignored); installed: ./benchmarks/results/.
+DEFAULT_OUT = (
+    _HERE / "results"
+    if (_HERE.parent / "pyproject.toml").exists()
+    else Path.cwd() / "benchmarks" / "results"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Fibric benchmarks: ceilings, the naive baseline, scenarios S1-S2.",
+    )
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes, short windows: well under 60 s"
+    )
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the worker and api during S1/S2 (slows them; numbers marked profiled)",
+    )
+    p.add_argument(
+        "--s2-isolate",
+        action="store_true",
+        help="pin the S2 stack to every core but the load generator's (wrk gets a core of its own)",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="do not add ceilings and naive when S1 is asked for (its ratios are then n/a)",
+    )
+    p.add_argument("--partitions", type=int, help="partitions of every topic (default 8)")
+    p.add_argument("--events", type=int, help="S1 events (overrides the size preset)")
+    p.add_argument(
+        "--duration", type=float, help="S2 measured window in seconds (overrides the preset)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary work dir (homes, logs)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the harness test
+    return p
+
+
+def _select(names: list[str], no_baselines: bool) -> list[str]:
+    canon = {s.lower(): s for s in SCENARIOS}
+    chosen = []
+    for n in names:
+        s = canon.get(n.lower())
+        if s is None:
+            raise SystemExit(f"unknown scenario {n!r}; choose from {', '.join(SCENARIOS)}")
+        chosen.append(s)
+    if not chosen:
+        chosen = list(SCENARIOS)
+    if "S1" in chosen and not no_baselines:
+        chosen += ["ceilings", "naive"]
+    if "S3" in chosen and not no_baselines:
+        chosen += ["naive_exec"]
+    return [s for s in SCENARIOS if s in chosen]
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    chosen = _select(args.scenarios, args.no_baselines)
+    sizes = Sizes.tiny() if args.tiny else Sizes.quick() if args.quick else Sizes()
+    if args.partitions:
+        sizes.partitions = args.partitions
+    if args.events:
+        sizes.s1_events = args.events
+    if args.duration:
+        sizes.s2_duration_s = args.duration
+
+    meta0 = machine()
+    meta0["busy_cores_before"] = busy_cores(1.0)
+    if meta0["busy_cores_before"] > 0.3:
+        log(
+            f"warning: the machine is already busy ({meta0['busy_cores_before']} cores in use "
+            "before the run): absolute figures will be low; ratios hold better"
+        )
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt even where the shell started us with SIGINT
+    # ignored (a background job): every started process is then stopped in the finally below.
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    work = Path(tempfile.mkdtemp(prefix="fibric-bench-"))
+    t_start = time.monotonic()
+    results: dict[str, Any] = {}
+    lines: list[str] = []
+    failed = False
+    interrupted = False
+    shared_stack = None
+    log(
+        f"scenarios {' '.join(chosen)}; "
+        f"{'quick' if args.quick else 'tiny' if args.tiny else 'full'} sizes; "
+        f"work dir {work}"
+    )
+
+    def emit(name: str) -> None:
+        ln = scenario_line(name, results[name], results)
+        lines.append(ln)
+        print(ln, flush=True)
+
+    def attempt(name: str, fn: Any) -> None:
+        nonlocal failed
+        t0 = time.monotonic()
+        try:
+            results[name] = fn()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed scenario must not hide the others
+            failed = True
+            log(f"{name} failed: {exc}")
+            traceback.print_exc(file=sys.stderr)
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results[name]["scenario_s"] = round(time.monotonic() - t0, 1)
+
+    try:
+        broker = None
+        if "ceilings" in chosen or "naive" in chosen or "naive_exec" in chosen:
+            import asyncio
+
+            from benchmarks.ceilings import clickhouse_ceiling, kafka_ceilings
+            from benchmarks.kafka import Broker
+            from benchmarks.naive import run_naive
+
+            try:
+                broker = Broker(work / "ref-broker").start()
+                if "ceilings" in chosen:
+
+                    def ceilings() -> dict[str, Any]:
+                        k = asyncio.run(
+                            kafka_ceilings(
+                                broker.bootstrap,
+                                sizes.ceiling_msgs,
+                                sizes.partitions,
+                                broker.proc.pid,
+                            )
+                        )
+                        ch = clickhouse_ceiling(
+                            work / "clickhouse", sizes.clickhouse_rows, sizes.clickhouse_batch
+                        )
+                        return {"kafka": k, "clickhouse": ch}
+
+                    attempt("ceilings", ceilings)
+                    emit("ceilings")
+                if "naive_exec" in chosen:
+                    from benchmarks.naive_executor import run_naive_executor
+
+                    attempt(
+                        "naive_exec",
+                        lambda: run_naive_executor(
+                            broker.bootstrap,
+                            work / "naive-exec",
+                            sizes.naive_exec_actions,
+                            sizes.partitions,
+                        ),
+                    )
+                    emit("naive_exec")
+                if "naive" in chosen:
+                    attempt(
+                        "naive",
+                        lambda: run_naive(
+                            broker.bootstrap,
+                            work / "naive",
+                            sizes.naive_events,
+                            sizes.partitions,
+                            broker.proc.pid,
+                        ),
+                    )
+                    emit("naive")
+            finally:
+                if broker is not None:
+                    broker.stop()
+
+        if "S1" in chosen:
+            from benchmarks.s1 import run_s1
+            from benchmarks.stack import BenchStack
+
+            stack = None
+
+            def s1() -> dict[str, Any]:
+                nonlocal stack
+                stack = BenchStack(work / "s1-home", sizes.partitions).start()
+                return run_s1(
+                    stack,
+                    args.out,
+                    sizes.s1_events,
+                    sizes.s1_warmup,
+                    confirm=args.quick or args.tiny,
+                    profile=args.profile,
+                )
+
+            try:
+                attempt("S1", s1)
+            finally:
+                if (
+                    stack is not None
+                    and (args.quick or args.tiny)
+                    and "S2" in chosen
+                    and not args.s2_isolate
+                    and "error" not in results.get("S1", {})
+                ):
+                    shared_stack = stack  # quick: S2 reuses it
+                elif stack is not None:
+                    stack.stop()
+            add_ratios(results)
+            emit("S1")
+
+        if "S2" in chosen:
+            from benchmarks.s2 import run_s2, stack_cpus
+            from benchmarks.stack import BenchStack
+
+            def s2() -> dict[str, Any]:
+                nonlocal shared_stack
+                stack = shared_stack
+                try:
+                    if stack is None:
+                        cpus = stack_cpus() if args.s2_isolate else None
+                        stack = BenchStack(work / "s2-home", sizes.partitions, cpus=cpus).start()
+                    r = run_s2(
+                        stack,
+                        args.out,
+                        warmup_s=sizes.s2_warmup_s,
+                        duration_s=sizes.s2_duration_s,
+                        conns=sizes.s2_connections,
+                        profile=args.profile,
+                        isolated=args.s2_isolate,
+                    )
+                    r["shared_stack_with_S1"] = shared_stack is not None
+                    return r
+                finally:
+                    if stack is not None:
+                        stack.stop()
+                    shared_stack = None
+
+            attempt("S2", s2)
+            emit("S2")
+
+        loop_chosen = [n for n in LOOP_SCENARIOS if n in chosen]
+        if loop_chosen:
+            from benchmarks import loop
+            from benchmarks.stack import BenchStack
+
+            loop_stack = BenchStack(work / "loop-home", sizes.partitions).start()
+            try:
+                loop_stack.create_tenant("bench")
+                loop.setup(loop_stack)
+                rss = loop.RssSampler(loop_stack)
+                runners = {
+                    "config": lambda: loop.config_rtt(loop_stack, sizes.config_writes),
+                    "S3": lambda: rss.during(lambda: loop.run_s3(loop_stack, sizes.s3_actions)),
+                    "S4": lambda: rss.during(
+                        lambda: loop.run_s4(loop_stack, sizes.s4_dispositions)
+                    ),
+                    "S5": lambda: loop.run_s5(loop_stack),
+                    "S6": lambda: loop.run_s6(
+                        loop_stack,
+                        max(20.0, ((results.get("S3") or {}).get("actions_per_s") or 100) / 2),
+                        sizes.s6_seconds,
+                    ),
+                    "S7": lambda: loop.run_s7(
+                        loop_stack, rate=100.0, before_s=2.0, after_s=sizes.s7_after_s
+                    ),
+                }
+                for name in loop_chosen:
+                    attempt(name, runners[name])
+                    if name == "S3":
+                        add_loop_ratios(results)
+                    emit(name)
+            finally:
+                loop_stack.stop()
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping every process started")
+    finally:
+        if shared_stack is not None:
+            shared_stack.stop()
+        PROCS.stop_all()
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+    doc = {
+        "meta": {
+            **meta0,
+            "loadavg_at_end": round(os.getloadavg()[0], 2),
+            "quick": args.quick,
+            "tiny": args.tiny,
+            "profile": args.profile,
+            "s2_isolate": args.s2_isolate,
+            "scenarios": chosen,
+            "sizes": vars(sizes),
+            "argv": list(argv) if argv is not None else sys.argv[1:],
+            "duration_s": round(time.monotonic() - t_start, 1),
+            "interrupted": interrupted,
+        },
+        "scenarios": results,
+        "targets": targets(results),
+        "contended": contention(results),
+        "lines": lines,
+    }
+    j, md = write(args.out, doc)
+    log(f"wrote {j} and {md} in {doc['meta']['duration_s']}s")
+    if failed or interrupted or args.keep:
+        log(f"work dir kept for inspection: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

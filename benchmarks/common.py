@@ -1,0 +1,387 @@
+"""Shared pieces of the harness: progress on stderr, free ports, the ~1 KB benchmark envelope,
+a registry of every process the harness starts (so each is stopped, even on error or Ctrl-C),
+per-process CPU accounting from /proc, and the machine description."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# Every benchmark message has this size (bytes of JSON), the size of a typical event envelope.
+ENVELOPE_BYTES = 1024
+HOST = "127.0.0.1"  # all benchmark traffic stays on loopback
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- progress and logging -------------------------------------------------------------------
+def log(msg: str) -> None:
+    """A progress/status line on stderr (stdout carries only the machine-readable lines)."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A one-line progress indicator on stderr: redrawn in place on a terminal, one line every
+    few seconds otherwise (CI logs)."""
+
+    def __init__(self, label: str, total: int, unit: str = "") -> None:
+        self.label, self.total, self.unit = label, max(total, 1), unit
+        self.start = time.monotonic()
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+        self._done = False
+
+    def update(self, n: int, extra: str = "") -> None:
+        now = time.monotonic()
+        if n >= self.total or now - self._last < (0.1 if self._tty else 2.0):
+            return  # the final state is drawn once, by done()
+        self._last = now
+        self._draw(n, extra, now)
+
+    def _draw(self, n: int, extra: str, now: float) -> None:
+        pct = min(100.0, 100.0 * n / self.total)
+        width = 24
+        fill = int(width * pct / 100)
+        bar = "#" * fill + "." * (width - fill)
+        text = (
+            f"[bench] {self.label} [{bar}] {n}/{self.total} {self.unit} {pct:5.1f}% "
+            f"{now - self.start:6.1f}s {extra}"
+        ).rstrip()
+        if self._tty:
+            print("\r" + text.ljust(100)[:140], end="", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def done(self, extra: str = "") -> None:
+        if self._done:
+            return
+        self._done = True
+        self._draw(self.total, extra, time.monotonic())
+        if self._tty:
+            print(file=sys.stderr, flush=True)
+
+
+# ---- ports ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# ---- the benchmark envelope -----------------------------------------------------------------
+def event_body(i: int, *, run: str, entity_mod: int = 1024) -> dict[str, Any]:
+    """The caller part of an envelope (also a valid ``POST /v1/events`` body), ~1 KB as JSON."""
+    doc: dict[str, Any] = {
+        "source": "bench",
+        "event_type": "order.created",
+        "entity_key": f"order-{i % entity_mod:06d}",
+        "payload": {
+            "order_id": f"ord_{run}_{i:09d}",
+            "amount": 1000 + i % 9000,
+            "currency": "EUR",
+            "customer": {"id": f"cus_{i % 5000:06d}", "tier": "gold", "country": "DE"},
+            "lines": [
+                {"sku": f"sku-{(i + k) % 997:04d}", "qty": 1 + k, "unit_price": 250 + k}
+                for k in range(3)
+            ],
+            "note": "",
+        },
+    }
+    return doc
+
+
+def _pad(doc: dict[str, Any], target: int) -> dict[str, Any]:
+    size = len(orjson.dumps(doc))
+    if size < target:
+        doc["payload"]["note"] = "x" * (target - size)
+    return doc
+
+
+def envelope(
+    i: int, tenant_id: str, *, run: str, idempotent: bool = True, source: str = "bench"
+) -> bytes:
+    """A valid :class:`schemas.envelope.EventEnvelope` for ``fibric.events.v1``, ~1 KB."""
+    doc = event_body(i, run=run)
+    doc["source"] = source
+    doc = {"tenant_id": tenant_id, **doc}
+    if idempotent:
+        doc["idempotency_key"] = f"{run}-{source}-{i}"
+    return orjson.dumps(_pad(doc, ENVELOPE_BYTES))
+
+
+def http_body(run: str) -> bytes:
+    """A valid ``POST /v1/events`` body of the same ~1 KB size."""
+    return orjson.dumps(_pad(event_body(0, run=run), ENVELOPE_BYTES))
+
+
+def message_key(tenant_id: str, i: int) -> bytes:
+    """The wire contract's key: ``<tenant_id>:<entity_key>``."""
+    return f"{tenant_id}:order-{i % 1024:06d}".encode()
+
+
+# ---- processes ------------------------------------------------------------------------------
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the harness
+    except OSError:
+        pass
+
+
+class Procs:
+    """Every process the harness starts, so each one is stopped (by its pid) whatever happens."""
+
+    def __init__(self) -> None:
+        self._procs: list[tuple[str, subprocess.Popen[bytes], float]] = []
+
+    def spawn(
+        self, name: str, argv: Sequence[str], *, grace_s: float = 10.0, **kw: Any
+    ) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(list(argv), preexec_fn=_pdeathsig, start_new_session=True, **kw)
+        self._procs.append((name, proc, grace_s))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int | None:
+        grace = next((g for _, p, g in self._procs if p is proc), 10.0)
+        try:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    proc.wait(10)
+        finally:
+            self._procs = [t for t in self._procs if t[1] is not proc]
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for _, proc, _ in reversed(list(self._procs)):
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+
+
+PROCS = Procs()
+
+
+def proc_children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if ppid == pid:
+            out.append(int(d.name))
+    return out
+
+
+def proc_cmdline(pid: int) -> str:
+    try:
+        return (
+            (Path("/proc") / str(pid) / "cmdline")
+            .read_bytes()
+            .replace(b"\0", b" ")
+            .decode(errors="replace")
+            .strip()
+        )
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process, in seconds (None when it is gone)."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in parts[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used by named processes between :meth:`start` and :meth:`stop`, as a share of one
+    core (1.0 = one core fully busy); ``machine`` is the whole machine's busy cores and
+    ``others`` what processes not listed used (other work on a shared machine, kernel threads):
+    a large ``others`` means the figures were taken on a busy machine."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self.pids.setdefault("harness", os.getpid())
+        self._t0 = 0.0
+        self._c0: dict[str, float | None] = {}
+        self.result: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._sys0 = system_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        out: dict[str, float] = {}
+        for k, p in self.pids.items():
+            c1, c0 = cpu_seconds(p), self._c0.get(k)
+            if c1 is not None and c0 is not None:
+                out[k] = round((c1 - c0) / wall, 3)
+        busy = (system_busy_seconds() - self._sys0) / wall
+        ours = sum(out.values())
+        out["machine"] = round(busy, 3)
+        out["others"] = round(max(0.0, busy - ours), 3)
+        out["wall_s"] = round(wall, 3)
+        self.result = out
+        return out
+
+
+# ---- the machine ----------------------------------------------------------------------------
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores the machine keeps busy right now (before we start anything)."""
+    s0, t0 = system_busy_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return round((system_busy_seconds() - s0) / (time.monotonic() - t0), 2)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    return {
+        "nproc": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "ram_gib": round(mem / 2**30, 1),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def fmt(v: float | int | None, digits: int = 0) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and digits:
+        return f"{v:.{digits}f}"
+    return str(int(round(v))) if isinstance(v, float) else str(v)
+
+
+def line(name: str, fields: Iterable[tuple[str, Any]]) -> str:
+    """The machine-readable line of one scenario: ``NAME k=v k=v``."""
+    parts = [name]
+    for k, v in fields:
+        if v is None:
+            v = "nan"
+        elif isinstance(v, float):
+            v = f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+@dataclass
+class Sizes:
+    """Every size the scenarios use; ``quick()`` fits the whole run in well under a minute."""
+
+    ceiling_msgs: int = 200_000
+    clickhouse_rows: int = 200_000
+    clickhouse_batch: int = 20_000
+    naive_events: int = 60_000
+    s1_events: int = 200_000
+    s1_warmup: int = 5_000
+    s2_warmup_s: float = 3.0
+    s2_duration_s: float = 15.0
+    s2_connections: int = 64
+    partitions: int = 8
+    # the governed loop (benchmarks/loop.py)
+    naive_exec_actions: int = 3_000
+    s3_actions: int = 10_000
+    s4_dispositions: int = 20_000
+    s6_seconds: float = 15.0
+    s7_after_s: float = 20.0
+    config_writes: int = 100
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            ceiling_msgs=20_000,
+            clickhouse_rows=20_000,
+            clickhouse_batch=10_000,
+            naive_events=3_000,
+            s1_events=5_000,
+            s1_warmup=300,
+            s2_warmup_s=0.5,
+            s2_duration_s=2.0,
+            naive_exec_actions=300,
+            s3_actions=500,
+            s4_dispositions=1_000,
+            s6_seconds=2.0,
+            s7_after_s=5.0,
+            config_writes=10,
+        )
+
+    @classmethod
+    def tiny(cls) -> Sizes:
+        """For the harness test: correctness only."""
+        return cls(
+            ceiling_msgs=2_000,
+            clickhouse_rows=2_000,
+            clickhouse_batch=1_000,
+            naive_events=300,
+            s1_events=500,
+            s1_warmup=50,
+            s2_warmup_s=0.5,
+            s2_duration_s=1.0,
+            s2_connections=8,
+            partitions=2,
+            naive_exec_actions=50,
+            s3_actions=60,
+            s4_dispositions=100,
+            s6_seconds=1.0,
+            s7_after_s=3.0,
+            config_writes=3,
+        )

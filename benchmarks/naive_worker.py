@@ -1,0 +1,127 @@
+"""The naive Faust pipeline (the peer baseline), run as a child process by
+:mod:`benchmarks.naive`: ``python -m benchmarks.naive_worker --bootstrap B --n N --datadir D
+--result R --tenant T --partitions P``.
+
+It does the ingest agent's logical work the obvious way, one event at a time: ``async for``
+over ``stream.events()``; validate and stamp with the same pure ``agents.ingest.admit``; look the
+idempotency key up in a Faust table (RocksDB, changelogged) and write it (one table write per
+event); one ``topic.send`` of the ledger record per event (refusals to a DLQ topic). When N
+events are handled it flushes the producer and writes the first/last timestamps to R.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import faust
+import orjson
+
+from agents.ingest import Admitted, Coordinates, admit
+from schemas.envelope import LedgerRecord
+
+APP_ID = "bench-naive"
+EVENTS = "bench.naive.events"
+LEDGER = "bench.naive.ledger"
+DLQ = "bench.naive.dlq"
+
+
+def build(args: argparse.Namespace) -> faust.App:
+    app = faust.App(
+        APP_ID,
+        broker=f"kafka://{args.bootstrap}",
+        store="rocksdb://",
+        datadir=args.datadir,
+        topic_partitions=args.partitions,
+        topic_disable_leader=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        producer_acks=-1,
+    )
+    events = app.topic(EVENTS, key_serializer="raw", value_serializer="raw")
+    ledger = app.topic(LEDGER, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(DLQ, key_serializer="raw", value_serializer="raw")
+    seen = app.Table(
+        "dedup", default=None, partitions=args.partitions, key_type=str, value_type=float
+    )
+    tenant = args.tenant
+    result = Path(args.result)
+    n_target = args.n
+    state = {"n": 0, "dedup": 0, "refused": 0, "first": 0.0}
+
+    def tenant_exists(t: str) -> bool:
+        return t == tenant
+
+    @app.agent(events)
+    async def naive_ingest(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            if state["n"] == 0:
+                state["first"] = time.time()
+            r = admit(
+                msg.value,
+                Coordinates(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000)),
+                tenant_exists,
+            )
+            if isinstance(r, Admitted):
+                if r.dedup_key is not None and seen.get(r.dedup_key) is not None:
+                    state["dedup"] += 1
+                else:
+                    if r.dedup_key is not None:
+                        seen[r.dedup_key] = time.time()  # one table write per event
+                    rec = LedgerRecord(kind="event", row=r.event.model_dump(mode="json"))
+                    await ledger.send(
+                        key=r.event.tenant_id.encode(),
+                        value=orjson.dumps(rec.model_dump(mode="json")),
+                    )
+            else:
+                state["refused"] += 1
+                await dlq.send(key=b"", value=r.dead_letter.model_dump_json().encode())
+            state["n"] += 1
+            if state["n"] == n_target:
+                await app.producer.flush()
+                t_last = time.time()
+                tmp = result.with_suffix(".tmp")
+                tmp.write_text(
+                    orjson.dumps(
+                        {
+                            "first": state["first"],
+                            "last": t_last,
+                            "n": state["n"],
+                            "dedup": state["dedup"],
+                            "refused": state["refused"],
+                            "pid": os.getpid(),
+                        }
+                    ).decode()
+                )
+                tmp.rename(result)
+
+    @app.on_after_configured.connect
+    def _quiet(app: faust.App, **kwargs: object) -> None:  # noqa: ARG001
+        logging.getLogger("faust").setLevel(logging.WARNING)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--datadir", required=True)
+    ap.add_argument("--result", required=True)
+    ap.add_argument("--tenant", required=True)
+    ap.add_argument("--partitions", type=int, default=8)
+    args = ap.parse_args(argv)
+    app = build(args)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Scenario lines, target checks, ``results.json`` and the Markdown table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.common import line
+
+# Issue 5's first bar: (metric, comparison, target)
+TARGETS: dict[str, list[tuple[str, str, float]]] = {
+    "S1": [("events_per_s", ">=", 10_000), ("kafka_ceiling_ratio", ">=", 0.10)],
+    "S2": [("req_per_s", ">=", 3_000), ("p99_ms", "<=", 25.0)],
+    "S3": [("actions_per_s", ">=", 2_000), ("ratio", ">=", 4.0)],
+    "S4": [("dispositions_per_s", ">=", 20_000)],
+    "S5": [("dispose_s", "<=", 1.0), ("connector_calls", "<=", 1)],
+    "S6": [("p99_ms", "<=", 250.0)],
+    "S7": [("first_event_s", "<=", 15.0)],
+}
+
+
+def check(metric: str, op: str, target: float, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {
+            "metric": metric,
+            "target": f"{op} {target:g}",
+            "value": None,
+            "met": False,
+            "by": None,
+        }
+    met = value >= target if op == ">=" else value <= target
+    # how far off: the share of the target missing (>=) or exceeded (<=)
+    by = (target - value) / target if op == ">=" else (value - target) / target
+    return {
+        "metric": metric,
+        "target": f"{op} {target:g}",
+        "value": value,
+        "met": met,
+        "by": None if met else round(by, 3),
+    }
+
+
+def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
+    if "error" in r:
+        return line(name, [("status", "error")])
+    if name == "ceilings":
+        ch = r.get("clickhouse", {})
+        k = r.get("kafka", {})
+        return line(
+            name,
+            [
+                ("produce_msgs_per_s", k.get("produce_msgs_per_s")),
+                ("consume_msgs_per_s", k.get("consume_msgs_per_s")),
+                ("consume_produce_msgs_per_s", k.get("consume_produce_msgs_per_s")),
+                ("clickhouse_rows_per_s", ch.get("insert_rows_per_s")),
+                ("msg_bytes", k.get("message_bytes")),
+            ],
+        )
+    if name == "naive":
+        return line(name, [("events_per_s", r.get("events_per_s"))])
+    if name == "S1":
+        return line(
+            name,
+            [
+                ("events_per_s", r.get("events_per_s")),
+                ("steady_events_per_s", r.get("steady_events_per_s")),
+                ("kafka_ceiling_ratio", r.get("kafka_ceiling_ratio")),
+                ("naive_baseline", r.get("naive_baseline")),
+                ("ratio", r.get("ratio")),
+                ("clickhouse_ceiling_ratio", r.get("clickhouse_ceiling_ratio")),
+            ],
+        )
+    if name == "S2":
+        return line(
+            name,
+            [
+                ("req_per_s", r.get("req_per_s")),
+                ("p50_ms", r.get("p50_ms")),
+                ("p99_ms", r.get("p99_ms")),
+                ("healthz_req_per_s", r.get("healthz_req_per_s")),
+                ("healthz_ratio", r.get("healthz_ratio")),
+                ("loadgen", r.get("loadgen")),
+                ("loadgen_cpu", r.get("loadgen_cpu_share")),
+                ("non_2xx", r.get("non_2xx")),
+            ],
+        )
+    loop_fields = {
+        "naive_exec": ("actions_per_s",),
+        "config": ("p50_ms", "p99_ms", "writes"),
+        "S3": (
+            "actions_per_s",
+            "naive_baseline",
+            "ratio",
+            "p50_ms",
+            "p99_ms",
+            "worker_rss_mib",
+            "api_rss_mib",
+        ),
+        "S4": ("dispositions_per_s", "connector_calls", "worker_rss_mib", "api_rss_mib"),
+        "S5": ("dispose_s", "connector_calls", "receipts"),
+        "S6": ("rate", "p50_ms", "p95_ms", "p99_ms"),
+        "S7": ("first_event_s", "caught_up_s", "receipts", "sent"),
+    }
+    if name in loop_fields:
+        return line(name, [(k, r.get(k)) for k in loop_fields[name]])
+    return line(name, [])
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Each scenario's ratios to the ceilings and the baseline measured in the same run."""
+    s1 = results.get("S1")
+    if not s1 or "error" in s1:
+        return
+    ceil = results.get("ceilings") or {}
+    naive = results.get("naive") or {}
+    pipe = (ceil.get("kafka") or {}).get("consume_produce_msgs_per_s")
+    ch = (ceil.get("clickhouse") or {}).get("insert_rows_per_s")
+    nv = naive.get("events_per_s") if "error" not in naive else None
+    ev = s1["events_per_s"]
+    s1["kafka_ceiling_ratio"] = round(ev / pipe, 3) if pipe else None
+    s1["clickhouse_ceiling_ratio"] = round(ev / ch, 3) if ch else None
+    s1["naive_baseline"] = nv
+    s1["ratio"] = round(ev / nv, 2) if nv else None
+
+
+def add_loop_ratios(results: dict[str, Any]) -> None:
+    s3, ne = results.get("S3"), results.get("naive_exec") or {}
+    if not s3 or "error" in s3:
+        return
+    base = ne.get("actions_per_s") if "error" not in ne else None
+    s3["naive_baseline"] = base
+    s3["ratio"] = round(s3["actions_per_s"] / base, 2) if base and s3.get("actions_per_s") else None
+
+
+# Other processes using more than this many cores during a measured window make it "contended".
+CONTENDED_CORES = 0.3
+
+
+def contention(results: dict[str, Any]) -> dict[str, float]:
+    """Scenario → cores used by processes not ours during its window, where above the bar."""
+    out = {}
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        cpu = r.get("cpu_cores") or {}
+        if name == "ceilings":
+            phases = ((r.get("kafka") or {}).get("cpu_cores") or {}).values()
+            others = max((p.get("others", 0.0) for p in phases), default=0.0)
+        else:
+            others = cpu.get("others", 0.0)
+        if others > CONTENDED_CORES:
+            out[name] = others
+    return out
+
+
+def targets(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for name, checks in TARGETS.items():
+        r = results.get(name)
+        if r is None:
+            continue
+        out[name] = [check(m, op, t, None if "error" in r else r.get(m)) for m, op, t in checks]
+    return out
+
+
+def _v(x: Any) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.0f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    res = doc["scenarios"]
+    tg = doc.get("targets", {})
+    m = doc["meta"]
+    rows: list[tuple[str, str, Any, str, str]] = []
+
+    def status(name: str, metric: str) -> tuple[str, str]:
+        for c in tg.get(name, []):
+            if c["metric"] == metric:
+                if c["met"]:
+                    return c["target"], "met"
+                return c["target"], (
+                    "missed" + (f" by {c['by'] * 100:.0f}%" if c["by"] is not None else "")
+                )
+        return "", ""
+
+    def add(name: str, label: str, value: Any, key: str | None = None) -> None:
+        t, s = status(name, key or label)
+        rows.append((name, label, value, t, s))
+
+    c = res.get("ceilings")
+    if c and "error" not in c:
+        k, ch = c.get("kafka", {}), c.get("clickhouse", {})
+        add(
+            "ceilings",
+            f"raw aiokafka produce msgs/s ({k.get('message_bytes')} B)",
+            k.get("produce_msgs_per_s"),
+        )
+        add("ceilings", "raw aiokafka consume msgs/s", k.get("consume_msgs_per_s"))
+        add(
+            "ceilings",
+            "raw aiokafka consume→produce msgs/s (one process)",
+            k.get("consume_produce_msgs_per_s"),
+        )
+        add(
+            "ceilings",
+            "ClickHouse bulk insert rows/s (chDB, events rows)",
+            ch.get("insert_rows_per_s"),
+        )
+        add(
+            "ceilings",
+            "ledger-sink path rows/s (decode + dedup query + insert)",
+            ch.get("sink_path_rows_per_s"),
+        )
+    n = res.get("naive")
+    if n and "error" not in n:
+        add("naive", "naive Faust pipeline events/s", n.get("events_per_s"))
+    s1 = res.get("S1")
+    if s1 and "error" not in s1:
+        add("S1", "events/s, producer → in ClickHouse", s1.get("events_per_s"), "events_per_s")
+        add("S1", "steady events/s into ClickHouse (10%–90% of N)", s1.get("steady_events_per_s"))
+        add(
+            "S1",
+            "steady events/s onto the ledger topic (worker)",
+            s1.get("worker_steady_events_per_s"),
+        )
+        add("S1", "kafka_ceiling_ratio", s1.get("kafka_ceiling_ratio"))
+        add("S1", "ratio to naive baseline", s1.get("ratio"))
+        add("S1", "max lag (events)", s1.get("max_lag_events"))
+    s2 = res.get("S2")
+    if s2 and "error" not in s2:
+        add(
+            "S2",
+            f"POST /v1/events req/s ({s2.get('connections')} conns, {s2.get('loadgen')})",
+            s2.get("req_per_s"),
+            "req_per_s",
+        )
+        add("S2", "POST p50 ms", s2.get("p50_ms"), "p50_ms")
+        add("S2", "POST p99 ms", s2.get("p99_ms"), "p99_ms")
+        add("S2", "GET /healthz req/s (framework ceiling)", s2.get("healthz_req_per_s"))
+        add("S2", "load generator CPU (share of its core)", s2.get("loadgen_cpu_share"))
+    for name, r in res.items():
+        if "error" in r:
+            rows.append((name, "error", r["error"][:120], "", ""))
+    busy = doc.get("contended") or {}
+
+    out = [
+        f"Run {m.get('date')} on {m.get('nproc')} × {m.get('cpu_model')}, "
+        f"{m.get('ram_gib')} GiB RAM, "
+        f"Python {m.get('python')}; {'quick' if m.get('quick') else 'full'} run"
+        f"{' (profiled: py-spy running)' if m.get('profile') else ''}.",
+        "",
+        "| Scenario | Metric | Value | Target | Status |",
+        "|---|---|---:|---|---|",
+    ]
+    out += [f"| {a} | {b} | {_v(v)} | {t} | {s} |" for a, b, v, t, s in rows]
+    if busy:
+        out += [
+            "",
+            "Contended windows (other processes' CPU, in cores): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
+            + ". Their absolute figures are low; re-run on a quiet machine.",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def write(out_dir: Path, doc: dict[str, Any]) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j = out_dir / "results.json"
+    j.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    md = out_dir / "results.md"
+    md.write_text(markdown(doc))
+    return j, md
