@@ -11,7 +11,8 @@ actions strictly one at a time (single-flight). For each side-effecting action:
 2. intent: record ``intent`` for the key on ``fibric.execstate.v1`` and wait for the broker;
 3. invoke the connector tool over MCP with the idempotency key (our connectors apply a key at
    most once, so re-invoking an intent without a result after a crash is safe);
-4. result: record ``done``/``failed`` and the receipt (awaited before the batch is acked);
+4. result: emit the receipt; once the batch's receipts are acked, record ``done``/``failed``
+   (awaited before the batch is acked) — never a ``done`` without its receipt;
 5. release: the lane moves to the entity's next action.
 
 The exec-state topic is partitioned like the actions topic; a worker loads a partition's state
@@ -65,6 +66,7 @@ class Executor:
         self.counts: dict[str, int] = defaultdict(int)
         self.applied_by_operator: dict[str, int] = defaultdict(int)
         self.pending: list[asyncio.Future[Any]] = []
+        self.deferred: list[tuple[dict[str, Any], int]] = []
 
     # ---- state -----------------------------------------------------------------------------
     def forget_partitions(self) -> None:
@@ -109,15 +111,19 @@ class Executor:
     async def _state(
         self, a: ActionRecord, partition: int, state: str, wait: bool, **extra: Any
     ) -> None:
+        """Record a key's state. ``intent`` is written and awaited at once (before the tool is
+        called); ``done``/``failed`` are only written after the batch's receipts are acked, so a
+        crash can never leave a key ``done`` without its receipt (the replay re-invokes, the
+        connector's journal answers, and the same receipt id is written again)."""
         rec = {"key": state_key(a), "action_id": a.id, "state": state, **extra}
         self.seen[rec["key"]] = rec
+        if not wait:
+            self.deferred.append((rec, partition))
+            return
         fut = await self.producer.send(
             EXECSTATE, orjson.dumps(rec), key=rec["key"].encode(), partition=partition
         )
-        if wait:
-            await fut
-        else:
-            self.pending.append(fut)
+        await fut
 
     async def _emit(self, rc: Receipt) -> None:
         self.counts[rc.outcome] += 1
@@ -182,9 +188,19 @@ class Executor:
                     )
 
         await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
+        # receipts first, then the results they prove (see _state)
         pending, self.pending = self.pending, []
         if pending:
             await asyncio.gather(*pending)
+        deferred, self.deferred = self.deferred, []
+        futures = [
+            await self.producer.send(
+                EXECSTATE, orjson.dumps(rec), key=rec["key"].encode(), partition=p
+            )
+            for rec, p in deferred
+        ]
+        if futures:
+            await asyncio.gather(*futures)
 
     async def dispose(self, a: ActionRecord, partition: int) -> None:
         now = datetime.now(UTC)
