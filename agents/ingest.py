@@ -39,6 +39,7 @@ class Coordinates:
 class Admitted:
     event: Event
     dedup_key: str | None  # (tenant, mode, idempotency key) when the producer gave one
+    route_to: str | None = None  # offer only to this operator (catch-up replay, scheduled run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,4 +148,4 @@ def admit(
     key = (
         dedup_key(env.tenant_id, env.livemode, env.idempotency_key) if env.idempotency_key else None
     )
-    return Admitted(event, key)
+    return Admitted(event, key, env.route_to)

@@ -23,14 +23,18 @@ from schemas.plan import ActionRecord, ExecutionPlan, Outcome, Plan, Receipt, Ve
 APPROVAL_TTL = timedelta(hours=72)
 
 
-def routed_operators(operators: Sequence[Operator], event: Event) -> list[Operator]:
-    """Active operators of the event's tenant and mode whose triggers match its type. A
-    scheduled run (source ``cron``) goes to the operator that scheduled it, and only to it."""
-    if event.source == "cron" and event.agent_id:
+def routed_operators(
+    operators: Sequence[Operator], event: Event, route_to: str | None = None
+) -> list[Operator]:
+    """Active operators of the event's tenant and mode whose triggers match its type. An event
+    addressed to one operator (``route_to``: a catch-up replay; or a scheduled run, source
+    ``cron``) goes to that operator only."""
+    target = route_to or (event.agent_id if event.source == "cron" else None)
+    if target:
         return [
             op
             for op in operators
-            if op.id == event.agent_id
+            if op.id == target
             and op.status == "active"
             and op.tenant_id == event.tenant_id
             and op.livemode == event.livemode

@@ -440,6 +440,27 @@ class LedgerStore:
         )
         return int(rows[0][0])
 
+    async def events_matching(
+        self, scope: Scope, patterns: list[str], since: datetime, until: datetime, limit: int
+    ) -> list[Event]:
+        """Events of ``scope`` in [since, until) matching any glob, oldest first (catch-up)."""
+        rows = await self.query(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE tenant_id = {{t:String}} "
+            "AND livemode = {m:Bool} AND created_at >= {s:DateTime64(6, 'UTC')} "
+            "AND created_at < {u:DateTime64(6, 'UTC')} "
+            "AND arrayExists(r -> match(event_type, r), {res:Array(String)}) "
+            "ORDER BY created_at, id LIMIT 1 BY id LIMIT {n:UInt32}",
+            {
+                "t": scope.tenant_id,
+                "m": scope.livemode,
+                "s": since,
+                "u": until,
+                "res": [glob_to_regex(p) for p in patterns],
+                "n": limit,
+            },
+        )
+        return [_event_from_row(r) for r in rows]
+
     async def get_event(self, scope: Scope, event_id: str) -> Event | None:
         rows = await self.query(
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE tenant_id = {{t:String}} "

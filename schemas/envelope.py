@@ -61,6 +61,9 @@ class EventEnvelope(BaseModel):
     entity_key: str | None = Field(default=None, min_length=1, max_length=200)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     received_at: datetime | None = None
+    # Set by Fibric only: offer this (already stored) event to one operator — a catch-up replay
+    # after a paused operator resumes, or a scheduled run.
+    route_to: str | None = Field(default=None, pattern=r"^op_[0-9A-Z]{26}$")
     request_id: str | None = None
 
     @field_validator("received_at")

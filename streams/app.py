@@ -506,9 +506,8 @@ async def _ingest_batch(state: WorkerState, batch: Sequence[Any]) -> None:
             fresh_keys.add(r.dedup_key)
         state.counts["admitted"] += 1
         out.ledger("event", r.event, r.event.tenant_id)
-        for op in routed_operators(
-            state.view.operators_of(r.event.tenant_id, r.event.livemode), r.event
-        ):
+        candidates = state.view.operators_of(r.event.tenant_id, r.event.livemode)
+        for op in routed_operators(candidates, r.event, r.route_to):
             _offer(state, out, r.event, op)
     # 2. produce and wait for every acknowledgement
     await out.flush(state)

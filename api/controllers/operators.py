@@ -16,6 +16,7 @@ from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.state import ApiState
+from schemas.envelope import EventEnvelope
 from schemas.errors import ErrorCode, FibricError
 from schemas.operator import (
     CAPABILITY_RE,
@@ -25,8 +26,49 @@ from schemas.operator import (
     PauseBody,
     ResumeBody,
 )
+from streams.topics import EVENTS
 
 STATUSES = ("active", "paused", "draft")
+# A resume replays at most this many missed events (oldest first); the rest stay in the log.
+MAX_CATCH_UP = 10_000
+
+
+async def replay_catch_up(
+    state: ApiState, auth: AuthContext, op: Operator, window: dict[str, Any]
+) -> int:
+    """Offer the events that arrived while ``op`` was paused to ``op`` alone, oldest first. They
+    keep their ids (the ledger stores them once) and go through the executor like any plan."""
+    since = datetime.fromisoformat(window["from"].replace("Z", "+00:00"))
+    until = datetime.fromisoformat(window["to"].replace("Z", "+00:00"))
+    events = await state.store.events_matching(auth.scope, op.triggers, since, until, MAX_CATCH_UP)
+    futures = []
+    for ev in events:
+        env = EventEnvelope(
+            event_id=ev.id,
+            tenant_id=ev.tenant_id,
+            reseller_id=ev.reseller_id,
+            livemode=ev.livemode,
+            workspace_id=ev.workspace_id,
+            source=ev.source,
+            event_type=ev.event_type,
+            correlation_id=ev.correlation_id,
+            payload=ev.payload,
+            agent_id=ev.agent_id,
+            session_id=ev.session_id,
+            entity_key=ev.entity_key,
+            received_at=ev.created_at,
+            request_id=ev.request_id,
+            route_to=op.id,
+        )
+        key = f"{ev.tenant_id}:{ev.entity_key or ev.id}".encode()
+        futures.append(
+            await state.producer.send(
+                EVENTS, orjson.dumps(env.model_dump(mode="json", exclude_none=True)), key=key
+            )
+        )
+    for fut in futures:
+        await fut
+    return len(events)
 
 
 def _json(data: Any, status: int = 200) -> Response[bytes]:
@@ -181,6 +223,9 @@ class OperatorsController(Controller):
                 )
             args = {"operator_id": operator_id, "catch_up": data.catch_up, "catch_up_events": count}
             result = await run_command(state, request, auth, "operator.resume", args)
+            if count and result.get("catch_up_window"):
+                replayed = await replay_catch_up(state, auth, op, result["catch_up_window"])
+                result["catch_up_events"] = replayed
             if result.get("catch_up_window") is None:
                 result.pop("catch_up_window", None)
             return _json(result)

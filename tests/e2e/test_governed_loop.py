@@ -456,3 +456,19 @@ def test_worker_sigkills_during_10000_actions(stack, fake):
         assert len(texts) == len(set(texts)), f"order {o} has a duplicated notification"
         comments += len(texts)
     assert comments == 10_000
+
+
+def test_resume_with_catch_up_replays_missed_events_oldest_first(stack, fake):
+    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD]}], [{"tool": "order.hold", "decision": "ALLOW"}])
+    assert loop.c.post(f"/v1/operators/{loop.op['id']}/pause", json={"reason": "maintenance"}).status_code == 200
+    missed = [loop.post("order.created", order_id=str(i), total=10) for i in (1, 2)]
+    time.sleep(2)  # the paused operator proposes nothing
+    assert loop.receipts() == [] and fake.count("order.hold") == 0
+    resumed = loop.c.post(f"/v1/operators/{loop.op['id']}/resume", json={"catch_up": True}).json()
+    assert resumed["catch_up_events"] == 2
+    rcs = loop.wait_receipts(2, outcome="applied")
+    assert {r["event_id"] for r in rcs} == {e["id"] for e in missed}
+    assert fake.count("order.hold") == 2
+    # the replay stored no second copy of the events
+    listed = loop.c.get("/v1/events", params={"source": "magento", "limit": 100}).json()["data"]
+    assert [e["id"] for e in listed].count(missed[0]["id"]) == 1
