@@ -102,7 +102,7 @@ async def test_in_flight_calls_are_bounded(tmp_path: Path, fake: FakeMagento, ma
             *(rt.call(CN, "order.read", {"order_id": "1"}) for _ in range(6))
         )
         sampler.cancel()
-        assert all(r.ok for r in results)
+        assert all(r.ok for r in results), [(r.error_code, r.error_message) for r in results]
         assert fake.max_in_flight == 2  # never more than two requests reached the store
         assert max(seen) == 6  # all six were accepted, four of them waited for a slot
         assert fake.count("order.get") == 6
@@ -197,7 +197,8 @@ async def test_remove_stops_the_server(magento: ConnectorRuntime):
 
 
 async def test_several_sessions_per_connector(tmp_path: Path, fake: FakeMagento, magento_spec):
-    rt = ConnectorRuntime(state_dir=tmp_path, sessions_per_connector=2)
+    # a generous call timeout: this checks that one key applies once across processes, not speed
+    rt = ConnectorRuntime(state_dir=tmp_path, sessions_per_connector=2, call_timeout_s=60.0)
     try:
         await rt.ensure(magento_spec(fake))
         assert len(set(rt.health()[CN]["pids"])) == 2
@@ -209,7 +210,7 @@ async def test_several_sessions_per_connector(tmp_path: Path, fake: FakeMagento,
                 for _ in range(4)
             )
         )
-        assert all(r.ok for r in results)
+        assert all(r.ok for r in results), [(r.error_code, r.error_message) for r in results]
         # Two processes share the instance's journal: still one comment upstream.
         assert fake.count("order.comment") == 1
     finally:
