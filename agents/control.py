@@ -102,6 +102,15 @@ def _record(
     )
 
 
+def _save(
+    cmd: Command, kind: str, obj: Any, now: datetime, new_id: IdFactory, note: str | None = None
+) -> ConfigRecord:
+    """The config record of ``obj``'s new state, at ``obj``'s own version."""
+    return _record(
+        cmd, kind, obj.tenant_id, obj.model_dump(mode="json"), obj.version, now, new_id, note
+    )
+
+
 # ---- tenants and keys -----------------------------------------------------------------------
 def _tenant_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     slug = str(cmd.args.get("slug", ""))
@@ -222,16 +231,7 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
         return [], op.public()
     updated = op.model_copy(update={**changes, "version": op.version + 1, "updated_at": now})
     note = "operator.update: " + ", ".join(sorted(changes))
-    rec = _record(
-        cmd,
-        "operator",
-        op.tenant_id,
-        updated.model_dump(mode="json"),
-        updated.version,
-        now,
-        new_id,
-        note,
-    )
+    rec = _save(cmd, "operator", updated, now, new_id, note)
     return [rec], updated.public()
 
 
@@ -258,16 +258,7 @@ def _operator_pause(state: ConfigState, cmd: Command, now: datetime, new_id: IdF
         }
     )
     note = f"operator.pause: {reason}" if reason else "operator.pause"
-    rec = _record(
-        cmd,
-        "operator",
-        op.tenant_id,
-        updated.model_dump(mode="json"),
-        updated.version,
-        now,
-        new_id,
-        note,
-    )
+    rec = _save(cmd, "operator", updated, now, new_id, note)
     return [rec], {
         "id": op.id,
         "object": "operator",
@@ -297,16 +288,7 @@ def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: Id
         update={"status": "active", "resumed_at": now, "version": op.version + 1, "updated_at": now}
     )
     note = "operator.resume (catch_up)" if catch_up else "operator.resume"
-    rec = _record(
-        cmd,
-        "operator",
-        op.tenant_id,
-        updated.model_dump(mode="json"),
-        updated.version,
-        now,
-        new_id,
-        note,
-    )
+    rec = _save(cmd, "operator", updated, now, new_id, note)
     result = {
         "id": op.id,
         "object": "operator",
@@ -379,16 +361,7 @@ def _connector_set_status(state: ConfigState, cmd: Command, now: datetime, new_i
         update["last_synced_at"] = now
     updated = cn.model_copy(update=update)
     note = f"connector.set_status: {updated.status}"
-    rec = _record(
-        cmd,
-        "connector",
-        cn.tenant_id,
-        updated.model_dump(mode="json"),
-        updated.version,
-        now,
-        new_id,
-        note,
-    )
+    rec = _save(cmd, "connector", updated, now, new_id, note)
     return [rec], updated.public()
 
 
@@ -421,9 +394,7 @@ def _connector_uninstall(state: ConfigState, cmd: Command, now: datetime, new_id
     gone = cn.model_copy(update={"deleted": True, "updated_at": now, "version": cn.version + 1})
     purge = VaultEntry(connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=None)
     records = [
-        _record(
-            cmd, "connector", cn.tenant_id, gone.model_dump(mode="json"), gone.version, now, new_id
-        ),
+        _save(cmd, "connector", gone, now, new_id),
         _record(
             cmd, "vault", cn.tenant_id, purge.model_dump(mode="json"), 2, now, new_id, "vault.purge"
         ),
@@ -476,16 +447,7 @@ def _close_plan(
             "version": plan.version + 1,
         }
     )
-    rec = _record(
-        cmd,
-        "pending_plan",
-        plan.tenant_id,
-        closed.model_dump(mode="json"),
-        closed.version,
-        now,
-        new_id,
-        f"{cmd.type}: {approver or 'system'}",
-    )
+    rec = _save(cmd, "pending_plan", closed, now, new_id, f"{cmd.type}: {approver or 'system'}")
     return closed, rec
 
 
