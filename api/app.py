@@ -24,6 +24,7 @@ from api.idempotency import Idempotency
 from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
 from api.ratelimit import RateLimiter
+from api.readcache import ReadCache
 from api.state import ApiState
 from connectors.pool import ConnectorRuntime
 from ledger.sink import LedgerSink
@@ -75,8 +76,11 @@ def create_app(settings: Settings) -> Litestar:
             dlq_topic=DLQ,
             config_topic=CONFIG,
             group_id=LEDGER_GROUP,
+            session_timeout_s=settings.kafka_session_timeout_s,
         )
         sink.listeners.append(pending.confirm)
+        reads = ReadCache(settings.read_cache_ttl_s)
+        sink.on_insert.append(reads.invalidate)
         await sink.start()
         commands = CommandClient(settings.kafka_bootstrap, producer)
         await commands.start()
@@ -93,6 +97,7 @@ def create_app(settings: Settings) -> Litestar:
             commands=commands,
             box=SecretBox(settings.load_secret_key()),
             runtime=runtime,
+            reads=reads,
         )
         try:
             yield

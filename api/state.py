@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from api.idempotency import Idempotency
     from api.overlay import PendingEvents
     from api.ratelimit import RateLimiter
+    from api.readcache import ReadCache
     from connectors.pool import ConnectorRuntime
     from ledger.sink import LedgerSink
     from ledger.store import LedgerStore
@@ -33,4 +34,5 @@ class ApiState:
     commands: CommandClient
     box: SecretBox
     runtime: ConnectorRuntime | None = None
+    reads: ReadCache | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -94,6 +94,47 @@ def _select(names: list[str], no_baselines: bool) -> list[str]:
     return [s for s in SCENARIOS if s in chosen]
 
 
+class Stacks:
+    """The embedded stacks scenarios run on. Full runs give each group of scenarios a fresh
+    ``fibric up`` (tags ``s1``, ``s2``, ``loop``, ``s8``, ``s9``/``s7``); ``--quick`` (and the
+    harness test) run every scenario on one stack, in an order that keeps them independent:
+    S1, S2, the loop scenarios, S8, then S9 (adds a second worker) and S7 (kills one)."""
+
+    def __init__(self, work: Path, partitions: int, *, shared: bool) -> None:
+        self.work, self.partitions, self.shared = work, partitions, shared
+        self.current: Any = None
+        self.tag = ""
+
+    def get(self, tag: str, cpus: str | None = None) -> Any:
+        from benchmarks.stack import BenchStack
+
+        cur = self.current
+        if (
+            cur is not None
+            and cur.proc is not None
+            and cur.proc.poll() is None
+            and (self.shared or self.tag == tag)
+            and cur.cpus == cpus
+        ):
+            return cur
+        self.close()
+        self.current = BenchStack(self.work / f"{tag}-home", self.partitions, cpus=cpus).start()
+        self.tag = tag
+        self.current.create_tenant("bench")
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
+def rss_during(stack: Any, fn: Any) -> dict[str, Any]:
+    from benchmarks.loop import RssSampler
+
+    return RssSampler(stack).during(lambda: fn(stack))
+
+
 def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -126,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     failed = False
     interrupted = False
-    shared_stack = None
     log(
         f"scenarios {' '.join(chosen)}; "
         f"{'quick' if args.quick else 'tiny' if args.tiny else 'full'} sizes; "
@@ -210,66 +250,46 @@ def main(argv: list[str] | None = None) -> int:
                 if broker is not None:
                     broker.stop()
 
+        stacks = Stacks(work, sizes.partitions, shared=args.quick or args.tiny)
+
+        def one_worker_from_here(name: str) -> bool:
+            """Was ``name`` measured on the stack now running, with one worker?"""
+            return stacks.shared and name in results and "error" not in results[name]
+
         if "S1" in chosen:
             from benchmarks.s1 import run_s1
-            from benchmarks.stack import BenchStack
 
-            stack = None
-
-            def s1() -> dict[str, Any]:
-                nonlocal stack
-                stack = BenchStack(work / "s1-home", sizes.partitions).start()
-                return run_s1(
-                    stack,
+            attempt(
+                "S1",
+                lambda: run_s1(
+                    stacks.get("s1"),
                     args.out,
                     sizes.s1_events,
                     sizes.s1_warmup,
                     confirm=args.quick or args.tiny,
                     profile=args.profile,
-                )
-
-            try:
-                attempt("S1", s1)
-            finally:
-                if (
-                    stack is not None
-                    and (args.quick or args.tiny)
-                    and "S2" in chosen
-                    and not args.s2_isolate
-                    and "error" not in results.get("S1", {})
-                ):
-                    shared_stack = stack  # quick: S2 reuses it
-                elif stack is not None:
-                    stack.stop()
+                ),
+            )
             add_ratios(results)
             emit("S1")
 
         if "S2" in chosen:
             from benchmarks.s2 import run_s2, stack_cpus
-            from benchmarks.stack import BenchStack
 
             def s2() -> dict[str, Any]:
-                nonlocal shared_stack
-                stack = shared_stack
-                try:
-                    if stack is None:
-                        cpus = stack_cpus() if args.s2_isolate else None
-                        stack = BenchStack(work / "s2-home", sizes.partitions, cpus=cpus).start()
-                    r = run_s2(
-                        stack,
-                        args.out,
-                        warmup_s=sizes.s2_warmup_s,
-                        duration_s=sizes.s2_duration_s,
-                        conns=sizes.s2_connections,
-                        profile=args.profile,
-                        isolated=args.s2_isolate,
-                    )
-                    r["shared_stack_with_S1"] = shared_stack is not None
-                    return r
-                finally:
-                    if stack is not None:
-                        stack.stop()
-                    shared_stack = None
+                cpus = stack_cpus() if args.s2_isolate else None
+                stack = stacks.get("s2", cpus=cpus)
+                r = run_s2(
+                    stack,
+                    args.out,
+                    warmup_s=sizes.s2_warmup_s,
+                    duration_s=sizes.s2_duration_s,
+                    conns=sizes.s2_connections,
+                    profile=args.profile,
+                    isolated=args.s2_isolate,
+                )
+                r["shared_stack_with_S1"] = stacks.shared and "S1" in results
+                return r
 
             attempt("S2", s2)
             emit("S2")
@@ -277,42 +297,84 @@ def main(argv: list[str] | None = None) -> int:
         loop_chosen = [n for n in LOOP_SCENARIOS if n in chosen]
         if loop_chosen:
             from benchmarks import loop
-            from benchmarks.stack import BenchStack
 
-            loop_stack = BenchStack(work / "loop-home", sizes.partitions).start()
-            try:
-                loop_stack.create_tenant("bench")
-                loop.setup(loop_stack)
-                rss = loop.RssSampler(loop_stack)
-                runners = {
-                    "config": lambda: loop.config_rtt(loop_stack, sizes.config_writes),
-                    "S3": lambda: rss.during(lambda: loop.run_s3(loop_stack, sizes.s3_actions)),
-                    "S4": lambda: rss.during(
-                        lambda: loop.run_s4(loop_stack, sizes.s4_dispositions)
-                    ),
-                    "S5": lambda: loop.run_s5(loop_stack),
-                    "S6": lambda: loop.run_s6(
-                        loop_stack,
-                        max(20.0, ((results.get("S3") or {}).get("actions_per_s") or 100) / 2),
-                        sizes.s6_seconds,
-                    ),
-                    "S7": lambda: loop.run_s7(
-                        loop_stack, rate=100.0, before_s=2.0, after_s=sizes.s7_after_s
-                    ),
-                }
-                for name in loop_chosen:
-                    attempt(name, runners[name])
-                    if name == "S3":
-                        add_loop_ratios(results)
-                    emit(name)
-            finally:
-                loop_stack.stop()
+            def loop_stack() -> Any:
+                st = stacks.get("loop")
+                loop.ensure_setup(st)
+                return st
+
+            runners = {
+                "config": lambda: loop.config_rtt(loop_stack(), sizes.config_writes),
+                "S3": lambda: rss_during(
+                    loop_stack(), lambda st: loop.run_s3(st, sizes.s3_actions)
+                ),
+                "S4": lambda: rss_during(
+                    loop_stack(), lambda st: loop.run_s4(st, sizes.s4_dispositions)
+                ),
+                "S5": lambda: loop.run_s5(loop_stack()),
+                "S6": lambda: loop.run_s6(
+                    loop_stack(),
+                    max(20.0, ((results.get("S3") or {}).get("actions_per_s") or 100) / 2),
+                    sizes.s6_seconds,
+                ),
+            }
+            for name in loop_chosen:
+                attempt(name, runners[name])
+                if name == "S3":
+                    add_loop_ratios(results)
+                emit(name)
+
+        if "S8" in chosen:
+            from benchmarks.s8 import run_s8
+
+            attempt(
+                "S8",
+                lambda: run_s8(
+                    stacks.get("s8"),
+                    args.out,
+                    sizes.s8_receipts,
+                    warmup_s=sizes.s2_warmup_s,
+                    duration_s=sizes.s8_duration_s,
+                    conns=sizes.s2_connections,
+                ),
+            )
+            emit("S8")
+
+        if "S9" in chosen:
+            from benchmarks.s9 import run_s9
+
+            def s9() -> dict[str, Any]:
+                one = {n: results[n] for n in ("S1", "S3") if one_worker_from_here(n)}
+                return run_s9(
+                    stacks.get("s9"),
+                    args.out,
+                    s1_events=sizes.s1_events,
+                    s1_warmup=sizes.s1_warmup,
+                    s3_actions=sizes.s3_actions,
+                    one_worker=one if len(one) == 2 else None,
+                )
+
+            attempt("S9", s9)
+            emit("S9")
+
+        if "S7" in chosen:
+            from benchmarks import loop
+
+            def s7() -> dict[str, Any]:
+                # after S9 it runs on S9's two-worker stack; alone, on a fresh one-worker stack
+                st = stacks.get("s9" if "S9" in chosen else "s7")
+                loop.ensure_setup(st)
+                return loop.run_s7(
+                    st, rate=100.0, before_s=sizes.s7_before_s, after_s=sizes.s7_after_s
+                )
+
+            attempt("S7", s7)
+            emit("S7")
+        stacks.close()
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping every process started")
     finally:
-        if shared_stack is not None:
-            shared_stack.stop()
         PROCS.stop_all()
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)

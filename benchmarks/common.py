@@ -342,8 +342,11 @@ class Sizes:
     s3_actions: int = 10_000
     s4_dispositions: int = 20_000
     s6_seconds: float = 15.0
+    s7_before_s: float = 3.0
     s7_after_s: float = 20.0
     config_writes: int = 100
+    s8_receipts: int = 1_000_000
+    s8_duration_s: float = 10.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -360,8 +363,11 @@ class Sizes:
             s3_actions=500,
             s4_dispositions=1_000,
             s6_seconds=2.0,
+            s7_before_s=1.5,
             s7_after_s=5.0,
             config_writes=10,
+            s8_receipts=20_000,
+            s8_duration_s=1.5,
         )
 
     @classmethod
@@ -382,6 +388,9 @@ class Sizes:
             s3_actions=60,
             s4_dispositions=100,
             s6_seconds=1.0,
+            s7_before_s=1.0,
             s7_after_s=3.0,
             config_writes=3,
+            s8_receipts=2_000,
+            s8_duration_s=1.0,
         )

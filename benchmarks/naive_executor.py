@@ -55,6 +55,8 @@ def build(args: argparse.Namespace) -> faust.App:
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_session_timeout=6.0,  # as the fibric worker: Tansu holds a first join for half
+        broker_heartbeat_interval=1.5,
     )
     actions = app.topic(ACTIONS, key_serializer="raw", value_serializer="raw")
     receipts = app.topic(RECEIPTS, key_serializer="raw", value_serializer="raw")

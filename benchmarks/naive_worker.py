@@ -39,8 +39,8 @@ def build(args: argparse.Namespace) -> faust.App:
         topic_disable_leader=True,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=3.0,
+        broker_session_timeout=6.0,  # as the fibric worker: Tansu holds a first join for half
+        broker_heartbeat_interval=1.5,
         producer_acks=-1,
     )
     events = app.topic(EVENTS, key_serializer="raw", value_serializer="raw")

@@ -74,17 +74,22 @@ async def _measure(stack: BenchStack, n: int, warmup: int, prof: Profiler | None
     await probe.start([EVENTS, LEDGER, DLQ])
     try:
         # warm-up: the worker's first batches, the sink's first inserts, chDB's first parts
-        w_vals = [envelope(i, tenant, run="s1w", source="bench-warmup") for i in range(warmup)]
+        # a fresh run id per call: S9 repeats S1 on one stack, and repeated idempotency keys
+        # would (rightly) be dropped as replays
+        run = f"s1{time.time_ns():x}"
+        w_vals = [envelope(i, tenant, run=f"{run}w", source="bench-warmup") for i in range(warmup)]
         w_keys = [message_key(tenant, i) for i in range(warmup)]
         await _produce(stack.bootstrap, w_vals, w_keys, {})
         await _wait_committed(probe, warmup, 120, "S1 warm-up")
         await asyncio.sleep(1.0)  # let the sink's follow-up fetches settle
 
-        values = [envelope(i, tenant, run="s1") for i in range(n)]
+        values = [envelope(i, tenant, run=run) for i in range(n)]
         keys = [message_key(tenant, i) for i in range(n)]
         base_events, base_ledger = await probe.end(EVENTS), await probe.end(LEDGER)
         base_committed = await probe.committed(LEDGER)
-        roles = {k: v for k, v in stack.pids.items() if k in ("broker", "worker", "api")}
+        roles = {
+            k: v for k, v in stack.pids.items() if k in ("broker", "api") or k.startswith("worker")
+        }
         cpu = CpuMeter(roles)
         peak_rss: dict[str, int] = {}
         timeline: list[tuple[float, int, int, int]] = []

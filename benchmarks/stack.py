@@ -19,9 +19,12 @@ READY_TIMEOUT_S = 150.0
 
 
 class BenchStack:
-    def __init__(self, home: Path, partitions: int, *, cpus: str | None = None) -> None:
+    def __init__(
+        self, home: Path, partitions: int, *, cpus: str | None = None, workers: int = 1
+    ) -> None:
         self.home = home
         self.partitions = partitions
+        self.workers = workers
         self.cpus = cpus  # e.g. "0": pin the whole stack (children inherit the affinity)
         self.api_port = free_port()
         self.kafka_port = free_port()
@@ -32,14 +35,17 @@ class BenchStack:
             FIBRIC_API_PORT=str(self.api_port),
             FIBRIC_KAFKA_BOOTSTRAP=f"{HOST}:{self.kafka_port}",
             FIBRIC_PARTITIONS=str(partitions),
-            FIBRIC_LOG_LEVEL="warning",
+            FIBRIC_LOG_LEVEL=os.environ.get("FIBRIC_BENCH_LOG_LEVEL", "warning"),
         )
         self.env.pop("FIBRIC_CLICKHOUSE_DSN", None)  # always the embedded chDB under home
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[subprocess.Popen[bytes]] = []  # workers added by add_worker()
         self.tenant_id = ""
         self.secret = ""
         self.pids: dict[str, int] = {}
         self.started_s = 0.0
+        self.loop_operator: str | None = None  # set by benchmarks.loop.ensure_setup
+        self.loop_connector: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -52,7 +58,7 @@ class BenchStack:
     def start(self) -> BenchStack:
         self.home.mkdir(parents=True, exist_ok=True)
         out_path = self.home / "up.out"
-        argv = [sys.executable, "-m", "fibric", "up"]
+        argv = [sys.executable, "-m", "fibric", "up", "--workers", str(self.workers)]
         if self.cpus is not None:
             argv = ["taskset", "-c", self.cpus, *argv]
         t0 = time.monotonic()
@@ -84,17 +90,63 @@ class BenchStack:
         return self
 
     def _role_pids(self) -> dict[str, int]:
+        """``up``, ``broker``, ``api``, ``worker`` (worker-1) and ``worker-N`` for the others."""
         assert self.proc is not None
         pids = {"up": self.proc.pid}
-        for pid in proc_children(self.proc.pid):
+        children = proc_children(self.proc.pid) + [p.pid for p in self.extra if p.poll() is None]
+        for pid in children:
             cmd = proc_cmdline(pid)
             if "fibric worker" in cmd:
-                pids.setdefault("worker", pid)
+                wid = _env_of(pid).get("FIBRIC_WORKER_ID", "worker-1")
+                pids["worker" if wid == "worker-1" else wid] = pid
             elif "fibric api" in cmd:
                 pids["api"] = pid
             elif " broker " in f" {cmd} ":
                 pids["broker"] = pid
         return pids
+
+    @property
+    def worker_pids(self) -> dict[str, int]:
+        return {k: v for k, v in self._role_pids().items() if k.startswith("worker")}
+
+    def add_worker(self, timeout_s: float = 90.0) -> str:
+        """Start one more ``fibric worker`` (as a second replica would be in production) and
+        wait until ``/readyz`` shows every worker holding partitions: the group rebalanced."""
+        n = len(self.worker_pids) + 1
+        wid = f"worker-{n}"
+        env = {**self.env, "FIBRIC_WORKER_ID": wid}
+        logf = self.home / "logs" / f"{wid}.log"
+        argv = [sys.executable, "-m", "fibric", "worker"]
+        if self.cpus is not None:
+            argv = ["taskset", "-c", self.cpus, *argv]
+        t0 = time.monotonic()
+        with open(logf, "ab") as out:
+            self.extra.append(
+                PROCS.spawn(wid, argv, env=env, stdout=out, stderr=subprocess.STDOUT, grace_s=20.0)
+            )
+        while True:
+            live = self.ready_workers()
+            if len(live) >= n and all(live.values()):
+                break
+            if self.extra[-1].poll() is not None:
+                raise RuntimeError(f"{wid} exited ({self.extra[-1].returncode}):\n{self.logs()}")
+            if time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(f"{wid} did not get partitions in {timeout_s:.0f}s: {live}")
+            time.sleep(0.2)
+        self.workers = n
+        self.pids = self._role_pids()
+        log(f"{wid} joined in {time.monotonic() - t0:.1f}s; partitions {self.ready_workers()}")
+        return wid
+
+    def ready_workers(self) -> dict[str, list[int]]:
+        """worker id → partitions of ``fibric.events.v1`` it holds, from ``/readyz``."""
+        import httpx
+
+        try:
+            body = httpx.get(f"{self.base_url}/readyz", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return {w["worker_id"]: w["partitions"] for w in body.get("workers", [])}
 
     def check(self) -> None:
         """Raise, with its output and logs, when ``fibric up`` is no longer running."""
@@ -134,6 +186,9 @@ class BenchStack:
             return
         leftovers = [p for k, p in self.pids.items() if k != "up"]
         t0 = time.monotonic()
+        for extra in self.extra:
+            PROCS.stop(extra, signal.SIGTERM)
+        self.extra = []
         PROCS.stop(self.proc, signal.SIGINT)
         for pid in leftovers:
             marker = f"FIBRIC_HOME={self.home}".encode()
@@ -142,3 +197,11 @@ class BenchStack:
                     os.kill(pid, signal.SIGKILL)
         self.proc = None
         log(f"stack stopped in {time.monotonic() - t0:.1f}s")
+
+
+def _env_of(pid: int) -> dict[str, str]:
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.decode(errors="replace").split("=", 1) for kv in raw.split(b"\0") if b"=" in kv)

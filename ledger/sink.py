@@ -62,14 +62,19 @@ class LedgerSink:
         dlq_topic: str,
         config_topic: str,
         group_id: str,
+        session_timeout_s: float = 6.0,
     ) -> None:
         self._bootstrap = bootstrap
         self._store = store
         self._topics = {"ledger": ledger_topic, "dlq": dlq_topic, "config": config_topic}
         self._group = group_id
+        self._session_ms = int(session_timeout_s * 1000)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[list[str]], None]] = []
+        # Called after each insert with the table and the tenants whose rows it held (read caches
+        # drop what those rows make stale).
+        self.on_insert: list[Callable[[str, set[str]], None]] = []
         self.inserted = {"events": 0, "dead_letters": 0, "config_log": 0, "duplicates": 0}
         self.healthy = True
 
@@ -82,8 +87,8 @@ class LedgerSink:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=FETCH_WAIT_MS,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=self._session_ms,
+            heartbeat_interval_ms=self._session_ms // 4,
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="ledger-sink")
@@ -177,6 +182,10 @@ class LedgerSink:
                 have = await self._store.existing_ids(table, time_col, objs.keys(), lo, hi, id_expr)
                 new = [o for k, o in objs.items() if k not in have]
                 await self._store.insert(table, [to_row(o) for o in new], columns)
+                if new:
+                    tenants = {o.tenant_id for o in new}
+                    for hook in self.on_insert:
+                        hook(table, tenants)
                 self.inserted["duplicates"] += len(have)
                 self.inserted[table] = self.inserted.get(table, 0) + len(new)
 

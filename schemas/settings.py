@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # The API's pending-write overlay gives read-your-writes until the ledger sink has inserted
     # the row; entries older than this are dropped even if never confirmed (e.g. deduplicated).
     read_your_writes_ttl_s: float = 120.0
+    # List pages read from ClickHouse (receipts) are served from a per-process cache for at most
+    # this long; this process's own inserts drop them at once. 0 disables it (decisions §18).
+    read_cache_ttl_s: float = Field(default=1.0, ge=0.0, le=60.0)
     # Requests per minute per tenant and route class (per api process). Early access: generous.
     rate_limit_per_minute: int = 600_000
     # Plans awaiting approval expire after this many seconds (default 72 h).
@@ -48,6 +51,13 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # A worker whose last heartbeat is older than this makes /readyz report it as down.
     heartbeat_stale_s: float = 15.0
+    # Consumer-group session: a dead worker's partitions move after this long. 6 s is Apache
+    # Kafka's group.min.session.timeout.ms; Tansu also holds a new group's first join for half
+    # of it, so it bounds start-up too (decisions §17). Heartbeats go every quarter of it.
+    kafka_session_timeout_s: float = Field(default=6.0, ge=6.0, le=300.0)
+    # KIP-345 static membership for workers (group.instance.id = worker id). Safe only with a
+    # single worker on this client; see decisions §19.
+    kafka_static_membership: bool = False
 
     @property
     def resolved_home(self) -> Path:

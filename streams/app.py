@@ -138,7 +138,12 @@ class WorkerState:
         await self.producer.start()
         self.runtime = ConnectorRuntime(state_dir=self.home / "connectors")
         self.executor = Executor(
-            self.settings.kafka_bootstrap, self.producer, self.runtime, self.view, self.box
+            self.settings.kafka_bootstrap,
+            self.producer,
+            self.runtime,
+            self.view,
+            self.box,
+            worker_id=self.worker_id,
         )
         self.models = ModelRouter(self.settings)
         await self.view.start()
@@ -250,12 +255,13 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         topic_disable_leader=True,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        # Static membership: a worker restarted under the same id (the supervisor's restart after
-        # a crash) takes its partitions back at once instead of waiting out its old session.
-        consumer_group_instance_id=worker_id,
-        # Failover in seconds, not a minute: the broker drops a dead worker after 10 s.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=3.0,
+        # Static membership is off by default (decisions §19): with aiokafka (no KIP-814 skip-
+        # assignment) a restarted static *leader* reassigns partitions without the other workers
+        # rebalancing, which leaves partitions owned by two workers or by none.
+        consumer_group_instance_id=worker_id if settings.kafka_static_membership else None,
+        # Failover in seconds, not a minute (Faust's default session is 60 s).
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_session_timeout_s / 4,
         broker_commit_interval=1.0,
         producer_acks=-1,
         producer_linger=0.002,

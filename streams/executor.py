@@ -52,9 +52,18 @@ def state_key(a: ActionRecord) -> str:
 
 class Executor:
     def __init__(
-        self, bootstrap: str, producer: Any, runtime: Any, view: Any, box: SecretBox
+        self,
+        bootstrap: str,
+        producer: Any,
+        runtime: Any,
+        view: Any,
+        box: SecretBox,
+        worker_id: str = "",
     ) -> None:
         self._bootstrap = bootstrap
+        # Every receipt record names the worker that wrote it (a Kafka header, not a column):
+        # operators can trace a receipt to a replica, and S7 times one worker's recovery.
+        self._headers = [("fibric-worker", worker_id.encode())] if worker_id else None
         self.producer = producer
         self.runtime = runtime
         self.view = view
@@ -131,7 +140,10 @@ class Executor:
             self.applied_by_operator[rc.operator_id] += 1
         rec = LedgerRecord(kind="receipt", row=rc.model_dump(mode="json"))
         fut = await self.producer.send(
-            LEDGER, orjson.dumps(rec.model_dump(mode="json")), key=rc.tenant_id.encode()
+            LEDGER,
+            orjson.dumps(rec.model_dump(mode="json")),
+            key=rc.tenant_id.encode(),
+            headers=self._headers,
         )
         self.pending.append(fut)
 

@@ -308,12 +308,21 @@ class ReceiptsController(Controller):
         limit = parse_limit(request.query_params.get("limit"))
         f = self.filters(request)
         after = decode_cursor(request.query_params.get("cursor"), f)
-        page = await state.store.list_receipts(auth.scope, f, limit, after)
-        return _json(
-            list_body(
-                [r.model_dump(mode="json") for r in page.items], page.has_more, page.last_key, f
-            )
+        key = (
+            str(auth.scope.livemode),
+            *sorted(f"{k}={v}" for k, v in request.query_params.multi_items()),
         )
+
+        async def produce() -> bytes:
+            page = await state.store.list_receipts(auth.scope, f, limit, after)
+            items = [r.model_dump(mode="json") for r in page.items]
+            return orjson.dumps(list_body(items, page.has_more, page.last_key, f))
+
+        if state.reads is None:
+            body = await produce()
+        else:
+            body = await state.reads.read(auth.scope.tenant_id, "receipts", key, produce)
+        return Response(body, media_type="application/json")
 
     @get(
         "/{receipt_id:str}",

@@ -337,7 +337,9 @@ def test_undo_is_a_governed_compensation(stack, fake):
     assert fake.count("order.unhold") == 1
     assert_error(loop.c.post(f"/v1/actions/{undo['id']}/undo", json={}), 409, "state_conflict")
     # the operator's last_run summarises what it sensed, proposed and applied
-    run = wait_for(lambda: loop.c.get(f"/v1/operators/{loop.op['id']}").json()["last_run"], timeout=30)
+    run = wait_for(
+        lambda: loop.c.get(f"/v1/operators/{loop.op['id']}").json()["last_run"], timeout=30
+    )
     assert run["run_id"].startswith("run_") and run["sensed"] >= 1 and run["proposed"] >= 1
     assert ev["id"]
 
@@ -459,8 +461,18 @@ def test_worker_sigkills_during_10000_actions(stack, fake):
 
 
 def test_resume_with_catch_up_replays_missed_events_oldest_first(stack, fake):
-    loop = Loop(stack, fake, [{"when": "order.created", "then": [HOLD]}], [{"tool": "order.hold", "decision": "ALLOW"}])
-    assert loop.c.post(f"/v1/operators/{loop.op['id']}/pause", json={"reason": "maintenance"}).status_code == 200
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD]}],
+        [{"tool": "order.hold", "decision": "ALLOW"}],
+    )
+    assert (
+        loop.c.post(
+            f"/v1/operators/{loop.op['id']}/pause", json={"reason": "maintenance"}
+        ).status_code
+        == 200
+    )
     missed = [loop.post("order.created", order_id=str(i), total=10) for i in (1, 2)]
     time.sleep(2)  # the paused operator proposes nothing
     assert loop.receipts() == [] and fake.count("order.hold") == 0

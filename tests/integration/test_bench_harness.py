@@ -105,11 +105,21 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     assert sc["S5"]["complete"] and sc["S5"]["connector_calls"] == 1
     assert sc["S6"]["complete"] and sc["S6"]["p99_ms"] is not None
     assert sc["S7"]["first_event_s"] is not None and sc["S7"]["receipts"] >= sc["S7"]["sent"]
+    assert sc["S7"]["workers"] == 2  # S7 kills one of S9's two workers
+    # reads over stored receipts: every query answered 200, cached and uncached
+    s8 = sc["S8"]
+    assert s8["receipts_loaded"] > 0 and s8["ok_requests"] > 0 and s8["non_2xx"] == 0
+    assert s8["uncached_non_2xx"] == 0 and s8["query_shapes"] >= 8
+    # scale-out: the second worker took partitions and both loads completed
+    s9 = sc["S9"]
+    assert set(s9["partitions_by_worker"]) == {"worker-1", "worker-2"}
+    assert all(s9["partitions_by_worker"].values())
+    assert s9["s1_scaling"] is not None and s9["s3_scaling"] is not None
     assert doc["lines"] == [ln for ln in r.stdout.splitlines() if ln.strip()]
 
     md = (out / "results.md").read_text()
     assert "| Scenario | Metric | Value | Target | Status |" in md
-    for name in ("ceilings", "naive", "S1", "S2"):
+    for name in ("ceilings", "naive", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"):
         assert f"| {name} |" in md
 
     assert _our_processes(work) == [], "the harness left processes running"

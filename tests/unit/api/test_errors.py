@@ -16,7 +16,10 @@ def test_every_code_has_a_status_with_a_type():
 
 
 def test_framework_and_unknown_exceptions_map_to_the_envelope():
-    assert (to_error(NotFoundException()).status, to_error(NotFoundException()).code) == (404, "not_found")
+    assert (to_error(NotFoundException()).status, to_error(NotFoundException()).code) == (
+        404,
+        "not_found",
+    )
     assert to_error(MethodNotAllowedException()).code == "method_not_allowed"
     assert to_error(ValidationException("bad")).status == 400
     too_big = to_error(HTTPException(status_code=413))
@@ -26,7 +29,13 @@ def test_framework_and_unknown_exceptions_map_to_the_envelope():
 
 
 def test_error_response_body_and_headers():
-    resp = error_response(FibricError(ErrorCode.RATE_LIMITED, "slow down", headers={"Retry-After": "7"}), "req_1")
+    resp = error_response(
+        FibricError(ErrorCode.RATE_LIMITED, "slow down", headers={"Retry-After": "7"}), "req_1"
+    )
     body = orjson.loads(resp.content)["error"]
-    assert resp.status_code == 429 and body["type"] == "rate_limit_error" and body["request_id"] == "req_1"
+    assert (
+        resp.status_code == 429
+        and body["type"] == "rate_limit_error"
+        and body["request_id"] == "req_1"
+    )
     assert body["doc_url"].endswith("#rate_limited") and resp.headers["Retry-After"] == "7"
