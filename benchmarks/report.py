@@ -370,6 +370,14 @@ def write(out_dir: Path, doc: dict[str, Any]) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     j = out_dir / "results.json"
     j.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    from benchmarks.plots import write_plots
+
+    plots = write_plots(out_dir, doc)
+    text = markdown(doc)
+    if plots:
+        text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    else:
+        text += '\n(plots skipped: matplotlib is not installed; `pip install -e ".[dev]"`)\n'
     md = out_dir / "results.md"
-    md.write_text(markdown(doc))
+    md.write_text(text)
     return j, md

@@ -86,6 +86,7 @@ def run_s9(
         "s3_2w_actions_per_s": s3b,
         "s3_scaling": ratio(s3b, s3a),
         "s1_2w_cpu_cores": two_s1.get("cpu_cores"),
+        "s1_2w_timeline": two_s1.get("timeline"),
         "s3_2w_outcomes": two_s3.get("outcomes"),
         "one_worker_from": "S1/S3 on this stack" if one_worker else "measured by S9",
         "partitions_by_worker": stack.ready_workers(),
