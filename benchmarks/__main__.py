@@ -104,10 +104,24 @@ class Stacks:
         self.work, self.partitions, self.shared = work, partitions, shared
         self.current: Any = None
         self.tag = ""
+        self.pending = False  # launched, not yet waited for
+
+    def launch(self, tag: str) -> None:
+        """Start the stack ``tag`` will use without waiting for it (``get`` waits)."""
+        from benchmarks.stack import BenchStack
+
+        self.close()
+        self.current = BenchStack(self.work / f"{tag}-home", self.partitions).launch()
+        self.tag = tag
+        self.pending = True
 
     def get(self, tag: str, cpus: str | None = None) -> Any:
         from benchmarks.stack import BenchStack
 
+        if self.pending and self.current is not None:
+            self.pending = False
+            self.current.wait_ready()
+            self.current.create_tenant("bench")
         cur = self.current
         if (
             cur is not None
@@ -125,8 +139,30 @@ class Stacks:
 
     def close(self) -> None:
         if self.current is not None:
-            self.current.stop()
+            self.current.stop(fast=self.shared)
             self.current = None
+        self.pending = False
+
+
+# the scenario that starts the first stack, and that stack's tag
+FIRST_STACK = (
+    ("S1", "s1"),
+    ("S2", "s2"),
+    ("config", "loop"),
+    ("S3", "loop"),
+    ("S4", "loop"),
+    ("S5", "loop"),
+    ("S6", "loop"),
+    ("S8", "s8"),
+    ("S9", "s9"),
+    ("S7", "s7"),
+)
+
+
+def _finish(finisher: Any, job: Any) -> dict[str, Any]:
+    if isinstance(job, Exception):
+        raise job
+    return finisher(job)
 
 
 def rss_during(stack: Any, fn: Any) -> dict[str, Any]:
@@ -151,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes.s2_duration_s = args.duration
 
     meta0 = machine()
-    meta0["busy_cores_before"] = busy_cores(1.0)
+    meta0["busy_cores_before"] = busy_cores(0.3 if args.quick or args.tiny else 1.0)
     if meta0["busy_cores_before"] > 0.3:
         log(
             f"warning: the machine is already busy ({meta0['busy_cores_before']} cores in use "
@@ -193,13 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["scenario_s"] = round(time.monotonic() - t0, 1)
 
     try:
+        stacks = Stacks(work, sizes.partitions, shared=args.quick or args.tiny)
+        first_tag = next((tag for name, tag in FIRST_STACK if name in chosen), None)
         broker = None
         if "ceilings" in chosen or "naive" in chosen or "naive_exec" in chosen:
             import asyncio
 
             from benchmarks.ceilings import clickhouse_ceiling, kafka_ceilings
             from benchmarks.kafka import Broker
-            from benchmarks.naive import run_naive
+            from benchmarks.naive import finish_naive, start_naive
+            from benchmarks.naive_executor import finish_naive_executor, start_naive_executor
 
             try:
                 broker = Broker(work / "ref-broker").start()
@@ -221,36 +260,51 @@ def main(argv: list[str] | None = None) -> int:
 
                     attempt("ceilings", ceilings)
                     emit("ceilings")
-                if "naive_exec" in chosen:
-                    from benchmarks.naive_executor import run_naive_executor
-
-                    attempt(
-                        "naive_exec",
-                        lambda: run_naive_executor(
-                            broker.bootstrap,
-                            work / "naive-exec",
-                            sizes.naive_exec_actions,
-                            sizes.partitions,
-                        ),
-                    )
-                    emit("naive_exec")
-                if "naive" in chosen:
-                    attempt(
-                        "naive",
-                        lambda: run_naive(
-                            broker.bootstrap,
-                            work / "naive",
-                            sizes.naive_events,
-                            sizes.partitions,
-                            broker.proc.pid,
-                        ),
-                    )
-                    emit("naive")
+                starters = {
+                    "naive": lambda gate: start_naive(
+                        broker.bootstrap,
+                        work / "naive",
+                        sizes.naive_events,
+                        sizes.partitions,
+                        broker.proc.pid,
+                        gate=gate,
+                    ),
+                    "naive_exec": lambda gate: start_naive_executor(
+                        broker.bootstrap,
+                        work / "naive-exec",
+                        sizes.naive_exec_actions,
+                        sizes.partitions,
+                        gate=gate,
+                    ),
+                }
+                finishers = {"naive": finish_naive, "naive_exec": finish_naive_executor}
+                names = [n for n in ("naive", "naive_exec") if n in chosen]
+                if stacks.shared and first_tag is not None and names:
+                    # Quick runs: the embedded stack starts while the baselines' Faust workers
+                    # join their groups (both mostly wait on the broker); the baselines are held
+                    # at a gate until the stack is ready and idle, then measure one at a time.
+                    stacks.launch(first_tag)
+                    jobs: dict[str, Any] = {}
+                    for n in names:
+                        try:
+                            jobs[n] = starters[n](work / f"gate-{n}")
+                        except Exception as exc:  # noqa: BLE001 - reported by its attempt below
+                            jobs[n] = exc
+                    try:
+                        stacks.get(first_tag)
+                    except Exception as exc:  # noqa: BLE001 - the scenarios report it again
+                        log(f"the stack did not start: {exc}")
+                        stacks.close()
+                    for n in names:
+                        attempt(n, lambda n=n: _finish(finishers[n], jobs[n]))
+                        emit(n)
+                else:
+                    for n in names:
+                        attempt(n, lambda n=n: finishers[n](starters[n](None)))
+                        emit(n)
             finally:
                 if broker is not None:
                     broker.stop()
-
-        stacks = Stacks(work, sizes.partitions, shared=args.quick or args.tiny)
 
         def one_worker_from_here(name: str) -> bool:
             """Was ``name`` measured on the stack now running, with one worker?"""
@@ -327,10 +381,18 @@ def main(argv: list[str] | None = None) -> int:
         if "S8" in chosen:
             from benchmarks.s8 import run_s8
 
+            def s8_stack() -> Any:
+                st = stacks.get("s8")
+                if "S9" in chosen and all(one_worker_from_here(n) for n in ("S1", "S3")):
+                    # quick: S9's second worker joins (a few seconds of waiting on the broker)
+                    # while S8 reads, which only the api serves
+                    st.spawn_worker()
+                return st
+
             attempt(
                 "S8",
                 lambda: run_s8(
-                    stacks.get("s8"),
+                    s8_stack(),
                     args.out,
                     sizes.s8_receipts,
                     warmup_s=sizes.s2_warmup_s,

@@ -351,23 +351,23 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            ceiling_msgs=20_000,
+            ceiling_msgs=10_000,
             clickhouse_rows=20_000,
             clickhouse_batch=10_000,
             naive_events=3_000,
             s1_events=5_000,
             s1_warmup=300,
-            s2_warmup_s=0.5,
-            s2_duration_s=2.0,
+            s2_warmup_s=0.3,
+            s2_duration_s=1.0,
             naive_exec_actions=300,
             s3_actions=500,
             s4_dispositions=1_000,
-            s6_seconds=2.0,
-            s7_before_s=1.5,
+            s6_seconds=1.5,
+            s7_before_s=1.0,
             s7_after_s=5.0,
-            config_writes=10,
-            s8_receipts=20_000,
-            s8_duration_s=1.5,
+            config_writes=5,
+            s8_receipts=5_000,
+            s8_duration_s=1.0,
         )
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,19 @@ async def _watch(bootstrap: str, n: int, result: Path, proc: Any, timeout_s: flo
 def run_naive(
     bootstrap: str, workdir: Path, n: int, partitions: int, broker_pid: int | None = None
 ) -> dict[str, Any]:
+    return finish_naive(start_naive(bootstrap, workdir, n, partitions, broker_pid))
+
+
+def start_naive(
+    bootstrap: str,
+    workdir: Path,
+    n: int,
+    partitions: int,
+    broker_pid: int | None = None,
+    gate: Path | None = None,
+) -> dict[str, Any]:
+    """Pre-load N envelopes and start the naive worker; with ``gate`` it joins its group and
+    waits, and measures only once the gate file exists (:func:`finish_naive` opens it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     asyncio.run(_preload(bootstrap, n, partitions))
     result = workdir / "naive-result.json"
@@ -85,11 +99,29 @@ def run_naive(
                 TENANT,
                 "--partitions",
                 str(partitions),
+                "--gate",
+                str(gate or ""),
             ],
             stdout=logf,
             stderr=logf,
             grace_s=5.0,
         )
+    return {
+        "proc": proc,
+        "result": result,
+        "n": n,
+        "gate": gate,
+        "bootstrap": bootstrap,
+        "broker_pid": broker_pid,
+        "partitions": partitions,
+    }
+
+
+def finish_naive(job: dict[str, Any]) -> dict[str, Any]:
+    proc, result, n, bootstrap = job["proc"], job["result"], job["n"], job["bootstrap"]
+    broker_pid, partitions = job["broker_pid"], job["partitions"]
+    if job["gate"] is not None:
+        job["gate"].touch()
     try:
         cpu = CpuMeter({"naive_worker": proc.pid, **({"broker": broker_pid} if broker_pid else {})})
         cpu.start()
@@ -97,7 +129,7 @@ def run_naive(
         asyncio.run(_watch(bootstrap, n, result, proc, START_TIMEOUT_S + n / 500))
         usage = cpu.stop()
     finally:
-        PROCS.stop(proc)
+        PROCS.stop(proc, signal.SIGKILL)  # its result is written; its state is thrown away
     r = json.loads(result.read_text())
     elapsed = max(r["last"] - r["first"], 1e-9)
     return {

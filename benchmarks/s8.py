@@ -259,6 +259,8 @@ def run_s8(
             return _run_wrk(wrk, url + paths[0], script, conns, dur, pin, label)
         return asyncio.run(_httpx_load(url + paths[0], hdrs, None, conns, dur, label))
 
+    # --quick starts S9's second worker during S8: its start-up must not share these windows
+    result["waited_for_joining_worker_s"] = stack.wait_quiet()
     measure(warmup_s, "S8 warm-up GET /v1/receipts")
     cpu = CpuMeter({k: v for k, v in stack.pids.items() if k in ("broker", "worker", "api")})
     cpu.start()

@@ -58,7 +58,8 @@ def run_s9(
         stack.create_tenant()
     loop.ensure_setup(stack)
     one = dict(one_worker or {})
-    if len(stack.worker_pids) != 1:
+    workers = len(stack.worker_pids)
+    if workers > 2 or (workers == 2 and len(one) < 2):
         raise RuntimeError(f"S9 starts from one worker; the stack has {stack.worker_pids}")
     if "S1" not in one:
         log("S9: S1 with 1 worker")
@@ -66,8 +67,11 @@ def run_s9(
     if "S3" not in one:
         log("S9: S3 with 1 worker")
         one["S3"] = loop.run_s3(stack, s3_actions)
-    log("S9: adding a second worker")
-    stack.add_worker()
+    if workers == 1:
+        log("S9: adding a second worker")
+        stack.add_worker()
+    else:  # started during S8 (--quick), to overlap its join with S8's reads
+        stack.wait_workers(2)
     log("S9: S1 with 2 workers")
     two_s1 = _s1(stack, out, s1_events, s1_warmup)
     log("S9: S3 with 2 workers")

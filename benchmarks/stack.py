@@ -13,7 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import HOST, PROCS, free_port, log, proc_children, proc_cmdline
+from benchmarks.common import (
+    HOST,
+    PROCS,
+    cpu_seconds,
+    free_port,
+    log,
+    proc_children,
+    proc_cmdline,
+)
 
 READY_TIMEOUT_S = 150.0
 
@@ -44,6 +52,8 @@ class BenchStack:
         self.secret = ""
         self.pids: dict[str, int] = {}
         self.started_s = 0.0
+        self._t0 = 0.0
+        self._spawned_at = 0.0
         self.loop_operator: str | None = None  # set by benchmarks.loop.ensure_setup
         self.loop_connector: str | None = None
 
@@ -56,6 +66,10 @@ class BenchStack:
         return self.env["FIBRIC_KAFKA_BOOTSTRAP"]
 
     def start(self) -> BenchStack:
+        return self.launch().wait_ready()
+
+    def launch(self) -> BenchStack:
+        """Start ``fibric up`` without waiting (see :meth:`wait_ready`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         out_path = self.home / "up.out"
         argv = [sys.executable, "-m", "fibric", "up", "--workers", str(self.workers)]
@@ -70,6 +84,13 @@ class BenchStack:
             self.proc = PROCS.spawn(
                 "fibric-up", argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, grace_s=60.0
             )
+        self._t0 = t0
+        return self
+
+    def wait_ready(self) -> BenchStack:
+        """Wait for ``fibric up``'s "ready" line (it waits for ``/readyz`` itself)."""
+        assert self.proc is not None
+        out_path, t0 = self.home / "up.out", self._t0
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             text = out_path.read_text(errors="replace")
@@ -112,6 +133,12 @@ class BenchStack:
     def add_worker(self, timeout_s: float = 90.0) -> str:
         """Start one more ``fibric worker`` (as a second replica would be in production) and
         wait until ``/readyz`` shows every worker holding partitions: the group rebalanced."""
+        wid = self.spawn_worker()
+        self.wait_workers(int(wid.split("-")[1]), timeout_s)
+        return wid
+
+    def spawn_worker(self) -> str:
+        """Start one more ``fibric worker`` without waiting for it to join."""
         n = len(self.worker_pids) + 1
         wid = f"worker-{n}"
         env = {**self.env, "FIBRIC_WORKER_ID": wid}
@@ -119,11 +146,17 @@ class BenchStack:
         argv = [sys.executable, "-m", "fibric", "worker"]
         if self.cpus is not None:
             argv = ["taskset", "-c", self.cpus, *argv]
-        t0 = time.monotonic()
         with open(logf, "ab") as out:
             self.extra.append(
                 PROCS.spawn(wid, argv, env=env, stdout=out, stderr=subprocess.STDOUT, grace_s=20.0)
             )
+        self._spawned_at = time.monotonic()
+        return wid
+
+    def wait_workers(self, n: int, timeout_s: float = 90.0) -> None:
+        """Wait until ``/readyz`` shows ``n`` workers, each holding partitions."""
+        t0 = time.monotonic()
+        wid = f"worker-{n}"
         while True:
             live = self.ready_workers()
             if len(live) >= n and all(live.values()):
@@ -135,8 +168,20 @@ class BenchStack:
             time.sleep(0.2)
         self.workers = n
         self.pids = self._role_pids()
-        log(f"{wid} joined in {time.monotonic() - t0:.1f}s; partitions {self.ready_workers()}")
-        return wid
+        since = time.monotonic() - max(self._spawned_at, 0.0) if self._spawned_at else 0.0
+        log(f"{wid} joined ({since:.1f}s after its start); partitions {self.ready_workers()}")
+
+    def wait_quiet(self, max_s: float = 8.0) -> float:
+        """Wait until workers started by :meth:`spawn_worker` stop using CPU (their start-up is
+        done; they wait on the group join): seconds waited (0 when there are none)."""
+        pids = [p.pid for p in self.extra if p.poll() is None]
+        t0 = time.monotonic()
+        while pids and time.monotonic() - t0 < max_s:
+            c0 = sum(cpu_seconds(p) or 0.0 for p in pids)
+            time.sleep(0.2)
+            if (sum(cpu_seconds(p) or 0.0 for p in pids) - c0) / 0.2 < 0.15:
+                break
+        return round(time.monotonic() - t0, 1) if pids else 0.0
 
     def ready_workers(self) -> dict[str, list[int]]:
         """worker id → partitions of ``fibric.events.v1`` it holds, from ``/readyz``."""
@@ -175,21 +220,44 @@ class BenchStack:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     def create_tenant(self, slug: str = "bench") -> None:
-        t = self.cli("admin", "tenant", "create", slug, "--json")
-        k = self.cli("admin", "key", "create", "--tenant", slug, "--json")
-        self.tenant_id, self.secret = t["id"], k["secret"]
+        """What ``fibric admin tenant create`` and ``key create`` do, in this process (two CLI
+        runs would cost two interpreter start-ups)."""
+        import asyncio
+
+        from fibric.admin import Admin
+        from schemas.settings import Settings
+
+        async def go() -> tuple[str, str]:
+            settings = Settings(
+                home=self.home,
+                kafka_bootstrap=self.bootstrap,
+                partitions=self.partitions,
+                api_port=self.api_port,
+            )
+            async with Admin(settings) as admin:
+                t = await admin.create_tenant(slug, None)
+                _, secret = await admin.create_key(slug, None, None, "test", None)
+                return t.id, secret
+
+        self.tenant_id, self.secret = asyncio.run(go())
         log(f"tenant {slug} = {self.tenant_id}")
 
-    def stop(self) -> None:
-        """Ctrl-C to ``fibric up`` (it stops api, worker, broker); then make sure by pid."""
+    def stop(self, fast: bool = False) -> None:
+        """Ctrl-C to ``fibric up`` (it stops api, worker, broker); then make sure by pid.
+        ``fast`` (quick runs, whose state is thrown away) kills everything at once instead."""
         if self.proc is None:
             return
+        with contextlib.suppress(Exception):
+            self.pids = {**self.pids, **self._role_pids()}
         leftovers = [p for k, p in self.pids.items() if k != "up"]
         t0 = time.monotonic()
         for extra in self.extra:
-            PROCS.stop(extra, signal.SIGTERM)
+            PROCS.stop(extra, signal.SIGKILL if fast else signal.SIGTERM)
         self.extra = []
-        PROCS.stop(self.proc, signal.SIGINT)
+        if fast:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        PROCS.stop(self.proc, signal.SIGKILL if fast else signal.SIGINT)
         for pid in leftovers:
             marker = f"FIBRIC_HOME={self.home}".encode()
             with contextlib.suppress(OSError):

@@ -50,6 +50,7 @@ from streams.config_view import ConfigView
 from streams.dedup import DedupStore
 from streams.executor import Executor
 from streams.kafka import make_producer, partition_for
+from streams.membership import record_member_id
 from streams.models import ModelRouter
 from streams.topics import (
     ACTIONS,
@@ -324,8 +325,18 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         if state.executor is not None:
             state.executor.forget_partitions()
 
+    def member_id() -> str:
+        thread = getattr(app.consumer, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        return str(getattr(getattr(consumer, "_coordinator", None), "member_id", "") or "")
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        record_member_id(datadir, member_id())
+
     @app.timer(interval=HEARTBEAT_INTERVAL_S)
     async def heartbeat() -> None:
+        record_member_id(datadir, member_id())
         if state.producer is None:
             return
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == EVENTS)
