@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.out,
                     s1_events=sizes.s1_events,
                     s1_warmup=sizes.s1_warmup,
-                    s3_actions=sizes.s3_actions,
+                    s3_actions=sizes.s9_s3_actions or sizes.s3_actions,
                     one_worker=one if len(one) == 2 else None,
                 )
 

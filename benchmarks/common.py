@@ -347,25 +347,26 @@ class Sizes:
     config_writes: int = 100
     s8_receipts: int = 1_000_000
     s8_duration_s: float = 10.0
+    s9_s3_actions: int = 0  # 0: S3's size
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            ceiling_msgs=10_000,
-            clickhouse_rows=20_000,
+            ceiling_msgs=6_000,
+            clickhouse_rows=10_000,
             clickhouse_batch=10_000,
-            naive_events=3_000,
-            s1_events=5_000,
+            naive_events=2_000,
+            s1_events=3_000,
             s1_warmup=300,
             s2_warmup_s=0.3,
-            s2_duration_s=1.0,
-            naive_exec_actions=300,
-            s3_actions=500,
+            s2_duration_s=0.8,
+            naive_exec_actions=200,
+            s3_actions=300,
             s4_dispositions=1_000,
-            s6_seconds=1.5,
+            s6_seconds=1.0,
             s7_before_s=1.0,
             s7_after_s=5.0,
-            config_writes=5,
+            config_writes=3,
             s8_receipts=5_000,
             s8_duration_s=1.0,
         )

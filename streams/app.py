@@ -333,9 +333,15 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     @app.on_partitions_assigned.connect
     async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
         record_member_id(datadir, member_id())
+        # announce the new assignment now (readiness, /readyz) rather than at the next beat
+        beat_task = asyncio.ensure_future(send_heartbeat())
+        beat_task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @app.timer(interval=HEARTBEAT_INTERVAL_S)
     async def heartbeat() -> None:
+        await send_heartbeat()
+
+    async def send_heartbeat() -> None:
         record_member_id(datadir, member_id())
         if state.producer is None:
             return
