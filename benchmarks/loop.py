@@ -74,6 +74,7 @@ class LedgerWatch:
         self.mark: float | None = None
         self.first_since_mark: dict[str, float] = {}
         self.by_worker: Counter[str] = Counter()
+        self.keys: set[str] = set()  # idempotency keys receipted (S7 names what never came)
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -105,6 +106,8 @@ class LedgerWatch:
                         continue
                     row = orjson.loads(m.value)["row"]
                     self.outcomes[row["outcome"]] += 1
+                    if row.get("idempotency_key"):
+                        self.keys.add(row["idempotency_key"])
                     worker = next(
                         (v.decode() for k, v in (m.headers or ()) if k == "fibric-worker"), "?"
                     )
@@ -265,22 +268,28 @@ async def _flow(
         await watch.stop()
 
 
-def run_s3(stack: Any, actions: int, entities: int = 512) -> dict[str, Any]:
-    """Governed actions with a side effect: every event proposes one ALLOWed order.notify."""
+def notes(tenant_id: str, n: int, entities: int) -> list[tuple[bytes, bytes]]:
+    """N ``order.note`` events over ``entities`` orders, each proposing one ALLOWed
+    ``order.notify`` with its own idempotency key (a fresh run id per call)."""
     run = uuid.uuid4().hex[:6]
-    values = [
+    return [
         (
-            f"{stack.tenant_id}:order:{i % entities}".encode(),
+            f"{tenant_id}:order:{i % entities}".encode(),
             envelope(
-                stack.tenant_id,
+                tenant_id,
                 "order.note",
                 order_id=f"{run}-{i % entities}",
                 note=f"n{i}",
                 note_id=f"{run}-{i}",
             ),
         )
-        for i in range(actions)
+        for i in range(n)
     ]
+
+
+def run_s3(stack: Any, actions: int, entities: int = 512) -> dict[str, Any]:
+    """Governed actions with a side effect: every event proposes one ALLOWed order.notify."""
+    values = notes(stack.tenant_id, actions, entities)
     log(f"S3: {actions} governed actions over {entities} entities")
     r = asyncio.run(_flow(stack, values, actions, timeout=max(120.0, actions / 50)))
     return {"actions_per_s": r["per_s"], **r}
@@ -326,21 +335,8 @@ def run_s5(stack: Any, n: int = 657) -> dict[str, Any]:
 
 def run_s6(stack: Any, rate: float, seconds: float, entities: int = 512) -> dict[str, Any]:
     """Event → receipt latency with actions arriving at ``rate``/s (half of S3's peak)."""
-    run = uuid.uuid4().hex[:6]
     n = max(50, int(rate * seconds))
-    values = [
-        (
-            f"{stack.tenant_id}:order:{i % entities}".encode(),
-            envelope(
-                stack.tenant_id,
-                "order.note",
-                order_id=f"{run}-{i % entities}",
-                note=f"n{i}",
-                note_id=f"{run}-{i}",
-            ),
-        )
-        for i in range(n)
-    ]
+    values = notes(stack.tenant_id, n, entities)
     log(f"S6: latency at {rate:.0f} actions/s for {seconds:.0f}s")
     r = asyncio.run(_flow(stack, values, n, timeout=seconds + 120, rate=rate))
     return {"rate": rate, **r}
@@ -354,21 +350,8 @@ def run_s7(
     (every event sent so far has its receipt). Receipts name their worker in a Kafka header,
     so this holds with any number of workers; with two, the other keeps serving its partitions
     meanwhile (``other_workers_receipts_during``)."""
-    run = uuid.uuid4().hex[:6]
     n = int(rate * (before_s + after_s))
-    values = [
-        (
-            f"{stack.tenant_id}:order:{i % 256}".encode(),
-            envelope(
-                stack.tenant_id,
-                "order.note",
-                order_id=f"{run}-{i % 256}",
-                note=f"n{i}",
-                note_id=f"{run}-{i}",
-            ),
-        )
-        for i in range(n)
-    ]
+    values = notes(stack.tenant_id, n, 256)
     workers = stack.worker_pids
 
     async def go() -> dict[str, Any]:
@@ -397,7 +380,11 @@ def run_s7(
         await sender
         caught = (watch.last_at or time.time()) - killed if watch.count >= n else None
         await watch.stop()
+        run = orjson.loads(values[0][1])["payload"]["note_id"].rsplit("-", 1)[0]
+        missing = [i for i in range(n) if f"note:{run}-{i}" not in watch.keys]
         return {
+            "missing_receipts": len(missing),
+            "missing_first": missing[:20],
             "first_event_s": first,
             "caught_up_s": caught,
             "workers": len(workers),

@@ -106,7 +106,7 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
         "S4": ("dispositions_per_s", "connector_calls", "worker_rss_mib", "api_rss_mib"),
         "S5": ("dispose_s", "connector_calls", "receipts"),
         "S6": ("rate", "p50_ms", "p95_ms", "p99_ms"),
-        "S7": ("first_event_s", "caught_up_s", "workers", "receipts", "sent"),
+        "S7": ("first_event_s", "caught_up_s", "workers", "receipts", "sent", "missing_receipts"),
         "S8": (
             "req_per_s",
             "p50_ms",

@@ -187,6 +187,27 @@ class WorkerState:
         )
 
 
+LEDGER_KINDS = frozenset(LedgerRecord.model_fields["kind"].annotation.__args__)  # type: ignore[union-attr]
+
+
+async def _retrying(what: str, fn: Any, *args: Any) -> None:
+    """Run one batch until it succeeds. A batch fails only when the broker or the exec-state
+    topic is unavailable (a bad record is a refusal, never an exception); if the exception
+    escaped, Faust would restart the agent *past* the batch, and its records would stay
+    unprocessed until the next rebalance. Retrying is safe: outputs carry deterministic ids."""
+    delay = 0.5
+    while True:
+        try:
+            await fn(*args)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged and retried, never skipped
+            log.exception("%s batch failed; retrying in %.1fs", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 class Outbox:
     """Everything one batch produces, sent together and acknowledged before the batch is acked."""
 
@@ -195,8 +216,10 @@ class Outbox:
         self.config: list[ConfigRecord] = []
 
     def ledger(self, kind: str, obj: Any, tenant_id: str) -> None:
-        rec = LedgerRecord(kind=kind, row=obj.model_dump(mode="json"))  # type: ignore[arg-type]
-        self.sends.append((LEDGER, tenant_id.encode(), orjson.dumps(rec.model_dump(mode="json"))))
+        # a LedgerRecord, serialised once: {"kind": ..., "row": <the model's JSON>}
+        assert kind in LEDGER_KINDS
+        value = b'{"kind":"' + kind.encode() + b'","row":' + obj.model_dump_json().encode() + b"}"
+        self.sends.append((LEDGER, tenant_id.encode(), value))
 
     def built(self, built: Built, state: WorkerState) -> None:
         plan = built.plan
@@ -285,14 +308,14 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     async def ingest_events(stream: faust.StreamT) -> None:
         await state.ready.wait()
         async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN_S):
-            await _ingest_batch(state, batch)
+            await _retrying("ingest", _ingest_batch, state, batch)
 
     @app.agent(offers_topic)
     async def reason_offers(stream: faust.StreamT) -> None:
         """External models: plan each offer; offers of one partition are reasoned concurrently."""
         await state.ready.wait()
         async for batch in stream.take_events(OFFERS_BATCH, within=INGEST_WITHIN_S):
-            await _reason_batch(state, batch)
+            await _retrying("offers", _reason_batch, state, batch)
 
     @app.agent(actions_topic)
     async def execute_actions(stream: faust.StreamT) -> None:
@@ -309,7 +332,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
                         "undecodable action at %s@%d", ev.message.partition, ev.message.offset
                     )
             assert state.executor is not None
-            await state.executor.execute_batch(items)
+            await _retrying("executor", state.executor.execute_batch, items)
             for outcome, n in state.executor.counts.items():
                 state.counts[f"executor_{outcome}"] = n
 
