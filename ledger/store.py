@@ -342,6 +342,11 @@ def _dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
     return DeadLetter.model_validate(d)
 
 
+# A list page reads a few granules: one thread is as fast as two, and leaves the other core to
+# the api's event loop (with two, pages refreshing under load stalled the loop; decisions §18).
+PAGE_SETTINGS = {"max_threads": 1}
+
+
 class LedgerStore:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -379,8 +384,12 @@ class LedgerStore:
             self._pool, lambda: fn(*args, **kwargs)
         )
 
-    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
-        result = await self._run(self._client.query, sql, parameters=params or {})
+    async def query(
+        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> list[tuple]:
+        result = await self._run(
+            self._client.query, sql, parameters=params or {}, settings=settings or {}
+        )
         return result.result_rows
 
     async def insert(self, table: str, rows: list[list[Any]], columns: Sequence[str]) -> None:
@@ -515,9 +524,9 @@ class LedgerStore:
         # Rows are inserted once (the sink checks ids first), so a page almost never holds a
         # repeated id; `LIMIT 1 BY id` would cost 3x on every page to guard against it. Pages are
         # read plainly and only re-read with it when a repeat shows up (decisions §18).
-        rows = await self.query(sql.replace("@DEDUP@", ""), params)
+        rows = await self.query(sql.replace("@DEDUP@", ""), params, PAGE_SETTINGS)
         if len({r[columns.index("id")] for r in rows}) < len(rows):
-            rows = await self.query(sql.replace("@DEDUP@", "LIMIT 1 BY id "), params)
+            rows = await self.query(sql.replace("@DEDUP@", "LIMIT 1 BY id "), params, PAGE_SETTINGS)
         items = [parse(r) for r in rows]
         has_more = len(items) > limit
         items = items[:limit]
