@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks.common import log
 from schemas.ids import id_time
+from streams.kafka import stop_consuming
 from streams.topics import EVENTS, LEDGER
 
 NOTE = {
@@ -129,14 +130,7 @@ class LedgerWatch:
         return self.count >= n
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_consuming(self._task, self._consumer)
 
 
 class RssSampler:

@@ -41,6 +41,7 @@ from ledger.store import (
 from schemas.config import ConfigRecord
 from schemas.envelope import DeadLetter, Event, LedgerRecord
 from schemas.plan import ActionRecord, Plan, Receipt
+from streams.kafka import stop_consuming
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,7 @@ class LedgerSink:
         self._task = asyncio.create_task(self._run(), name="ledger-sink")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_consuming(self._task, self._consumer)
 
     async def _run(self) -> None:
         assert self._consumer is not None

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from schemas.commands import TENANTS_KEY, Command, CommandType, Reply
 from schemas.ids import new_id
-from streams.kafka import partition_for
+from streams.kafka import partition_for, stop_consuming
 from streams.topics import COMMANDS, REPLIES
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,7 @@ class CommandClient:
         self._task = asyncio.create_task(self._run(), name="command-replies")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_consuming(self._task, self._consumer)
 
     async def _run(self) -> None:
         assert self._consumer is not None

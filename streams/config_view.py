@@ -22,6 +22,7 @@ from schemas.config import ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
 from schemas.operator import Operator
 from schemas.plan import Plan
+from streams.kafka import stop_consuming
 from streams.topics import CONFIG, HEARTBEATS
 
 log = logging.getLogger(__name__)
@@ -80,14 +81,7 @@ class ConfigView:
         self._task = asyncio.create_task(self._run(), name="config-view")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
-        if self._consumer:
-            await self._consumer.stop()
+        await stop_consuming(self._task, self._consumer)
 
     async def _run(self) -> None:
         assert self._consumer is not None

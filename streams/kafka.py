@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
@@ -95,3 +96,15 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), so explicit and keyed produces agree."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def stop_consuming(task: asyncio.Task[Any] | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Stop a background consumer loop: cancel its task, wait for it, then stop the consumer."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+            pass
+    if consumer is not None:
+        await consumer.stop()
