@@ -65,8 +65,10 @@ def pct(values: list[float], q: float) -> float | None:
 class LedgerWatch:
     """Counts receipt records produced from now on and keeps event → receipt latencies."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str = "") -> None:
         self.bootstrap = bootstrap
+        # only receipts of this run's entities count (earlier scenarios' stragglers do not)
+        self.prefix = prefix
         self.outcomes: Counter[str] = Counter()
         self.latencies_ms: list[float] = []
         self.first_at: float | None = None
@@ -106,6 +108,8 @@ class LedgerWatch:
                     if not m.value.startswith(_RECEIPT):
                         continue
                     row = orjson.loads(m.value)["row"]
+                    if not (row.get("entity_key") or "").startswith(self.prefix):
+                        continue
                     self.outcomes[row["outcome"]] += 1
                     if row.get("idempotency_key"):
                         self.keys.add(row["idempotency_key"])
@@ -242,7 +246,7 @@ async def _flow(
     timeout: float,
     rate: float | None = None,
 ) -> dict[str, Any]:
-    watch = LedgerWatch(stack.bootstrap)
+    watch = LedgerWatch(stack.bootstrap, run_prefix(values))
     await watch.start()
     try:
         t0 = await publish(stack.bootstrap, values, rate)
@@ -260,6 +264,11 @@ async def _flow(
         }
     finally:
         await watch.stop()
+
+
+def run_prefix(values: list[tuple[bytes, bytes]]) -> str:
+    """The entity-key prefix every event of one scenario run shares (``order:<run>-``)."""
+    return "order:" + orjson.loads(values[0][1])["payload"]["order_id"].split("-")[0] + "-"
 
 
 def notes(tenant_id: str, n: int, entities: int) -> list[tuple[bytes, bytes]]:
@@ -349,7 +358,7 @@ def run_s7(
     workers = stack.worker_pids
 
     async def go() -> dict[str, Any]:
-        watch = LedgerWatch(stack.bootstrap)
+        watch = LedgerWatch(stack.bootstrap, run_prefix(values))
         await watch.start()
         sender = asyncio.create_task(publish(stack.bootstrap, values, rate))
         await asyncio.sleep(before_s)
