@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--duration", type=float, help="S2 measured window in seconds (overrides the preset)"
     )
+    p.add_argument(
+        "--existing",
+        action="store_true",
+        help="run against the deployment at FIBRIC_API_HOST/FIBRIC_API_PORT and "
+        "FIBRIC_KAFKA_BOOTSTRAP instead of starting embedded stacks (S7 and S9 are skipped)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir (homes, logs)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the harness test
     return p
@@ -100,8 +106,11 @@ class Stacks:
     harness test) run every scenario on one stack, in an order that keeps them independent:
     S1, S2, the loop scenarios, S8, then S9 (adds a second worker) and S7 (kills one)."""
 
-    def __init__(self, work: Path, partitions: int, *, shared: bool) -> None:
-        self.work, self.partitions, self.shared = work, partitions, shared
+    def __init__(
+        self, work: Path, partitions: int, *, shared: bool, existing: bool = False
+    ) -> None:
+        self.work, self.partitions, self.shared = work, partitions, shared or existing
+        self.existing = existing
         self.current: Any = None
         self.tag = ""
         self.pending = False  # launched, not yet waited for
@@ -118,6 +127,13 @@ class Stacks:
     def get(self, tag: str, cpus: str | None = None) -> Any:
         from benchmarks.stack import BenchStack
 
+        if self.existing:
+            if self.current is None:
+                from benchmarks.existing import ExistingStack
+
+                self.current = ExistingStack().start()
+                self.current.create_tenant("bench")
+            return self.current
         if self.pending and self.current is not None:
             self.pending = False
             self.current.wait_ready()
@@ -229,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["scenario_s"] = round(time.monotonic() - t0, 1)
 
     try:
-        stacks = Stacks(work, sizes.partitions, shared=args.quick or args.tiny)
+        stacks = Stacks(
+            work, sizes.partitions, shared=args.quick or args.tiny, existing=args.existing
+        )
         first_tag = next((tag for name, tag in FIRST_STACK if name in chosen), None)
         broker = None
         if "ceilings" in chosen or "naive" in chosen or "naive_exec" in chosen:
@@ -279,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 finishers = {"naive": finish_naive, "naive_exec": finish_naive_executor}
                 names = [n for n in ("naive", "naive_exec") if n in chosen]
-                if stacks.shared and first_tag is not None and names:
+                if stacks.shared and not stacks.existing and first_tag is not None and names:
                     # Quick runs: the embedded stack starts while the baselines' Faust workers
                     # join their groups (both mostly wait on the broker); the baselines are held
                     # at a gate until the stack is ready and idle, then measure one at a time.
@@ -383,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
 
             def s8_stack() -> Any:
                 st = stacks.get("s8")
-                if "S9" in chosen and all(one_worker_from_here(n) for n in ("S1", "S3")):
+                if (
+                    "S9" in chosen
+                    and not stacks.existing
+                    and all(one_worker_from_here(n) for n in ("S1", "S3"))
+                ):
                     # quick: S9's second worker joins (a few seconds of waiting on the broker)
                     # while S8 reads, which only the api serves
                     st.spawn_worker()
@@ -401,6 +423,15 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
             emit("S8")
+
+        if args.existing:
+            from benchmarks.existing import NEEDS_PROCESSES
+
+            for name in [n for n in ("S9", "S7") if n in chosen]:
+                chosen.remove(name)
+                results[name] = {"skipped": NEEDS_PROCESSES[name]}
+                emit(name)
+                log(NEEDS_PROCESSES[name])
 
         if "S9" in chosen:
             from benchmarks.s9 import run_s9

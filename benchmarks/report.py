@@ -50,6 +50,8 @@ def check(metric: str, op: str, target: float, value: Any) -> dict[str, Any]:
 def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
     if "error" in r:
         return line(name, [("status", "error")])
+    if "skipped" in r:
+        return line(name, [("status", "skipped")])
     if name == "ceilings":
         ch = r.get("clickhouse", {})
         k = r.get("kafka", {})
@@ -182,7 +184,7 @@ def targets(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     out = {}
     for name, checks in TARGETS.items():
         r = results.get(TARGET_SOURCE.get(name, name))
-        if r is None:
+        if r is None or "skipped" in r:
             continue
         out[name] = [check(m, op, t, None if "error" in r else r.get(m)) for m, op, t in checks]
     return out
@@ -269,7 +271,11 @@ def markdown(doc: dict[str, Any]) -> str:
         add("S2", "POST p99 ms", s2.get("p99_ms"), "p99_ms")
         add("S2", "GET /healthz req/s (framework ceiling)", s2.get("healthz_req_per_s"))
         add("S2", "load generator CPU (share of its core)", s2.get("loadgen_cpu_share"))
-    ok = {k: r for k, r in res.items() if isinstance(r, dict) and "error" not in r}
+    ok = {
+        k: r
+        for k, r in res.items()
+        if isinstance(r, dict) and "error" not in r and "skipped" not in r
+    }
     if "naive_exec" in ok:
         add("naive_exec", "naive Faust executor actions/s", ok["naive_exec"].get("actions_per_s"))
     if "config" in ok:
@@ -344,6 +350,8 @@ def markdown(doc: dict[str, Any]) -> str:
     for name, r in res.items():
         if "error" in r:
             rows.append((name, "error", r["error"][:120], "", ""))
+        elif "skipped" in r:
+            rows.append((name, "skipped", r["skipped"], "", ""))
     busy = doc.get("contended") or {}
 
     out = [

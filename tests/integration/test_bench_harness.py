@@ -123,3 +123,46 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
         assert f"| {name} |" in md
 
     assert _our_processes(work) == [], "the harness left processes running"
+
+
+@pytest.mark.timeout(600)
+def test_the_harness_runs_against_an_existing_deployment(tmp_path: Path) -> None:
+    """``--existing``: no stack of its own; the scenarios talk to the deployment named by the
+    FIBRIC_* addresses (here a ``fibric up`` started for the purpose), in a fresh tenant; the
+    scenarios that start or kill workers are skipped, not failed."""
+    from benchmarks.stack import BenchStack
+
+    deployment = BenchStack(tmp_path / "deployment", 2).start()
+    try:
+        env = {
+            **os.environ,
+            **{k: v for k, v in deployment.env.items() if k.startswith("FIBRIC_")},
+            "TMPDIR": str(tmp_path),
+        }
+        env.pop("FIBRIC_HOME", None)  # nothing of the deployment's state is read locally
+        r = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--existing", "--tiny", "--no-baselines"]
+            + ["S1", "S2", "S3", "S8", "S9", "S7", "--out", str(tmp_path / "out")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
+            stdin=subprocess.DEVNULL,
+        )
+        assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr[-6000:]}"
+        lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
+        assert set(lines) == {"S1", "S2", "S3", "S8", "S9", "S7"}, r.stdout
+        assert _fields(lines["S7"]) == {"status": "skipped"}
+        assert _fields(lines["S9"]) == {"status": "skipped"}
+        doc = json.loads((tmp_path / "out" / "results.json").read_text())
+        sc = doc["scenarios"]
+        assert sc["S1"]["events"] > 0 and sc["S1"]["dead_letters"] == 0
+        assert sc["S2"]["non_2xx"] == 0 and sc["S8"]["non_2xx"] == 0
+        assert sc["S3"]["complete"]
+        # it used the deployment: its own api now knows the bench tenant's receipts
+        assert "starting a fresh stack" not in r.stderr
+        assert "using the existing deployment" in r.stderr
+        deployment.check()  # and left it running
+    finally:
+        deployment.stop()
