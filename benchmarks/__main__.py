@@ -244,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         results[name]["scenario_s"] = round(time.monotonic() - t0, 1)
 
+    if ("S2" in chosen or "S8" in chosen) and shutil.which("wrk") is None:
+        # a fresh machine: install the load generator while the first scenarios run
+        import threading
+
+        from benchmarks.s2 import ensure_wrk
+
+        threading.Thread(target=ensure_wrk, name="install-wrk", daemon=True).start()
     try:
         stacks = Stacks(
             work, sizes.partitions, shared=args.quick or args.tiny, existing=args.existing

@@ -17,6 +17,7 @@ import os
 import resource
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,16 @@ end
 """
 
 
+_WRK_LOCK = threading.Lock()  # one apt-get at a time (the harness may start it early)
+
+
 def ensure_wrk() -> str | None:
     """The path of wrk, installing Debian's package when it is missing (None if impossible)."""
+    with _WRK_LOCK:
+        return _ensure_wrk()
+
+
+def _ensure_wrk() -> str | None:
     found = shutil.which("wrk")
     if found:
         return found
