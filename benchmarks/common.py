@@ -180,6 +180,15 @@ class Procs:
 PROCS = Procs()
 
 
+def spawn_module(name: str, module: str, log_path: Path, **flags: Any) -> subprocess.Popen[bytes]:
+    """``python -m module --flag value …`` as a registered child logging to ``log_path``."""
+    argv = [sys.executable, "-m", module]
+    for k, v in flags.items():
+        argv += [f"--{k.replace('_', '-')}", "" if v is None else str(v)]
+    with open(log_path, "ab") as logf:
+        return PROCS.spawn(name, argv, stdout=logf, stderr=logf, grace_s=5.0)
+
+
 def proc_children(pid: int) -> list[int]:
     """Direct children of ``pid`` (from /proc)."""
     out = []

@@ -11,7 +11,6 @@ baselines still run against their own embedded broker on this machine.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import log
+from benchmarks.stack import make_tenant
 from schemas.settings import Settings
 
 NEEDS_PROCESSES = {
@@ -61,17 +61,8 @@ class ExistingStack:
 
     def create_tenant(self, slug: str = "bench") -> None:
         """A fresh tenant per run (``bench-<hex>``), so runs never see each other's data."""
-        from fibric.admin import Admin
-
         slug = f"{slug}-{secrets.token_hex(3)}"
-
-        async def go() -> tuple[str, str]:
-            async with Admin(self.settings) as admin:
-                t = await admin.create_tenant(slug, None)
-                _, secret = await admin.create_key(slug, None, None, "test", None)
-                return t.id, secret
-
-        self.tenant_id, self.secret = asyncio.run(go())
+        self.tenant_id, self.secret = make_tenant(self.settings, slug)
         log(f"tenant {slug} = {self.tenant_id}")
 
     def _role_pids(self) -> dict[str, int]:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PROCS, CpuMeter, Progress, envelope, log, message_key
+from benchmarks.common import PROCS, CpuMeter, Progress, envelope, log, message_key, spawn_module
 from benchmarks.kafka import OffsetProbe, create_topics, producer, quiet_aiokafka
 from benchmarks.naive_worker import DLQ, EVENTS, LEDGER
 
@@ -80,32 +79,18 @@ def start_naive(
     asyncio.run(_preload(bootstrap, n, partitions))
     result = workdir / "naive-result.json"
     log(f"naive baseline: starting a Faust worker over {n} pre-loaded events")
-    with open(workdir / "naive-worker.log", "ab") as logf:
-        proc = PROCS.spawn(
-            "naive-worker",
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.naive_worker",
-                "--bootstrap",
-                bootstrap,
-                "--n",
-                str(n),
-                "--datadir",
-                str(workdir / "faust"),
-                "--result",
-                str(result),
-                "--tenant",
-                TENANT,
-                "--partitions",
-                str(partitions),
-                "--gate",
-                str(gate or ""),
-            ],
-            stdout=logf,
-            stderr=logf,
-            grace_s=5.0,
-        )
+    proc = spawn_module(
+        "naive-worker",
+        "benchmarks.naive_worker",
+        workdir / "naive-worker.log",
+        bootstrap=bootstrap,
+        n=n,
+        datadir=workdir / "faust",
+        result=result,
+        tenant=TENANT,
+        partitions=partitions,
+        gate=gate,
+    )
     return {
         "proc": proc,
         "result": result,

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +23,9 @@ import faust
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.common import PROCS, log
+from benchmarks.common import PROCS, log, spawn_module
 from benchmarks.kafka import create_topics
+from benchmarks.naive_worker import bench_app, wait_gate
 from connectors.marketplace import load_catalogue
 from connectors.pool import ConnectorRuntime, ConnectorSpec
 
@@ -46,19 +46,7 @@ def action(i: int, run: str) -> dict[str, Any]:
 
 
 def build(args: argparse.Namespace) -> faust.App:
-    app = faust.App(
-        APP_ID,
-        broker=f"kafka://{args.bootstrap}",
-        store="rocksdb://",
-        datadir=args.datadir,
-        topic_partitions=args.partitions,
-        topic_disable_leader=True,
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        broker_session_timeout=6.0,  # as the fibric worker: Tansu holds a first join for half
-        broker_heartbeat_interval=1.5,
-    )
+    app = bench_app(APP_ID, args)
     actions = app.topic(ACTIONS, key_serializer="raw", value_serializer="raw")
     receipts = app.topic(RECEIPTS, key_serializer="raw", value_serializer="raw")
     seen = app.Table("seen", default=None, partitions=args.partitions, key_type=str, value_type=str)
@@ -80,9 +68,7 @@ def build(args: argparse.Namespace) -> faust.App:
                 )
                 state["runtime"] = rt
             if state["n"] == 0:
-                gate = Path(args.gate) if args.gate else None  # measure once the harness says so
-                while gate is not None and not gate.exists():  # noqa: ASYNC110 - harness's signal
-                    await asyncio.sleep(0.02)
+                await wait_gate(args.gate)
                 state["first"] = time.time()
             a = orjson.loads(ev.message.value)
             if seen.get(a["idempotency_key"]) is not None:
@@ -140,30 +126,17 @@ def start_naive_executor(
     asyncio.run(_preload(bootstrap, n, partitions, run))
     result = workdir / "naive-exec-result.json"
     log(f"naive executor: one action at a time over {n} pre-loaded actions")
-    with open(workdir / "naive-exec.log", "ab") as logf:
-        proc = PROCS.spawn(
-            "naive-executor",
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.naive_executor",
-                "--bootstrap",
-                bootstrap,
-                "--n",
-                str(n),
-                "--datadir",
-                str(workdir / "faust-exec"),
-                "--result",
-                str(result),
-                "--partitions",
-                str(partitions),
-                "--gate",
-                str(gate or ""),
-            ],
-            stdout=logf,
-            stderr=logf,
-            grace_s=5.0,
-        )
+    proc = spawn_module(
+        "naive-executor",
+        "benchmarks.naive_executor",
+        workdir / "naive-exec.log",
+        bootstrap=bootstrap,
+        n=n,
+        datadir=workdir / "faust-exec",
+        result=result,
+        partitions=partitions,
+        gate=gate,
+    )
     return {"proc": proc, "result": result, "n": n, "workdir": workdir, "gate": gate}
 
 

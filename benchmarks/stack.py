@@ -4,6 +4,7 @@ the pids of its broker, worker and api processes (for CPU accounting and py-spy)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,6 +23,7 @@ from benchmarks.common import (
     proc_children,
     proc_cmdline,
 )
+from schemas.settings import Settings
 
 READY_TIMEOUT_S = 150.0
 
@@ -220,26 +222,13 @@ class BenchStack:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     def create_tenant(self, slug: str = "bench") -> None:
-        """What ``fibric admin tenant create`` and ``key create`` do, in this process (two CLI
-        runs would cost two interpreter start-ups)."""
-        import asyncio
-
-        from fibric.admin import Admin
-        from schemas.settings import Settings
-
-        async def go() -> tuple[str, str]:
-            settings = Settings(
-                home=self.home,
-                kafka_bootstrap=self.bootstrap,
-                partitions=self.partitions,
-                api_port=self.api_port,
-            )
-            async with Admin(settings) as admin:
-                t = await admin.create_tenant(slug, None)
-                _, secret = await admin.create_key(slug, None, None, "test", None)
-                return t.id, secret
-
-        self.tenant_id, self.secret = asyncio.run(go())
+        settings = Settings(
+            home=self.home,
+            kafka_bootstrap=self.bootstrap,
+            partitions=self.partitions,
+            api_port=self.api_port,
+        )
+        self.tenant_id, self.secret = make_tenant(settings, slug)
         log(f"tenant {slug} = {self.tenant_id}")
 
     def stop(self, fast: bool = False) -> None:
@@ -273,3 +262,17 @@ def _env_of(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(kv.decode(errors="replace").split("=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+
+
+def make_tenant(settings: Settings, slug: str) -> tuple[str, str]:
+    """What ``fibric admin tenant create`` and ``key create`` do (a tenant and a test-mode key),
+    in this process: two CLI runs would cost two interpreter start-ups. Returns (id, secret)."""
+    from fibric.admin import Admin
+
+    async def go() -> tuple[str, str]:
+        async with Admin(settings) as admin:
+            t = await admin.create_tenant(slug, None)
+            _, secret = await admin.create_key(slug, None, None, "test", None)
+            return t.id, secret
+
+    return asyncio.run(go())

@@ -349,14 +349,20 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         if state.executor is not None:
             state.executor.forget_partitions()
 
-    def member_id() -> str:
+    recorded = {"member_id": ""}
+
+    def note_member_id() -> None:
+        """Write the group member id to the worker's home when it changed (streams/membership)."""
         thread = getattr(app.consumer, "_thread", None)
         consumer = getattr(thread, "_consumer", None)
-        return str(getattr(getattr(consumer, "_coordinator", None), "member_id", "") or "")
+        current = str(getattr(getattr(consumer, "_coordinator", None), "member_id", "") or "")
+        if current and current != recorded["member_id"]:
+            record_member_id(datadir, current)
+            recorded["member_id"] = current
 
     @app.on_partitions_assigned.connect
     async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
-        record_member_id(datadir, member_id())
+        note_member_id()
         # announce the new assignment now (readiness, /readyz) rather than at the next beat
         beat_task = asyncio.ensure_future(send_heartbeat())
         beat_task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -366,7 +372,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         await send_heartbeat()
 
     async def send_heartbeat() -> None:
-        record_member_id(datadir, member_id())
+        note_member_id()
         if state.producer is None:
             return
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == EVENTS)

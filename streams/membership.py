@@ -26,10 +26,10 @@ def member_file(worker_home: Path) -> Path:
 
 
 def record_member_id(worker_home: Path, member_id: str) -> None:
-    """Remember the current member id (called whenever it may have changed)."""
+    """Remember the current member id (the caller writes only when it changed)."""
     path = member_file(worker_home)
     with contextlib.suppress(OSError):
-        if member_id and (not path.exists() or path.read_text() != member_id):
+        if member_id:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(member_id)

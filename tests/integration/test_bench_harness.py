@@ -36,6 +36,19 @@ def _our_processes(root: Path) -> list[int]:
     return found
 
 
+def _bench(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ARGS`` from the repository, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def _fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[1:])
 
@@ -46,15 +59,7 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "TMPDIR": str(work)}
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-        stdin=subprocess.DEVNULL,
-    )
+    r = _bench(["--tiny", "--out", str(out)], env)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr[-6000:]}"
 
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
@@ -140,15 +145,10 @@ def test_the_harness_runs_against_an_existing_deployment(tmp_path: Path) -> None
             "TMPDIR": str(tmp_path),
         }
         env.pop("FIBRIC_HOME", None)  # nothing of the deployment's state is read locally
-        r = subprocess.run(
-            [sys.executable, "-m", "benchmarks", "--existing", "--tiny", "--no-baselines"]
-            + ["S1", "S2", "S3", "S8", "S9", "S7", "--out", str(tmp_path / "out")],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=540,
-            stdin=subprocess.DEVNULL,
+        r = _bench(
+            ["--existing", "--tiny", "--no-baselines", "S1", "S2", "S3", "S8", "S9", "S7"]
+            + ["--out", str(tmp_path / "out")],
+            env,
         )
         assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr[-6000:]}"
         lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
