@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.globs import matches
+from agents.globs import glob_problem, matches
 from schemas.envelope import Event
 from schemas.plan import ExecutionPlan
 
@@ -57,6 +57,14 @@ class PlaybookRule(BaseModel):
     if_: list[Condition] = Field(default_factory=list, alias="if")
     then: list[PlaybookAction] = Field(min_length=1)
     reasoning: str | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: str) -> str:
+        problem = glob_problem(v)
+        if problem:
+            raise ValueError(f"when {v[:80]!r} is not an event_type glob: {problem}")
+        return v
 
 
 def parse_playbook(raw: list[dict[str, Any]] | None) -> list[PlaybookRule]:

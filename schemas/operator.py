@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.globs import glob_problem
+
 NAME_RE = re.compile(r"^[a-z0-9-]{3,40}$")
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-TRIGGER_RE = re.compile(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$")
 
 
 def default_triggers(capabilities: list[str]) -> list[str]:
@@ -126,9 +127,24 @@ class _OperatorFields(BaseModel):
         if v is None:
             return v
         for t in v:
-            if not TRIGGER_RE.match(t) or len(t) > 200:
-                raise ValueError(f"trigger {t!r} is not an event_type glob (e.g. order.*)")
+            problem = glob_problem(t)
+            if problem:
+                raise ValueError(
+                    f"trigger {t[:80]!r} is not an event_type glob (e.g. order.*): {problem}"
+                )
         return list(dict.fromkeys(v))
+
+    @field_validator("playbook")
+    @classmethod
+    def _playbook_globs(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        # the rest of a rule is validated by the rules model; an unbounded ``when`` glob would
+        # cost every event of the tenant, so it is refused here, at creation
+        for rule in v or []:
+            when = rule.get("when", "**")
+            problem = glob_problem(when) if isinstance(when, str) else "it must be a string"
+            if problem:
+                raise ValueError(f"playbook rule 'when' is not an event_type glob: {problem}")
+        return v
 
     @field_validator("schedule")
     @classmethod
