@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from agents.planning import receipt, revet
-from agents.policy import evaluate
+from agents.executor import receipt, revet, undo_action
 from schemas.commands import Command, Reply, ReplyError
 from schemas.config import SLUG_RE, ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
-from schemas.ids import derived_id
 from schemas.operator import Guardrail, LastRun, Operator, default_triggers
-from schemas.plan import ActionRecord, Plan, Verdict
+from schemas.plan import ActionRecord, Plan
 
 
 class ConfigState(Protocol):
@@ -545,36 +543,7 @@ def _action_undo(state: ConfigState, cmd: Command, now: datetime, new_id: IdFact
         )
     operator = state.operators.get(original.operator_id)
     connectors = state.connectors_of(original.tenant_id, original.livemode)
-    cn = next((c for c in connectors if c.id == original.connector_id), None)
-    tool = next((t for t in cn.tools if t.name == original.compensating_tool), None) if cn else None
-    undo = original.model_copy(
-        update={
-            "id": derived_id("act", int(now.timestamp() * 1000), original.id, "undo"),
-            "tool": original.compensating_tool,
-            "compensating_tool": None,
-            "undo_of": original.id,
-            "idempotency_key": f"{original.idempotency_key}:undo",
-            "side_effect": True,
-            "request_id": cmd.request_id,
-            "approver": None,
-            "proposed_at": now,
-            "guardrail_version": operator.version if operator else original.guardrail_version,
-        }
-    )
-    if operator is None or cn is None or tool is None:
-        undo.verdict = Verdict(
-            decision="BLOCK",
-            rule=None,
-            reason="the operator or connector needed for the undo is gone",
-        )
-    else:
-        undo.verdict = evaluate(
-            operator.guardrails,
-            tool=undo.tool,
-            side_effect=True,
-            value=undo.value,
-            connector_names=(cn.id, cn.name, cn.listing),
-        )
+    undo = undo_action(original, operator, connectors, now, cmd.request_id)
     return [], undo.model_dump(mode="json"), [("action", undo)], [undo]
 
 

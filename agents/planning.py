@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
+from agents.executor import plan_receipt, receipt, revet, vet
 from agents.globs import matches
-from agents.policy import evaluate
 from schemas.connector import Connector
 from schemas.envelope import Event
 from schemas.ids import derived_id
 from schemas.operator import Operator
-from schemas.plan import ActionRecord, ExecutionPlan, Outcome, Plan, Receipt, Verdict
+from schemas.plan import ActionRecord, ExecutionPlan, Plan, Receipt
+
+# re-exported for callers that build receipts from a plan's actions
+__all__ = ["Built", "bind_connector", "build_plan", "receipt", "revet", "routed_operators"]
 
 # Plans awaiting approval expire after this long (spec §5.2: 72 h default).
 APPROVAL_TTL = timedelta(hours=72)
@@ -84,6 +86,11 @@ def build_plan(
     approval_ttl: timedelta = APPROVAL_TTL,
 ) -> Built:
     plan_id = derived_id("pl", _ms(event.created_at), event.id, operator.id, operator.version)
+    # The plan and its actions are dated by their event, not by the clock: a replay after a crash
+    # (same event, same operator version) then yields byte-identical rows and receipt ids, which
+    # the ledger stores once. `now` only dates what really happens now (the approval window and
+    # the receipts of this disposition).
+    at = event.created_at
     plan = Plan(
         id=plan_id,
         tenant_id=event.tenant_id,
@@ -98,8 +105,8 @@ def build_plan(
         status="executing",
         reasoning=proposal.reasoning if proposal else None,
         actions=[],
-        created_at=now,
-        updated_at=now,
+        created_at=at,
+        updated_at=at,
     )
     if proposal is None or refusal:
         return _refuse(plan, refusal or "the model returned no plan", now)
@@ -116,13 +123,7 @@ def build_plan(
                 now,
             )
         tool = next(t for t in cn.tools if t.name == pa.tool)
-        verdict = evaluate(
-            operator.guardrails,
-            tool=pa.tool,
-            side_effect=tool.side_effect,
-            value=pa.value,
-            connector_names=(cn.id, cn.name, cn.listing),
-        )
+        verdict = vet(operator, cn, tool=pa.tool, side_effect=tool.side_effect, value=pa.value)
         actions.append(
             ActionRecord(
                 id=derived_id("act", _ms(event.created_at), plan_id, i),
@@ -145,7 +146,7 @@ def build_plan(
                 idempotency_key=pa.idempotency_key,
                 verdict=verdict,
                 request_id=event.request_id,
-                proposed_at=now,
+                proposed_at=at,
             )
         )
     plan.actions = actions
@@ -169,90 +170,4 @@ def build_plan(
 def _refuse(plan: Plan, reason: str, now: datetime) -> Built:
     plan.status = "refused"
     plan.refusal = reason
-    rc = Receipt(
-        id=derived_id("rc", _ms(plan.created_at), plan.id, "plan-refused"),
-        tenant_id=plan.tenant_id,
-        livemode=plan.livemode,
-        operator_id=plan.operator_id,
-        operator_name=plan.operator_name,
-        guardrail_version=plan.guardrail_version,
-        event_id=plan.event_id,
-        plan_id=plan.id,
-        action_id=None,
-        correlation_id=plan.correlation_id,
-        connector_id=None,
-        connector_name=None,
-        tool=None,
-        entity_key=None,
-        idempotency_key=None,
-        value=None,
-        decision="BLOCK",
-        outcome="refused",
-        rule=None,
-        reason=f"plan refused: {reason}",
-        created_at=now,
-    )
-    return Built(plan, [rc])
-
-
-def receipt(
-    a: ActionRecord,
-    decision: str,
-    outcome: Outcome,
-    reason: str,
-    now: datetime,
-    *,
-    result: Any = None,
-    error: dict[str, Any] | None = None,
-    latency_ms: float | None = None,
-    approver: str | None = None,
-    request_id: str | None = None,
-) -> Receipt:
-    """The receipt of one disposition; its id is derived from the action and the outcome, so a
-    replayed disposition produces the same receipt id (stored once)."""
-    return Receipt(
-        id=derived_id("rc", _ms(a.proposed_at), a.id, outcome),
-        tenant_id=a.tenant_id,
-        livemode=a.livemode,
-        operator_id=a.operator_id,
-        operator_name=a.operator_name,
-        guardrail_version=a.guardrail_version,
-        event_id=a.event_id,
-        plan_id=a.plan_id,
-        action_id=a.id,
-        correlation_id=a.correlation_id,
-        connector_id=a.connector_id,
-        connector_name=a.connector_name,
-        tool=a.tool,
-        entity_key=a.entity_key,
-        idempotency_key=a.idempotency_key,
-        value=a.value,
-        decision=decision,  # type: ignore[arg-type]
-        outcome=outcome,
-        rule=a.verdict.rule,
-        reason=reason,
-        result=result,
-        error=error,
-        approver=approver or a.approver,
-        request_id=request_id or a.request_id,
-        latency_ms=latency_ms,
-        proposed_at=a.proposed_at,
-        created_at=now,
-    )
-
-
-def revet(a: ActionRecord, operator: Operator | None, connectors: Sequence[Connector]) -> Verdict:
-    """Judge an action again with the guardrails in force now (approval time). A deleted operator
-    or connector blocks."""
-    if operator is None:
-        return Verdict(decision="BLOCK", rule=None, reason="the operator no longer exists")
-    cn = next((c for c in connectors if c.id == a.connector_id), None)
-    if cn is None:
-        return Verdict(decision="BLOCK", rule=None, reason="the connector is no longer installed")
-    return evaluate(
-        operator.guardrails,
-        tool=a.tool,
-        side_effect=a.side_effect,
-        value=a.value,
-        connector_names=(cn.id, cn.name, cn.listing),
-    )
+    return Built(plan, [plan_receipt(plan, reason, now)])
