@@ -5,8 +5,9 @@ Order per batch, written down because exactly-once rows depend on it:
 
 1. fetch whatever is available (at most MAX_BATCH records);
 2. decode and drop ids repeated inside the batch;
-3. ask ClickHouse which ids it already holds (a replay after a crash between 4 and 5) and
-   drop those;
+3. ask ClickHouse which ids it already holds (a replay after a crash between 4 and 5, or a
+   worker that re-derived rows after a crash) and drop those — within a time range that holds
+   every stored copy, see ``_id_check_range``;
 4. insert each table's rows (retrying with backoff until ClickHouse takes them);
 5. commit the consumer offsets;
 6. tell listeners which events are now readable (the read-your-writes overlay).
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -40,6 +41,7 @@ from ledger.store import (
 )
 from schemas.config import ConfigRecord
 from schemas.envelope import DeadLetter, Event, LedgerRecord
+from schemas.ids import id_time
 from schemas.plan import ActionRecord, Plan, Receipt
 from streams.kafka import stop_consuming
 
@@ -51,6 +53,10 @@ MAX_BATCH = 20_000
 # How long a fetch waits when nothing is available; data that is available returns at once.
 FETCH_WAIT_MS = 50
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Clocks of the roles that write ledger rows (api, workers) may disagree by this much; the id
+# check's time range is widened by it (NTP keeps hosts within milliseconds; 5 min is ample and
+# costs a few more granules of the primary key per check).
+CLOCK_SKEW = timedelta(minutes=5)
 # Under load a batch grows for up to this long, or to this many records, before it is stored.
 ACCUMULATE_S = 0.25
 MIN_BATCH = 5_000
@@ -187,9 +193,7 @@ class LedgerSink:
             if not objs:
                 continue
             _, table, time_attr, time_col, columns, to_row, id_expr = _KINDS[kind]
-            times = [getattr(o, time_attr) for o in objs.values()]
-            lo = min(times) - timedelta(microseconds=1)
-            hi = max(times) + timedelta(microseconds=1)
+            lo, hi = _id_check_range(objs.values(), time_attr)
 
             async def insert_new(
                 table=table,
@@ -241,6 +245,25 @@ class LedgerSink:
                 log.exception("insert into %s failed; retrying in %.1fs", what, delay)
                 await asyncio.sleep(delay)
                 attempt += 1
+
+
+def _id_check_range(objs: Iterable[Any], time_attr: str) -> tuple[datetime, datetime]:
+    """The time range in which a stored copy of any of ``objs`` must lie.
+
+    A replayed row keeps its id but not necessarily its time column: a receipt's ``created_at``
+    is when the (re-)disposition happened. Every id embeds a time no later than the row's own
+    (the event's time for plans and actions, the action's for receipts, the record's for events
+    and dead letters), and a stored copy was written before its replay. So the range starts at
+    the earliest embedded id time (or row time, whichever is earlier) and ends at the latest row
+    time, widened by CLOCK_SKEW on both sides for roles whose clocks disagree a little. It stays
+    narrow in the steady state (the primary key still prunes) and is never too narrow."""
+    times, id_times = [], []
+    for o in objs:
+        times.append(getattr(o, time_attr))
+        t = id_time(o.id)
+        if t is not None:
+            id_times.append(t)
+    return min([*times, *id_times]) - CLOCK_SKEW, max(times) + CLOCK_SKEW
 
 
 def _config_row(c: ConfigRecord) -> list[Any]:

@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 # queries in C++ and releases the GIL, so more threads than cores still overlap I/O and merges.
 CH_THREADS = 4
 
+# The instants a DateTime64(6, 'UTC') column (every timestamp here) can hold, per ClickHouse's
+# documentation. A bound outside it cannot be compared meaningfully, and the driver formats years
+# before 1000 unpadded, which ClickHouse then rejects: callers refuse such bounds up front.
+DATETIME_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+DATETIME_MAX = datetime(2299, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+
 EVENT_COLUMNS = (
     "tenant_id",
     "livemode",
@@ -597,17 +603,21 @@ class LedgerStore:
         if status is not None:
             params["st"] = status
             outer.append("WHERE status = {st:String}")
+        # One row per plan id, whatever the rows: versions fold by argMax, and a copy stored
+        # under another created_at (written before plans were dated by their event) folds into
+        # its earliest time, so no id is listed twice, on one page or across pages.
         rows = await self.query(
-            "SELECT doc, status FROM (SELECT created_at, id, argMax(doc, version) AS doc, "
-            f"argMax(status, version) AS status FROM plans WHERE {' AND '.join(inner)} "
-            f"GROUP BY created_at, id) {' '.join(outer)} ORDER BY created_at DESC, id DESC "
-            "LIMIT {n:UInt32}",
+            "SELECT doc, status, first_at FROM (SELECT min(created_at) AS first_at, id, "
+            "argMax(doc, version) AS doc, argMax(status, version) AS status FROM plans "
+            f"WHERE {' AND '.join(inner)} GROUP BY id) {' '.join(outer)} "
+            "ORDER BY first_at DESC, id DESC LIMIT {n:UInt32}",
             params,
         )
         items = [Plan.model_validate_json(r[0]) for r in rows]
         has_more = len(items) > limit
-        items = items[:limit]
-        return Page(items, has_more, (items[-1].created_at, items[-1].id) if items else None)
+        items, rows = items[:limit], rows[:limit]
+        last = (_utc(rows[-1][2]), items[-1].id) if items else None
+        return Page(items, has_more, last)
 
     async def get_action(self, scope: Scope, action_id: str) -> ActionRecord | None:
         rows = await self.query(
