@@ -29,6 +29,9 @@ class ConfigKey(BaseModel):
     required: bool = True
     description: str = ""
     secret: bool = False
+    # "url": a URL the connector will call with the tenant's credentials; install checks it
+    # against the egress policy (egress.py) before anything connects to it.
+    format: Literal["url"] | None = None
 
 
 class ListingTool(BaseModel):

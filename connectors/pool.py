@@ -48,12 +48,14 @@ from mcp_types import (
 )
 from mcp_types import Tool as MCPTool
 
+from connectors.egress import check_target_async, egress_client
 from connectors.errors import ConnectorErrorCode, parse_error_payload
 from connectors.marketplace import Listing
 from connectors.server import (
     ENV_CONFIG,
     ENV_CREDENTIALS,
     ENV_INSTANCE,
+    ENV_LIVEMODE,
     ENV_STATE_DIR,
     META_CAPABILITY,
     META_COMPENSATING,
@@ -106,11 +108,19 @@ class ConnectorSpec:
     config: dict[str, Any]
     credentials: dict[str, Any]
     remote_url: str | None = None  # streamable HTTP when set
+    # The instance's mode, for the egress policy (egress.py): live mode never reaches loopback
+    # or private addresses. None: a caller that does not say gets test mode's rules (loopback
+    # allowed, everything else still refused); every caller should pass it.
+    livemode: bool | None = None
+
+    @property
+    def egress_livemode(self) -> bool:
+        return bool(self.livemode)
 
     def __repr__(self) -> str:  # never let a repr carry credentials into a log line
         return (
             f"ConnectorSpec(instance_id={self.instance_id!r}, listing={self.listing.id!r}, "
-            f"remote_url={self.remote_url!r})"
+            f"remote_url={self.remote_url!r}, livemode={self.livemode!r})"
         )
 
 
@@ -148,6 +158,7 @@ def spec_fingerprint(spec: ConnectorSpec) -> str:
             spec.config,
             spec.credentials,
             spec.remote_url,
+            spec.egress_livemode,
         ],
         sort_keys=True,
         default=str,
@@ -299,12 +310,18 @@ class _Session:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if spec.remote_url:
+                    # Checked before the client exists, so a refused URL fails the start at once
+                    # (the client's transport checks again at every connection).
+                    await check_target_async(spec.remote_url, livemode=spec.egress_livemode)
                     headers = {}
                     secret = credential_secret(spec.credentials)
                     if secret:
                         headers["Authorization"] = f"Bearer {secret}"
                     client = await stack.enter_async_context(
-                        httpx2.AsyncClient(
+                        egress_client(
+                            spec.remote_url,
+                            livemode=spec.egress_livemode,
+                            lib=httpx2,  # the MCP SDK's client library
                             headers=headers,
                             timeout=httpx2.Timeout(
                                 REMOTE_HTTP_TIMEOUT_S, read=REMOTE_HTTP_READ_TIMEOUT_S
@@ -407,6 +424,7 @@ class _Connector:
                 ENV_CREDENTIALS: json.dumps(self.spec.credentials),
                 ENV_STATE_DIR: str(self.state_dir),
                 ENV_INSTANCE: self.spec.instance_id,
+                ENV_LIVEMODE: "true" if self.spec.egress_livemode else "false",
                 ENV_SPAWN_MARKER: marker,
             }
         )

@@ -50,6 +50,9 @@ ENV_CONFIG = "FIBRIC_CONNECTOR_CONFIG"
 ENV_CREDENTIALS = "FIBRIC_CONNECTOR_CREDENTIALS"
 ENV_STATE_DIR = "FIBRIC_CONNECTOR_STATE_DIR"
 ENV_INSTANCE = "FIBRIC_CONNECTOR_INSTANCE"
+# "true"/"false": the egress policy the server's upstream calls follow (egress.py). Missing or
+# anything else means live mode: a server started by hand gets the strict policy.
+ENV_LIVEMODE = "FIBRIC_CONNECTOR_LIVEMODE"
 
 META_SIDE_EFFECT = "fibric/side_effect"
 META_CAPABILITY = "fibric/capability"
@@ -74,9 +77,13 @@ class ConnectorEnv:
     credentials: dict[str, Any]
     state_dir: Path
     instance_id: str | None
+    livemode: bool = True  # the egress policy of its upstream calls; test mode may use loopback
 
     def __repr__(self) -> str:  # never let a stray repr print credentials
-        return f"ConnectorEnv(instance_id={self.instance_id!r}, state_dir={self.state_dir!s})"
+        return (
+            f"ConnectorEnv(instance_id={self.instance_id!r}, state_dir={self.state_dir!s}, "
+            f"livemode={self.livemode})"
+        )
 
 
 def read_env(listing_id: str, environ: MutableMapping[str, str] | None = None) -> ConnectorEnv:
@@ -91,7 +98,8 @@ def read_env(listing_id: str, environ: MutableMapping[str, str] | None = None) -
     else:
         # Manual runs only: the pool always passes a per-instance state dir.
         state_dir = Path(tempfile.gettempdir()) / f"fibric-connector-{listing_id}-{os.getuid()}"
-    return ConnectorEnv(config, credentials, state_dir, instance)
+    livemode = env.get(ENV_LIVEMODE, "").strip().lower() != "false"
+    return ConnectorEnv(config, credentials, state_dir, instance, livemode)
 
 
 def _json_object(raw: str, name: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 One ``httpx.AsyncClient`` per server process (keep-alive), bounded timeouts, and one mapping
 from HTTP outcomes to connector errors: 401/403 -> auth_failed, 404 -> not_found, other 4xx ->
 invalid_args, 5xx / unreachable / timeout -> upstream_error. It must never put credentials in
-an error message or a log line (they travel only in the Authorization header).
+an error message or a log line (they travel only in the Authorization header), and it sends
+nothing but through the egress policy (``egress.py``): checked addresses, the configured host
+only, redirects never followed (a 3xx is an upstream error).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from connectors.egress import EgressRefused, egress_client
 from connectors.errors import ConnectorError, ConnectorErrorCode, code_for_http_status
 
 # Upstream deadline per request. Below the pool's default per-call timeout (10 s) so a slow
@@ -58,24 +61,40 @@ def error_for_status(status: int, body: Any, *, write: bool) -> ConnectorError:
     )
 
 
+def egress_error(exc: EgressRefused) -> ConnectorError:
+    # Refused before any connection: the same answer whether or not anything listens there.
+    return ConnectorError(
+        ConnectorErrorCode.UPSTREAM_ERROR, f"refused by the egress policy: the URL {exc.reason}"
+    )
+
+
 class Upstream:
-    """A vendor REST API at ``base_url`` with fixed auth headers."""
+    """A vendor REST API at ``base_url`` with fixed auth headers, reached under the egress
+    policy of ``livemode`` (test mode may reach loopback stand-ins)."""
 
     def __init__(
         self,
         base_url: str,
         headers: dict[str, str],
         *,
+        livemode: bool,
         timeout_s: float = UPSTREAM_TIMEOUT_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Accept": "application/json", **headers},
-            timeout=httpx.Timeout(timeout_s, connect=min(UPSTREAM_CONNECT_TIMEOUT_S, timeout_s)),
-            limits=httpx.Limits(max_connections=UPSTREAM_MAX_CONNECTIONS),
-            follow_redirects=False,  # never replay a bearer token to another origin
-        )
+        self._client: httpx.AsyncClient | None = None
+        self._refused: EgressRefused | None = None
+        try:
+            self._client = egress_client(
+                self.base_url,
+                livemode=livemode,
+                headers={"Accept": "application/json", **headers},
+                timeout=httpx.Timeout(
+                    timeout_s, connect=min(UPSTREAM_CONNECT_TIMEOUT_S, timeout_s)
+                ),
+                limits=httpx.Limits(max_connections=UPSTREAM_MAX_CONNECTIONS),
+            )
+        except EgressRefused as exc:  # reported by every request, like an unreachable host
+            self._refused = exc
 
     async def request(
         self,
@@ -87,12 +106,18 @@ class Upstream:
     ) -> Any:
         """Send one request; the decoded JSON body on 2xx, else a ``ConnectorError``."""
         write = method.upper() not in ("GET", "HEAD")
+        if self._client is None:
+            assert self._refused is not None
+            raise egress_error(self._refused)
         try:
             resp = await self._client.request(method, path, params=params, json=json)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except EgressRefused as exc:
+            raise egress_error(exc) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            # One message for refused, filtered and timed-out connects: which one it was
+            # would tell a caller whether a port is open.
             raise ConnectorError(
-                ConnectorErrorCode.UPSTREAM_ERROR,
-                f"upstream unreachable: {type(exc).__name__}",
+                ConnectorErrorCode.UPSTREAM_ERROR, "upstream unreachable"
             ) from None
         except httpx.TimeoutException:
             raise ConnectorError(
@@ -110,6 +135,14 @@ class Upstream:
             body = None
         if resp.status_code >= 400:
             raise error_for_status(resp.status_code, body, write=write)
+        if 300 <= resp.status_code < 400:
+            # Redirects are never followed (a bearer token must not travel to another URL).
+            raise ConnectorError(
+                ConnectorErrorCode.UPSTREAM_ERROR,
+                f"upstream answered with a redirect (HTTP {resp.status_code}), not followed",
+                status=resp.status_code,
+                outcome_unknown=write,
+            )
         if resp.content and body is None:
             raise ConnectorError(
                 ConnectorErrorCode.UPSTREAM_ERROR,
@@ -120,4 +153,5 @@ class Upstream:
         return body
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()

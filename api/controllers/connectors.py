@@ -20,6 +20,7 @@ from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.state import ApiState
+from connectors.egress import EgressRefused, check_target_async
 from connectors.marketplace import CHECK_TOOL, Listing, load_catalogue
 from schemas.connector import CONNECTOR_NAME_RE, Connector, ConnectorInstall, ConnectorTest
 from schemas.errors import ErrorCode, FibricError
@@ -102,6 +103,42 @@ def _check_config(listing: Listing, config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _egress_targets(
+    listing: Listing, config: dict[str, Any], remote_url: str | None
+) -> list[tuple[str, str]]:
+    """(param, url) of every address the connector will send the credentials to."""
+    out = [
+        (f"config.{k.name}", config[k.name])
+        for k in listing.config_keys
+        if k.format == "url" and k.name in config
+    ]
+    if remote_url is not None:
+        out.append(("remote_url", remote_url))
+    return out
+
+
+async def _check_egress(
+    listing: Listing, config: dict[str, Any], remote_url: str | None, *, livemode: bool
+) -> None:
+    """Refuse a URL the egress policy forbids before anything connects to it: the answer is the
+    same whether or not something listens there (no port scanning through installs)."""
+    for param, url in _egress_targets(listing, config, remote_url):
+        if not isinstance(url, str):
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, f"{param} must be a URL string.", param=param
+            )
+        try:
+            await check_target_async(url, livemode=livemode)
+        except EgressRefused as exc:
+            mode = "live" if livemode else "test"
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                f"{param} {exc.reason}; {mode}-mode connectors may only call public http(s) "
+                "addresses" + ("." if livemode else " (and loopback)."),
+                param=param,
+            ) from None
+
+
 _PLACEHOLDERS = {"string": "fibric connection test", "integer": 0, "number": 0, "boolean": False}
 
 
@@ -131,6 +168,7 @@ async def _spec(
         config=cn.config,
         credentials=credentials,
         remote_url=cn.remote_url,
+        livemode=cn.livemode,
     )
 
 
@@ -259,6 +297,7 @@ class ConnectorsController(Controller):
                     f"A connector named {name!r} already exists in this tenant.",
                     param="name",
                 )
+            await _check_egress(listing, config, data.remote_url, livemode=auth.key.livemode)
             now = datetime.now(UTC)
             draft = Connector(
                 id=new_id("cn"),

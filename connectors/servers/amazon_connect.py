@@ -29,6 +29,9 @@ from connectors.upstream import Upstream
 LISTING_ID = "cn-amazon-connect"
 DEFAULT_REGION = "us-east-1"
 ID_RE = re.compile(r"^[A-Za-z0-9-]{1,256}$")  # Connect ids are UUIDs / ARNs' last segment
+# AWS region names ("us-east-1", "ap-southeast-2"); the region is spliced into the API host, so
+# anything else ("x@127.0.0.1#") would change which host the token is sent to.
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
 MAX_TASK_NAME = 512  # StartTaskContact Name limit
 MAX_TASK_DESCRIPTION = 4096  # StartTaskContact Description limit
 MAX_CLIENT_TOKEN = 500  # StartTaskContact ClientToken limit
@@ -42,12 +45,19 @@ def _check_id(name: str, value: Any) -> str:
 
 def build(env: ConnectorEnv) -> FibricServer:
     region = env.config.get("region") or DEFAULT_REGION
-    base = env.config.get("api_base_url") or f"https://connect.{region}.amazonaws.com"
+    valid_region = isinstance(region, str) and bool(REGION_RE.match(region))
+    base = env.config.get("api_base_url") or (
+        f"https://connect.{region}.amazonaws.com" if valid_region else "https://invalid.invalid"
+    )
     token = env.credentials.get("access_token") or credential_secret(env.credentials)
-    http = Upstream(base, {"Authorization": f"Bearer {token}"} if token else {})
+    http = Upstream(
+        base, {"Authorization": f"Bearer {token}"} if token else {}, livemode=env.livemode
+    )
     server = FibricServer(LISTING_ID, state_dir=env.state_dir)
 
     async def request(method: str, path: str, **kw: Any) -> Any:
+        if not valid_region:
+            raise ConnectorError(ConnectorErrorCode.INVALID_ARGS, "config.region is malformed")
         if not token:
             raise ConnectorError(
                 ConnectorErrorCode.AUTH_FAILED, "OAuth authorization is not complete"

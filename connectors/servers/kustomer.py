@@ -61,6 +61,7 @@ def build(env: ConnectorEnv) -> FibricServer:
     http = Upstream(
         base_url if valid_url else "http://invalid.invalid",
         {"Authorization": f"Bearer {token}"} if token else {},
+        livemode=env.livemode,
     )
     server = FibricServer(LISTING_ID, state_dir=env.state_dir)
 

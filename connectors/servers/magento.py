@@ -138,7 +138,7 @@ class Magento:
             base_url = "http://invalid.invalid"
         self.prefix = rest_prefix(base_url)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = Upstream(base_url, headers)
+        self.http = Upstream(base_url, headers, livemode=env.livemode)
 
     def _ready(self) -> None:
         if self.config_error:

@@ -19,7 +19,7 @@ import pytest
 
 from connectors.marketplace import load_catalogue
 from connectors.pool import ConnectorRuntime, ConnectorSpec
-from connectors.server import ENV_CONFIG, ENV_CREDENTIALS, ENV_STATE_DIR
+from connectors.server import ENV_CONFIG, ENV_CREDENTIALS, ENV_LIVEMODE, ENV_STATE_DIR
 from tests.fakes.magento import FakeMagento
 
 pytestmark = pytest.mark.integration
@@ -277,6 +277,9 @@ def remote_magento(fake: FakeMagento, tmp_path: Path):
             ENV_CONFIG: json.dumps({"base_url": fake.url}),
             ENV_CREDENTIALS: json.dumps({"type": "api_key", "key": "mg_live_9f4c2e8b1a41"}),
             ENV_STATE_DIR: str(tmp_path / "remote"),
+            # Started by hand, a server defaults to live mode's egress policy; its store is
+            # the loopback fake, so this one runs in test mode.
+            ENV_LIVEMODE: "false",
         }
     )
     proc = subprocess.Popen(
