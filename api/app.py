@@ -102,6 +102,16 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            # Shutdown order (uvicorn has stopped accepting requests and finished those in
+            # flight; `fibric up` stops the workers only after this process exits):
+            # 1. flush the producer: every event that got its 201 is in the broker;
+            # 2. drain the ledger sink: wait until the workers have processed what was accepted
+            #    and the sink has stored what they produced (bounded) — the embedded broker
+            #    keeps nothing, so a row not in ClickHouse now would be lost;
+            # 3. stop the consumers, the producer and the store.
+            await producer.flush()
+            if not await sink.drain():
+                log.warning("stopping with ledger records not yet stored (drain timed out)")
             await runtime.close()
             await commands.stop()
             await sink.stop()

@@ -2,8 +2,8 @@
 
 Starts (or reuses) a Kafka broker, creates the topics, runs one worker and one api process,
 waits for /readyz, prints the URL, restarts a crashed worker or api, and on Ctrl-C/SIGTERM stops
-every child (api and worker first, the broker last) and exits 0. Children get PDEATHSIG so even
-a SIGKILL of this process leaves no orphans behind.
+every child in drain order (see ``Stack.stop_all``) and exits 0; a second Ctrl-C stops at once.
+Children get PDEATHSIG so even a SIGKILL of this process leaves no orphans behind.
 """
 
 from __future__ import annotations
@@ -17,17 +17,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from fibric.errors import CliError
+from ledger.sink import DRAIN_TIMEOUT_S
 from schemas.settings import Settings
 from streams.kafka import ensure_topics, probe
 
 BROKER_START_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
+# uvicorn's graceful shutdown for in-flight requests (``timeout_graceful_shutdown`` in
+# fibric/cli.py), before the api's lifespan shutdown runs.
+HTTP_GRACE_S = 10.0
+# The api's stop may take the in-flight requests, then the ledger drain, then the ordinary grace
+# for closing its clients; only past all three is it killed.
+API_STOP_GRACE_S = HTTP_GRACE_S + DRAIN_TIMEOUT_S + STOP_GRACE_S
+# How often a stop checks whether the child has exited (or a second Ctrl-C asked to hurry).
+STOP_POLL_S = 0.1
 # A child that dies sooner than this after its start counts as a crash loop.
 MIN_UPTIME_S = 5.0
 MAX_QUICK_RESTARTS = 5
@@ -84,16 +94,21 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
+    def stop(
+        self, grace_s: float = STOP_GRACE_S, hurry: Callable[[], bool] = lambda: False
+    ) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` (or as soon as ``hurry()`` is true)."""
         if not self.alive():
             return
         assert self.proc is not None
         self.proc.terminate()
-        try:
-            self.proc.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        deadline = time.monotonic() + grace_s
+        while self.proc.poll() is None:
+            if hurry() or time.monotonic() >= deadline:
+                self.proc.kill()
+                self.proc.wait()
+                return
+            time.sleep(STOP_POLL_S)
 
 
 class Stack:
@@ -107,6 +122,7 @@ class Stack:
         self.workers = workers
         self.extras: list[subprocess.Popen[bytes]] = []  # e.g. the demo store
         self._stop = False
+        self._hurry = False  # a second Ctrl-C: stop without draining
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -239,15 +255,33 @@ class Stack:
         return 0
 
     def stop_all(self) -> None:
+        """Stop in drain order; the embedded broker keeps nothing, so anything not in ClickHouse
+        when it stops is lost:
+
+        1. extras (the demo store);
+        2. the api: it stops accepting requests, finishes those in flight, flushes its producer
+           and drains the ledger sink until the workers' output for everything it accepted is
+           stored (api/app.py); the workers keep running meanwhile, since they produce what the
+           sink waits for;
+        3. the workers: their input is processed and committed by now;
+        4. the broker, last.
+        """
         for proc in self.extras:
             proc.terminate()
             proc.wait(STOP_GRACE_S)
-        for child in reversed(self.children):  # api first, then workers
-            child.stop()
+        workers = [c for c in self.children if c.name != "api"]
+        for child in self.children:
+            if child.name == "api":
+                child.stop(API_STOP_GRACE_S, hurry=lambda: self._hurry)
+        for child in workers:
+            child.stop(hurry=lambda: self._hurry)
         if self.broker is not None:
             self.broker.stop()
 
     def request_stop(self, *_: object) -> None:
+        if self._stop:
+            self._hurry = True
+            print("fibric: stopping now, without draining", file=sys.stderr, flush=True)
         self._stop = True
 
 
