@@ -15,14 +15,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas.envelope import (
-    MAX_DEAD_LETTER_RAW,
-    MAX_PAYLOAD_BYTES,
-    DeadLetter,
-    Event,
-    EventEnvelope,
-)
+from schemas.envelope import MAX_DEAD_LETTER_RAW, DeadLetter, Event, EventEnvelope
 from schemas.ids import derived_id
+from schemas.limits import check_payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,20 +108,21 @@ def admit(
             livemode=livemode,
             errors=_errors(exc),
         )
-    if not known:
-        return _refuse(raw, at, "unknown_tenant", f"no tenant {env.tenant_id!r}", livemode=livemode)
-    # the payload is part of the raw bytes: only a record larger than the limit can hold a
-    # payload over it, so most records skip re-serialising theirs
-    payload_size = len(orjson.dumps(env.payload)) if len(raw) > MAX_PAYLOAD_BYTES else 0
-    if payload_size > MAX_PAYLOAD_BYTES:
+    # the same limits as POST /v1/events (schemas/limits.py): what passes here, every later
+    # step (orjson, model_dump_json, the ledger's JSON text) can serialise
+    problems = check_payload(env.payload, raw)
+    if problems:
         return _refuse(
             raw,
             at,
-            "payload_too_large",
-            f"payload is {payload_size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-            tenant_id=env.tenant_id,
-            livemode=env.livemode,
+            problems[0].reason,
+            problems[0].message,
+            tenant_id=tenant_for_record,
+            livemode=livemode,
+            errors=[{"loc": p.loc, "msg": p.message, "type": p.limit} for p in problems],
         )
+    if not known:
+        return _refuse(raw, at, "unknown_tenant", f"no tenant {env.tenant_id!r}", livemode=livemode)
     received = env.received_at or datetime.fromtimestamp(at.timestamp_ms / 1000, tz=UTC)
     received_ms = int(received.timestamp() * 1000)
     event_id = env.event_id or derived_id("ev", received_ms, at.topic, at.partition, at.offset)

@@ -12,16 +12,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.limits import (
+    MAX_FIELD_CHARS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_PAYLOAD_BYTES,
+    MAX_RECEIVED_AT,
+    MAX_TENANT_ID_CHARS,
+    MIN_RECEIVED_AT,
+)
+
+# Re-exported: every input limit lives in schemas/limits.py (README "Limits" table).
+__all__ = ["MAX_PAYLOAD_BYTES"]
+
 SCHEMA_VERSION = 1
 
-# Event payloads are business documents; 512 KiB serialized is generous and keeps every Kafka
-# record (envelope + metadata) under the default 1 MiB message size of Apache Kafka.
-MAX_PAYLOAD_BYTES = 512 * 1024
 # Raw bytes kept on a dead-letter record so the tenant can see what was refused.
 MAX_DEAD_LETTER_RAW = 16 * 1024
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$"
-_Str200 = Field(min_length=1, max_length=200)
+_FieldStr = Field(min_length=1, max_length=MAX_FIELD_CHARS)
 
 
 class EventIn(BaseModel):
@@ -29,12 +38,12 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    source: str = _Str200
-    event_type: str = Field(min_length=3, max_length=200, pattern=EVENT_TYPE_PATTERN)
+    source: str = _FieldStr
+    event_type: str = Field(min_length=3, max_length=MAX_FIELD_CHARS, pattern=EVENT_TYPE_PATTERN)
     payload: dict[str, Any]
-    correlation_id: str | None = Field(default=None, min_length=1, max_length=200)
-    workspace_id: str | None = Field(default=None, min_length=1, max_length=200)
-    entity_key: str | None = Field(default=None, min_length=1, max_length=200)
+    correlation_id: str | None = Field(default=None, min_length=1, max_length=MAX_FIELD_CHARS)
+    workspace_id: str | None = Field(default=None, min_length=1, max_length=MAX_FIELD_CHARS)
+    entity_key: str | None = Field(default=None, min_length=1, max_length=MAX_FIELD_CHARS)
     # Accepted only so a mismatch can be refused with 403 tenant_mismatch; tenancy comes from
     # the API key, never from the body.
     tenant_id: str | None = None
@@ -48,30 +57,38 @@ class EventEnvelope(BaseModel):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: str | None = Field(default=None, pattern=r"^ev_[0-9A-Z]{26}$")
-    tenant_id: str = Field(min_length=3, max_length=64)
-    reseller_id: str | None = None
+    tenant_id: str = Field(min_length=3, max_length=MAX_TENANT_ID_CHARS)
+    reseller_id: str | None = Field(default=None, max_length=MAX_TENANT_ID_CHARS)
     livemode: bool = False
-    workspace_id: str | None = Field(default=None, min_length=1, max_length=200)
-    source: str = _Str200
-    event_type: str = Field(min_length=3, max_length=200, pattern=EVENT_TYPE_PATTERN)
-    correlation_id: str | None = Field(default=None, min_length=1, max_length=200)
+    workspace_id: str | None = Field(default=None, min_length=1, max_length=MAX_FIELD_CHARS)
+    source: str = _FieldStr
+    event_type: str = Field(min_length=3, max_length=MAX_FIELD_CHARS, pattern=EVENT_TYPE_PATTERN)
+    correlation_id: str | None = Field(default=None, min_length=1, max_length=MAX_FIELD_CHARS)
     payload: dict[str, Any]
-    agent_id: str | None = None
-    session_id: str | None = None
-    entity_key: str | None = Field(default=None, min_length=1, max_length=200)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    agent_id: str | None = Field(default=None, max_length=MAX_FIELD_CHARS)
+    session_id: str | None = Field(default=None, max_length=MAX_FIELD_CHARS)
+    entity_key: str | None = Field(default=None, min_length=1, max_length=MAX_FIELD_CHARS)
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS
+    )
     received_at: datetime | None = None
     # Set by Fibric only: offer this (already stored) event to one operator — a catch-up replay
     # after a paused operator resumes, or a scheduled run.
     route_to: str | None = Field(default=None, pattern=r"^op_[0-9A-Z]{26}$")
-    request_id: str | None = None
+    request_id: str | None = Field(default=None, max_length=MAX_FIELD_CHARS)
 
     @field_validator("received_at")
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
+        if v is None:
+            return None
+        if v.tzinfo is None:
             raise ValueError("received_at must carry a timezone (RFC 3339)")
-        return v.astimezone(UTC) if v is not None else None
+        if not MIN_RECEIVED_AT <= v <= MAX_RECEIVED_AT:
+            raise ValueError(
+                f"received_at must be from {MIN_RECEIVED_AT.date()} to {MAX_RECEIVED_AT.date()}"
+            )
+        return v.astimezone(UTC)
 
 
 class Event(BaseModel):

@@ -16,6 +16,7 @@ from ledger.store import EventFilters
 from schemas.envelope import Event, EventEnvelope, EventIn
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
+from schemas.limits import LimitProblem, check_payload
 from streams.topics import EVENTS
 
 EVENT_ID_RE = re.compile(r"^ev_[0-9A-Z]{26}$")
@@ -66,6 +67,19 @@ def _query_filters(request: Request[Any, Any, Any]) -> tuple[EventFilters, dict[
     return filters, raw
 
 
+def limit_error(problems: list[LimitProblem]) -> FibricError:
+    """The HTTP form of the refusal ``admit`` would write for the same payload on Kafka."""
+    first = problems[0]
+    if first.reason == "payload_too_large":
+        return FibricError(ErrorCode.REQUEST_TOO_LARGE, f"{first.message}.", param="payload")
+    return FibricError(
+        ErrorCode.INVALID_PARAMETER,
+        f"{first.loc}: {first.message}.",
+        param=first.loc,
+        details={"errors": [{"param": p.loc, "message": p.message} for p in problems]},
+    )
+
+
 def _json(data: Any, status: int = 200) -> Response[bytes]:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
@@ -101,6 +115,10 @@ class EventsController(Controller):
                     "reseller_id in the body does not match the API key's tenant.",
                     param="reseller_id",
                 )
+            # the worker's limits, checked here so a 201 is never an event it will dead-letter
+            problems = check_payload(data.payload, body)
+            if problems:
+                raise limit_error(problems)
             now = datetime.now(UTC)
             event_id = new_id("ev", int(now.timestamp() * 1000))
             event = Event(
