@@ -138,10 +138,10 @@ def _kind(ip: IPAddress, loopback_ok: bool) -> str | None:
         return "a link-local"
     if ip.is_multicast:
         return "a multicast"
+    if ip.is_reserved:  # before is_private: Python counts 240.0.0.0/4 as both
+        return "a reserved"
     if ip.is_private:
         return "a private"
-    if ip.is_reserved:
-        return "a reserved"
     if not ip.is_global:
         return "a non-public"
     return None
@@ -220,7 +220,9 @@ async def check_target_async(
 
 
 # ---- the client -----------------------------------------------------------------------------
-def _pinned_transport(lib: ModuleType, target: Target, inner: Any, loopback_ok: bool) -> Any:
+def _pinned_transport(
+    lib: ModuleType, target: Target, inner: Any, loopback_ok: bool, resolve: Resolver | None
+) -> Any:
     """A transport of ``lib`` (httpx or httpx2) that only sends to ``target``'s origin and
     connects to a checked address (TLS still verifies, and SNI names, the host)."""
 
@@ -234,7 +236,9 @@ def _pinned_transport(lib: ModuleType, target: Target, inner: Any, loopback_ok: 
             if self._checked is None or now >= self._checked_until:
                 try:
                     self._checked = await asyncio.wait_for(
-                        asyncio.to_thread(check_parsed, target, loopback_ok=loopback_ok),
+                        asyncio.to_thread(
+                            check_parsed, target, loopback_ok=loopback_ok, resolve=resolve
+                        ),
                         RESOLVE_TIMEOUT_S,
                     )
                 except TimeoutError:
@@ -267,12 +271,14 @@ def egress_client(
     livemode: bool,
     lib: ModuleType = httpx,
     limits: Any = None,
+    resolve: Resolver | None = None,
     **client_kwargs: Any,
 ) -> Any:
     """An ``AsyncClient`` of ``lib`` (httpx, or httpx2 for the MCP SDK) bound to ``url``'s
     origin under the egress policy; redirects are never followed. ``EgressRefused`` at once if
     the URL itself is not allowed (scheme, userinfo, spelling); addresses are checked per
-    connection, and a refused one surfaces as ``EgressRefused`` from the request."""
+    connection, and a refused one surfaces as ``EgressRefused`` from the request. ``resolve``
+    replaces the system resolver (tests: a DNS answer that changes)."""
     target = parse_target(url)
     loopback_ok = loopback_allowed(livemode=livemode, allow_loopback=TEST_MODE_ALLOWS_LOOPBACK)
     # A custom transport also means no proxy from the environment: a proxy would do the
@@ -280,7 +286,7 @@ def egress_client(
     inner = lib.AsyncHTTPTransport(**({"limits": limits} if limits is not None else {}))
     client_kwargs.setdefault("base_url", url)
     return lib.AsyncClient(
-        transport=_pinned_transport(lib, target, inner, loopback_ok),
+        transport=_pinned_transport(lib, target, inner, loopback_ok, resolve),
         follow_redirects=False,
         **client_kwargs,
     )
