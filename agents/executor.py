@@ -42,9 +42,13 @@ MAX_KEY_RECEIPTS = 16
 KeyStatus = Literal["intent", "done", "failed"]
 
 
+def key_of(tenant_id: str, livemode: bool, entity_key: str, idempotency_key: str) -> str:
+    """The seen-state key: tenant, mode, entity and idempotency key."""
+    return f"{tenant_id}\x1f{int(livemode)}\x1f{entity_key}\x1f{idempotency_key}"
+
+
 def state_key(a: ActionRecord) -> str:
-    """The seen-state key of an action: tenant, mode, entity and idempotency key."""
-    return f"{a.tenant_id}\x1f{int(a.livemode)}\x1f{a.entity_key}\x1f{a.idempotency_key}"
+    return key_of(a.tenant_id, a.livemode, a.entity_key, a.idempotency_key)
 
 
 @dataclass(frozen=True, slots=True)

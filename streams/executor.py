@@ -1,23 +1,23 @@
-"""The deterministic executor (ARCHITECTURE §6) as the worker runs it.
+"""The deterministic executor (ARCHITECTURE §6) as the worker runs it: the I/O around the pure
+core in ``agents/executor.py``.
 
 Actions arrive on ``fibric.actions.v1`` keyed by ``tenant:entity_key``, so one entity's actions
-share a partition and arrive in order. Per batch, actions are grouped into lanes by entity: lanes
-run concurrently (a slow connector call on one entity never stalls another), each lane runs its
-actions strictly one at a time (single-flight). For each side-effecting action:
+share a partition and arrive in order. Per batch:
 
-1. idempotency: a key already ``done`` is disposed DEDUP with the original result — the
-   connector is never called; the same action replayed after a crash is skipped (its receipt
-   exists);
-2. intent: record ``intent`` for the key on ``fibric.execstate.v1`` and wait for the broker;
-3. invoke the connector tool over MCP with the idempotency key (our connectors apply a key at
-   most once, so re-invoking an intent without a result after a crash is safe);
-4. result: emit the receipt; once the batch's receipts are acked, record ``done``/``failed``
-   (awaited before the batch is acked) — never a ``done`` without its receipt;
-5. release: the lane moves to the entity's next action.
+1. the partitions' state is current (:meth:`Executor.ensure_loaded`: RocksDB plus whatever
+   other workers wrote to the changelog since);
+2. the seen-state of every key in the batch is read with one RocksDB multi-get;
+3. actions are grouped into lanes by entity; lanes run concurrently (a slow connector call on one
+   entity never stalls another), each lane runs its actions one at a time (single-flight);
+4. per action the core decides (:func:`agents.executor.decide`); an invocation first writes its
+   *intent* durably (RocksDB + changelog, acknowledged — group-committed across lanes by
+   :class:`IntentWriter`), then calls the tool over MCP with the idempotency key, then the core
+   concludes (:func:`agents.executor.conclude`);
+5. the batch's receipts and terminal states are committed by :class:`streams.checkpoint.Checkpoint`
+   (state → produce → acknowledge), then the agent returns and Faust commits the offsets.
 
-The exec-state topic is partitioned like the actions topic; a worker loads a partition's state
-before executing its first action after an assignment. Idempotency keys are scoped per tenant,
-mode and entity (the partition that serialises them); see docs/decisions.md.
+Idempotency keys are scoped per tenant, mode and entity (the partition that serialises them);
+see docs/decisions.md §11.
 """
 
 from __future__ import annotations
@@ -33,21 +33,79 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.planning import receipt
+from agents.executor import (
+    CallResult,
+    Decision,
+    Dispose,
+    Invoke,
+    KeyState,
+    Reemit,
+    conclude,
+    crashed,
+    decide,
+    lane_of,
+    state_key,
+)
 from agents.secrets import SecretBox
-from schemas.envelope import LedgerRecord
-from schemas.plan import ActionRecord, Receipt
-from streams.topics import EXECSTATE, LEDGER
+from schemas.plan import ActionRecord
+from streams.checkpoint import Checkpoint
+from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore
+from streams.topics import EXECSTATE, LEDGER, ledger_key, ledger_value_of_row
 
 log = logging.getLogger(__name__)
 
-# Errors after which the side effect may or may not have happened upstream.
-UNKNOWN_OUTCOME = {"timeout", "connector_crashed"}
+# Reading another worker's changelog for a partition must finish, or the partition's actions
+# would run without their keys' history; a minute covers millions of records.
 STATE_LOAD_TIMEOUT_S = 60.0
+CHANGELOG_FETCH_RECORDS = 20_000
+# Catch-up fetches: a short broker wait, and a partition counts as read to its end after one
+# empty fetch of this long (Tansu does not complete a waiting fetch early; decisions §16).
+CHANGELOG_FETCH_WAIT_MS = 50
+CHANGELOG_IDLE_MS = 300
 
 
-def state_key(a: ActionRecord) -> str:
-    return f"{a.tenant_id}\x1f{int(a.livemode)}\x1f{a.entity_key}\x1f{a.idempotency_key}"
+class IntentWriter:
+    """Group commit of intents: every lane that is about to call a tool waits here until its
+    intent is in RocksDB and acknowledged on the changelog. Intents submitted while a write is
+    in flight share the next write, so N concurrent lanes cost one round trip, not N."""
+
+    def __init__(self, store: ExecStateStore, producer: Any) -> None:
+        self._store = store
+        self._producer = producer
+        self._queue: list[tuple[int, str, KeyState, asyncio.Future[None]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def write(self, partition: int, key: str, intent: KeyState) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((partition, key, intent, fut))
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._drain())
+        await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                self._store.write([(p, k, s) for p, k, s, _ in batch])
+                sends = [
+                    await self._producer.send(
+                        EXECSTATE, orjson.dumps(s.to_json()), key=k.encode(), partition=p
+                    )
+                    for p, k, s, _ in batch
+                ]
+                metas = await asyncio.gather(*sends)
+                for (p, _, _, _), meta in zip(batch, metas, strict=True):
+                    off = getattr(meta, "offset", None)
+                    if isinstance(off, int):
+                        self._store.set_offset(p, off)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, even a cancel
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
 
 
 class Executor:
@@ -58,6 +116,7 @@ class Executor:
         runtime: Any,
         view: Any,
         box: SecretBox,
+        store: ExecStateStore,
         worker_id: str = "",
     ) -> None:
         self._bootstrap = bootstrap
@@ -68,84 +127,118 @@ class Executor:
         self.runtime = runtime
         self.view = view
         self.box = box
-        self.seen: dict[str, dict[str, Any]] = {}
+        self.store = store
+        self.intents = IntentWriter(store, producer)
         self.loaded: set[int] = set()
         self._load_lock = asyncio.Lock()
         self._ensured: dict[str, int] = {}
         self.counts: dict[str, int] = defaultdict(int)
         self.applied_by_operator: dict[str, int] = defaultdict(int)
-        self.pending: list[asyncio.Future[Any]] = []
-        self.deferred: list[tuple[dict[str, Any], int]] = []
 
     # ---- state -----------------------------------------------------------------------------
     def forget_partitions(self) -> None:
-        """On a rebalance: state of partitions we may no longer own is reloaded on next use."""
+        """On a rebalance: partitions we own again are brought up to date on next use."""
         self.loaded.clear()
 
-    async def load_partitions(self, partitions: Sequence[int]) -> None:
-        missing = sorted(set(partitions) - self.loaded)
-        if not missing:
+    async def ensure_loaded(self, partitions: Sequence[int]) -> None:
+        if not set(partitions) - self.loaded:
             return
         async with self._load_lock:
             missing = sorted(set(partitions) - self.loaded)
-            if not missing:
-                return
-            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
-            await consumer.start()
-            try:
-                tps = [TopicPartition(EXECSTATE, p) for p in missing]
-                consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
-                ends = await consumer.end_offsets(tps)
-                todo = {tp for tp in tps if ends[tp] > 0}
-                deadline = time.monotonic() + STATE_LOAD_TIMEOUT_S
-                while todo and time.monotonic() < deadline:
-                    batch = await consumer.getmany(*todo, timeout_ms=200, max_records=20000)
-                    for msgs in batch.values():
-                        for m in msgs:
-                            rec = orjson.loads(m.value)
-                            self.seen[rec["key"]] = rec
-                    for tp in list(todo):
-                        if await consumer.position(tp) >= ends[tp]:
-                            todo.discard(tp)
-                if todo:
+            if missing:
+                await self._catch_up(missing)
+                self.loaded.update(missing)
+
+    async def _catch_up(self, partitions: list[int]) -> None:
+        """Bring RocksDB up to date with the changelog for ``partitions``:
+
+        * changelog ahead of us (another worker owned the partition): apply its records;
+        * changelog behind us (the broker lost the topic — the embedded broker is memory-only):
+          republish our state so another worker could take over, and re-emit recent receipts,
+          which the broker may have lost before the ledger stored them.
+
+        The true end of a partition is found by reading to exhaustion: Tansu answers
+        ListOffsets(latest) with the base offset of the last batch, not the high watermark
+        (benchmarks/RESULTS.md), so ``end_offsets`` alone would misjudge both cases.
+        """
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=CHANGELOG_FETCH_WAIT_MS,
+        )
+        await consumer.start()
+        behind: list[int] = []
+        applied = 0
+        try:
+            tps = [TopicPartition(EXECSTATE, p) for p in partitions]
+            consumer.assign(tps)
+            reported = await consumer.end_offsets(tps)
+            have = {tp: self.store.offset(tp.partition) for tp in tps}
+            last_seen = {tp: reported[tp] - 1 for tp in tps}
+            for tp in tps:
+                consumer.seek(tp, max(0, min(have[tp] + 1, reported[tp])))
+            todo = set(tps)
+            deadline = time.monotonic() + STATE_LOAD_TIMEOUT_S
+            while todo:
+                if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"exec state not loaded for {sorted(t.partition for t in todo)}"
                     )
-            finally:
-                await consumer.stop()
-            self.loaded.update(missing)
-            log.info("executor state loaded for partitions %s (%d keys)", missing, len(self.seen))
+                got = await consumer.getmany(
+                    *todo, timeout_ms=CHANGELOG_IDLE_MS, max_records=CHANGELOG_FETCH_RECORDS
+                )
+                for tp in list(todo):
+                    msgs = got.get(tp) or []
+                    if not msgs:
+                        todo.discard(tp)  # nothing more: this is the true end
+                        continue
+                    last_seen[tp] = msgs[-1].offset
+                    fresh = [m for m in msgs if m.offset > have[tp]]
+                    applied += self.store.apply_changelog(
+                        tp.partition, ((m.offset, m.key or b"", m.value or b"") for m in fresh)
+                    )
+            behind = [tp.partition for tp in tps if last_seen[tp] < have[tp]]
+        finally:
+            await consumer.stop()
+        for p in behind:
+            await self._republish(p)
+        if applied or behind:
+            log.info(
+                "executor state: %d changelog records applied; republished partitions %s",
+                applied,
+                behind,
+            )
 
-    async def _state(
-        self, a: ActionRecord, partition: int, state: str, wait: bool, **extra: Any
-    ) -> None:
-        """Record a key's state. ``intent`` is written and awaited at once (before the tool is
-        called); ``done``/``failed`` are only written after the batch's receipts are acked, so a
-        crash can never leave a key ``done`` without its receipt (the replay re-invokes, the
-        connector's journal answers, and the same receipt id is written again)."""
-        rec = {"key": state_key(a), "action_id": a.id, "state": state, **extra}
-        self.seen[rec["key"]] = rec
-        if not wait:
-            self.deferred.append((rec, partition))
-            return
-        fut = await self.producer.send(
-            EXECSTATE, orjson.dumps(rec), key=rec["key"].encode(), partition=partition
+    async def _republish(self, partition: int) -> None:
+        sends, receipts = [], []
+        since = int(time.time() * 1000) - REEMIT_WINDOW_MS
+        for key, st in self.store.entries(partition):
+            sends.append(
+                await self.producer.send(
+                    EXECSTATE, orjson.dumps(st.to_json()), key=key.encode(), partition=partition
+                )
+            )
+            if st.at_ms >= since and st.receipt:
+                receipts.append(st.receipt)
+        for row in receipts:
+            sends.append(
+                await self.producer.send(
+                    LEDGER,
+                    ledger_value_of_row("receipt", row),
+                    key=ledger_key(row["tenant_id"]),
+                    headers=self._headers,
+                )
+            )
+        metas = await asyncio.gather(*sends)
+        last = max((m.offset for m in metas[: len(metas) - len(receipts)]), default=-1)
+        self.store.reset_offset(partition, last)
+        log.warning(
+            "exec-state changelog of partition %d was behind this worker's disk (broker lost it): "
+            "republished %d keys, re-emitted %d recent receipts",
+            partition,
+            len(metas) - len(receipts),
+            len(receipts),
         )
-        await fut
-
-    async def _emit(self, rc: Receipt) -> None:
-        self.counts[rc.outcome] += 1
-        if rc.outcome == "applied":
-            self.applied_by_operator[rc.operator_id] += 1
-        rec = LedgerRecord(kind="receipt", row=rc.model_dump(mode="json"))
-        fut = await self.producer.send(
-            LEDGER,
-            orjson.dumps(rec.model_dump(mode="json")),
-            key=rc.tenant_id.encode(),
-            headers=self._headers,
-        )
-        self.pending.append(fut)
 
     # ---- connectors ------------------------------------------------------------------------
     async def ensure_connector(self, connector_id: str) -> str | None:
@@ -175,126 +268,96 @@ class Executor:
         self._ensured[connector_id] = cn.version
         return None
 
+    def reinvoke_safe(self, connector_id: str | None) -> bool:
+        """Our bundled servers journal every idempotency key (connectors/journal.py), so an
+        interrupted call may be re-invoked with the same key; a remote MCP server may not."""
+        cn = self.view.connectors.get(connector_id or "")
+        return cn is not None and not cn.remote_url
+
     # ---- execution -------------------------------------------------------------------------
     async def execute_batch(self, items: Sequence[tuple[ActionRecord, int]]) -> None:
-        await self.load_partitions(sorted({p for _, p in items}))
+        # 1. state current for the batch's partitions
+        await self.ensure_loaded(sorted({p for _, p in items}))
+        # 2. seen-state of every side-effecting key, one multi-get
+        seen = self.store.get_many((p, state_key(a)) for a, p in items if a.side_effect)
+        out = Checkpoint(self.producer, execstate=self.store, headers=self._headers)
+        # 3. lanes: concurrent across entities, one at a time within one
         lanes: dict[tuple[str, bool, str], list[tuple[ActionRecord, int]]] = defaultdict(list)
         for a, p in items:
-            lanes[(a.tenant_id, a.livemode, a.entity_key)].append((a, p))
+            lanes[lane_of(a)].append((a, p))
+        await asyncio.gather(*(self._run_lane(lane, seen, out) for lane in lanes.values()))
+        # 5. commit: terminal states → receipts and changelog → acknowledgements
+        await out.commit()
 
-        async def run_lane(lane: list[tuple[ActionRecord, int]]) -> None:
-            for a, p in lane:
-                try:
-                    await self.dispose(a, p)
-                except Exception as exc:  # noqa: BLE001 - one action's bug must not sink the lane
-                    log.exception("disposing %s failed", a.id)
-                    await self._emit(
-                        receipt(
-                            a,
-                            a.verdict.decision,
-                            "failed",
-                            f"executor error: {type(exc).__name__}",
-                            datetime.now(UTC),
-                            error={"code": "executor_error"},
-                        )
-                    )
+    async def _run_lane(
+        self,
+        lane: list[tuple[ActionRecord, int]],
+        seen: dict[str, KeyState],
+        out: Checkpoint,
+    ) -> None:
+        for a, p in lane:
+            key = state_key(a)
+            prior = seen.get(key) if a.side_effect else None
+            try:
+                d = await self._dispose(a, p, key, prior)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one action's bug must not sink the lane
+                if _is_transient(exc):
+                    raise  # the broker is unavailable: the whole batch is retried
+                log.exception("disposing %s failed", a.id)
+                d = crashed(a, exc, datetime.now(UTC), seen.get(key))
+            if isinstance(d, Reemit):
+                if d.receipt is not None:
+                    out.ledger_row("receipt", d.receipt)
+                continue
+            self._count(d)
+            out.ledger("receipt", d.receipt)
+            if d.state is not None:
+                seen[key] = d.state
+                out.state(p, key, d.state)
 
-        await asyncio.gather(*(run_lane(lane) for lane in lanes.values()))
-        # receipts first, then the results they prove (see _state)
-        pending, self.pending = self.pending, []
-        if pending:
-            await asyncio.gather(*pending)
-        deferred, self.deferred = self.deferred, []
-        futures = [
-            await self.producer.send(
-                EXECSTATE, orjson.dumps(rec), key=rec["key"].encode(), partition=p
-            )
-            for rec, p in deferred
-        ]
-        if futures:
-            await asyncio.gather(*futures)
-
-    async def dispose(self, a: ActionRecord, partition: int) -> None:
+    async def _dispose(
+        self, a: ActionRecord, partition: int, key: str, prior: KeyState | None
+    ) -> Decision:
         now = datetime.now(UTC)
-        if a.verdict.decision == "BLOCK":
-            await self._emit(receipt(a, "BLOCK", "refused", a.verdict.reason, now))
-            return
-        seen = self.seen.get(state_key(a)) if a.side_effect else None
-        if seen is not None:
-            if seen["action_id"] == a.id and seen["state"] in ("done", "failed"):
-                return  # this very action was disposed before a crash; its receipt exists
-            if seen["state"] == "done":
-                await self._emit(
-                    receipt(
-                        a,
-                        "DEDUP",
-                        "deduplicated",
-                        f"idempotency_key {a.idempotency_key!r} already applied by {seen['action_id']}",
-                        now,
-                        result=seen.get("result"),
-                    )
-                )
-                return
+        d = decide(a, prior, now, reinvoke_safe=self.reinvoke_safe(a.connector_id))
+        if not isinstance(d, Invoke):
+            return d
         problem = await self.ensure_connector(a.connector_id or "")
         if problem:
-            await self._emit(
-                receipt(
-                    a,
-                    a.verdict.decision,
-                    "failed",
-                    problem,
-                    now,
-                    error={"code": "connector_unavailable"},
-                )
-            )
-            if a.side_effect:
-                await self._state(a, partition, "failed", wait=False)
-            return
-        if a.side_effect:
-            await self._state(a, partition, "intent", wait=True)
-        started = time.perf_counter()
+            return decide(a, prior, now, connector_problem=problem)
+        # 4. intent durable before the tool is called
+        if d.intent is not None:
+            await self.intents.write(partition, key, d.intent)
         res = await self.runtime.call(
             a.connector_id,
             a.tool,
             a.args,
             idempotency_key=a.idempotency_key if a.side_effect else None,
         )
-        latency = (time.perf_counter() - started) * 1000
-        done = datetime.now(UTC)
-        if res.ok:
-            if a.side_effect:
-                await self._state(a, partition, "done", wait=False, result=res.content)
-            await self._emit(
-                receipt(
-                    a,
-                    a.verdict.decision,
-                    "undone" if a.undo_of else "applied",
-                    a.verdict.reason,
-                    done,
-                    result=res.content,
-                    latency_ms=latency,
-                )
-            )
-            return
-        reason = (
-            "outcome_unknown"
-            if res.error_code in UNKNOWN_OUTCOME
-            else f"connector error: {res.error_code}"
+        return conclude(
+            a,
+            CallResult(
+                ok=res.ok,
+                content=res.content,
+                error_code=res.error_code,
+                error_message=res.error_message,
+                upstream_status=res.upstream_status,
+                latency_ms=res.latency_ms,
+            ),
+            datetime.now(UTC),
+            d.intent,
         )
-        if a.side_effect:
-            await self._state(a, partition, "failed", wait=False, error=res.error_code)
-        await self._emit(
-            receipt(
-                a,
-                a.verdict.decision,
-                "failed",
-                reason,
-                done,
-                latency_ms=latency,
-                error={
-                    "code": res.error_code,
-                    "message": res.error_message,
-                    "upstream_status": res.upstream_status,
-                },
-            )
-        )
+
+    def _count(self, d: Dispose) -> None:
+        rc = d.receipt
+        self.counts[rc.outcome] += 1
+        if rc.outcome == "applied":
+            self.applied_by_operator[rc.operator_id] += 1
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from streams.guard import TRANSIENT
+
+    return isinstance(exc, TRANSIENT)

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 EVENTS = "fibric.events.v1"  # envelopes from producers and POST /v1/events; key tenant:entity
 LEDGER = "fibric.ledger.v1"  # rows for ClickHouse, written by workers; key tenant
@@ -48,3 +51,33 @@ def topic_specs() -> tuple[TopicSpec, ...]:
         # the executor's seen-set: compacted, kept forever (DEDUP is permanent per tenant)
         TopicSpec(EXECSTATE, None, compacted=True, retention_ms=-1),
     )
+
+
+# ---- keys and codecs: the one place each produce site gets them from --------------------------
+LEDGER_KINDS = ("event", "dead_letter", "config", "plan", "action", "receipt")
+
+
+def entity_key(tenant_id: str, entity: str) -> bytes:
+    """Key of ``fibric.events.v1`` and ``fibric.actions.v1``: one entity's records share a
+    partition, so they stay in order (single-flight for actions)."""
+    return f"{tenant_id}:{entity}".encode()
+
+
+def action_key(a: Any) -> bytes:
+    return entity_key(a.tenant_id, a.entity_key)
+
+
+def ledger_value(kind: str, obj: Any) -> bytes:
+    """A ``LedgerRecord`` (``{"kind": …, "row": …}``) from a pydantic model, serialised once."""
+    assert kind in LEDGER_KINDS, kind
+    return b'{"kind":"' + kind.encode() + b'","row":' + obj.model_dump_json().encode() + b"}"
+
+
+def ledger_value_of_row(kind: str, row: dict[str, Any]) -> bytes:
+    """A ``LedgerRecord`` from an already-JSON row (a receipt re-emitted from executor state)."""
+    assert kind in LEDGER_KINDS, kind
+    return orjson.dumps({"kind": kind, "row": row})
+
+
+def ledger_key(tenant_id: str) -> bytes:
+    return tenant_id.encode()

@@ -20,8 +20,9 @@ async def healthz() -> Response[bytes]:
 
 @get("/readyz", operation_id="readyz", tags=["health"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Readiness: 200 only when the broker answers, a worker heartbeat is fresh, ClickHouse
-    answers and the ledger sink is inserting; 503 with the failing checks otherwise."""
+    """Readiness: 200 only when the broker answers, a worker heartbeat is fresh and no worker
+    agent is stuck retrying a batch, ClickHouse answers and the ledger sink is inserting; 503
+    with the failing checks otherwise."""
     state = api_state(request)
     broker_ok = True
     try:
@@ -29,9 +30,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     except Exception:  # noqa: BLE001 - reported as not ready
         broker_ok = False
     workers = state.view.live_workers(state.settings.heartbeat_stale_s)
+    # a worker whose agent has retried one batch for long is alive but not processing
+    stalled = {w["worker_id"]: w["stalled"] for w in workers if w.get("stalled")}
     checks = {
         "broker": broker_ok,
         "worker": bool(workers),
+        "pipeline": not stalled,
         "clickhouse": await state.store.ping(),
         "ledger_sink": state.sink.healthy,
     }
@@ -40,7 +44,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         "status": "ready" if ready else "not_ready",
         "checks": checks,
         "workers": [
-            {"worker_id": w["worker_id"], "partitions": w.get("partitions", [])} for w in workers
+            {
+                "worker_id": w["worker_id"],
+                "partitions": w.get("partitions", []),
+                "stalled": w.get("stalled") or {},
+            }
+            for w in workers
         ],
     }
     return Response(

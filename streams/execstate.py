@@ -1,0 +1,123 @@
+"""The executor's seen-state: RocksDB (rocksdict) on the worker's disk, changelogged to
+``fibric.execstate.v1`` so another worker can take a partition over.
+
+Why both: the embedded broker is memory-only, so the topic alone forgets every idempotency key
+when it restarts (a restart of ``fibric up`` used to let one key apply twice); the disk alone
+cannot follow a partition to another worker. RocksDB is the worker's durable copy, the topic is
+how state moves. Per partition the store remembers the changelog offset it has applied, so on an
+assignment it reads only what other workers wrote since (``catch_up``), and it notices when the
+broker lost the topic (its end offset is below what this worker already wrote) — then it
+republishes its own state and re-emits its recent receipts, which a broker crash may have lost
+before the ledger stored them.
+
+Nothing here grows in memory with the number of keys: lookups are RocksDB multi-gets per batch.
+Never call this from outside the worker's event loop thread (rocksdict is not async).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from agents.executor import KeyState
+
+log = logging.getLogger(__name__)
+
+_STATE = b"k"  # k<partition:05d>\x1f<state key> -> KeyState JSON
+_OFFSET = b"o"  # o<partition:05d> -> last changelog offset applied (ASCII int)
+# Receipts newer than this are re-emitted to the ledger when the broker lost its topics: the
+# ledger sink inserts within ~250 ms of a record, so anything older than a few minutes is
+# already in ClickHouse; 10 minutes is a wide margin at negligible cost (ids dedupe).
+REEMIT_WINDOW_MS = 10 * 60 * 1000
+
+
+def _state_key(partition: int, key: str) -> bytes:
+    return _STATE + f"{partition:05d}\x1f{key}".encode()
+
+
+def _offset_key(partition: int) -> bytes:
+    return _OFFSET + f"{partition:05d}".encode()
+
+
+class ExecStateStore:
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        self._db = Rdict(str(path), options=opts)
+        # Intents and results are written with the WAL synced: a kill -9 (or power loss) right
+        # after a write must not forget an intent whose tool call may already have started.
+        self._sync = WriteOptions()
+        self._sync.sync = True
+
+    # ---- reads -------------------------------------------------------------------------------
+    def get_many(self, keys: Iterable[tuple[int, str]]) -> dict[str, KeyState]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        found = self._db.get([_state_key(p, k) for p, k in wanted])
+        return {
+            k: KeyState.from_json(orjson.loads(v))
+            for (_, k), v in zip(wanted, found, strict=True)
+            if v is not None
+        }
+
+    def offset(self, partition: int) -> int:
+        """Last changelog offset applied for ``partition``; -1 when none."""
+        raw = self._db.get(_offset_key(partition))
+        return int(raw) if raw is not None else -1
+
+    def entries(self, partition: int) -> Iterator[tuple[str, KeyState]]:
+        prefix = _STATE + f"{partition:05d}\x1f".encode()
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid():
+            k = it.key()
+            if not k.startswith(prefix):
+                break
+            yield k[len(prefix) :].decode(), KeyState.from_json(orjson.loads(it.value()))
+            it.next()
+
+    def recent_receipts(self, partition: int, now_ms: int | None = None) -> list[dict]:
+        """Receipts of states written in the last :data:`REEMIT_WINDOW_MS`."""
+        since = (now_ms if now_ms is not None else int(time.time() * 1000)) - REEMIT_WINDOW_MS
+        return [s.receipt for _, s in self.entries(partition) if s.at_ms >= since and s.receipt]
+
+    # ---- writes ------------------------------------------------------------------------------
+    def write(self, changes: Iterable[tuple[int, str, KeyState]]) -> None:
+        wb = WriteBatch(raw_mode=True)
+        n = 0
+        for p, k, s in changes:
+            wb.put(_state_key(p, k), orjson.dumps(s.to_json()))
+            n += 1
+        if n:
+            self._db.write(wb, self._sync)
+
+    def apply_changelog(self, partition: int, records: Iterable[tuple[int, bytes, bytes]]) -> int:
+        """Apply changelog records (offset, key, value) another worker wrote; returns how many."""
+        wb = WriteBatch(raw_mode=True)
+        last, n = None, 0
+        for offset, key, value in records:
+            if value:
+                wb.put(_STATE + f"{partition:05d}\x1f".encode() + key, value)
+            n += 1
+            last = offset
+        if last is not None:
+            wb.put(_offset_key(partition), str(last).encode())
+            self._db.write(wb, self._sync)
+        return n
+
+    def set_offset(self, partition: int, offset: int) -> None:
+        """Remember that the changelog holds everything up to ``offset`` for ``partition``."""
+        if offset > self.offset(partition):
+            self._db.put(_offset_key(partition), str(offset).encode())
+
+    def reset_offset(self, partition: int, offset: int) -> None:
+        self._db.put(_offset_key(partition), str(offset).encode())
+
+    def close(self) -> None:
+        self._db.close()
