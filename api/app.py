@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 
 from agents.secrets import SecretBox
 from api.auth import require_scope
+from api.broker import BoundedProducer
 from api.controllers.connectors import ConnectorsController, MarketplaceController
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
@@ -25,6 +26,7 @@ from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
 from api.ratelimit import RateLimiter
 from api.readcache import ReadCache
+from api.server import FibricLitestar
 from api.state import ApiState
 from connectors.pool import ConnectorRuntime
 from ledger.sink import LedgerSink
@@ -82,14 +84,16 @@ def create_app(settings: Settings) -> Litestar:
         reads = ReadCache(settings.read_cache_ttl_s)
         sink.on_insert.append(reads.invalidate)
         await sink.start()
-        commands = CommandClient(settings.kafka_bootstrap, producer)
+        # Handlers and commands produce through the bounded wrapper: broker down -> 503 fast.
+        bounded_producer = BoundedProducer(producer)
+        commands = CommandClient(settings.kafka_bootstrap, bounded_producer)  # type: ignore[arg-type]
         await commands.start()
         runtime = ConnectorRuntime(state_dir=settings.resolved_home / "api" / "connectors")
         app.state["fibric"] = ApiState(
             settings=settings,
             store=store,
             view=view,
-            producer=producer,
+            producer=bounded_producer,  # type: ignore[arg-type]
             sink=sink,
             pending=pending,
             idempotency=Idempotency(store),
@@ -134,7 +138,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         guards=[require_scope],
     )
-    return Litestar(
+    return FibricLitestar(
         route_handlers=[v1, healthz, readyz, openapi],
         lifespan=[lifespan],
         middleware=[ConventionsMiddleware],

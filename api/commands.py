@@ -4,15 +4,19 @@ written records, so the client reads its own write on the next request."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Request
 
 from api.auth import AuthContext
+from api.errors import service_unavailable
 from api.state import ApiState
 from schemas.commands import CommandType
 from schemas.errors import ErrorCode, FibricError
 from streams.commands import CommandTimeout
+
+log = logging.getLogger(__name__)
 
 
 async def run_command(
@@ -32,9 +36,8 @@ async def run_command(
             args=args,
         )
     except CommandTimeout:
-        raise FibricError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "The control plane did not answer in time; retry with the same Idempotency-Key.",
+        raise service_unavailable(
+            "The control plane did not answer in time; retry with the same Idempotency-Key."
         ) from None
     if not reply.ok:
         assert reply.error is not None
@@ -45,5 +48,10 @@ async def run_command(
             code = ErrorCode.INTERNAL_ERROR
         param = err.details.pop("param", None)
         raise FibricError(code, err.message, status=err.status, param=param, details=err.details)
-    await state.view.wait_for_records(reply.record_ids)
+    try:
+        await state.view.wait_for_records(reply.record_ids)
+    except TimeoutError:
+        # The command is applied (the reply says so); failing now would make the client retry
+        # a write that happened. Only read-your-writes is late, so answer and say so in the log.
+        log.warning("config view did not show %s in time", reply.record_ids)
     return reply.result or {}

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -15,10 +16,15 @@ from litestar.exceptions import (
     ValidationException,
 )
 
+from api.broker import BrokerUnavailable
 from schemas.errors import ErrorCode, FibricError, error_envelope
 from schemas.ids import new_id
 
 log = logging.getLogger(__name__)
+
+# Retry-After on every 503: about the time the broker or control plane needs to come back from a
+# restart (a consumer-group session, 6 s, plus start-up), so a client's first retry has a chance.
+RETRY_AFTER_S = 10
 
 _HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
     400: (ErrorCode.INVALID_PARAMETER, "The request is malformed."),
@@ -39,9 +45,20 @@ def request_id_of(scope: Any) -> str:
     return new_id("req")
 
 
-def to_error(exc: Exception) -> FibricError:
+def service_unavailable(message: str) -> FibricError:
+    """503 with Retry-After: a dependency (broker, control plane) did not answer in time."""
+    return FibricError(
+        ErrorCode.SERVICE_UNAVAILABLE, message, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def to_error(exc: BaseException) -> FibricError:
     if isinstance(exc, FibricError):
         return exc
+    if isinstance(exc, BrokerUnavailable | KafkaError):
+        return service_unavailable(
+            "The event broker is not answering; retry with backoff and the same Idempotency-Key."
+        )
     if isinstance(exc, NotFoundException):
         return FibricError(ErrorCode.NOT_FOUND, "No such route or resource.")
     if isinstance(exc, MethodNotAllowedException):
@@ -73,12 +90,38 @@ def error_response(exc: FibricError, request_id: str) -> Response[bytes]:
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     err = to_error(exc)
     rid = request_id_of(request.scope)
-    if err.status >= 500:
-        log.exception(
-            "unhandled error on %s %s (%s)", request.method, request.url.path, rid, exc_info=exc
+    if err.code is ErrorCode.SERVICE_UNAVAILABLE:
+        log.warning("%s %s (%s): %s", request.scope.get("method"), _path(request), rid, exc)
+    elif err.status >= 500:
+        log.error(
+            "unhandled error on %s %s (%s)",
+            request.scope.get("method"),
+            _path(request),
+            rid,
+            exc_info=exc,
         )
     return error_response(err, rid)
 
 
+def _path(request: Request[Any, Any, Any]) -> str:
+    # The raw scope path: request.url would be rebuilt from the client-controlled Host header.
+    return str(request.scope.get("path", "?"))[:200]
+
+
 def raw_error(status: int, code: ErrorCode, message: str, request_id: str, **extra: Any) -> bytes:
     return orjson.dumps(error_envelope(status, code, message, request_id, **extra))
+
+
+async def send_error(send: Any, err: FibricError, request_id: str, *, close: bool = False) -> None:
+    """Write ``err`` as a whole ASGI response (for code outside Litestar's handler chain)."""
+    body = orjson.dumps(err.envelope(request_id))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"request-id", request_id.encode()),
+        *((k.lower().encode(), v.encode()) for k, v in err.headers.items()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

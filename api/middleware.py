@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.errors import raw_error
-from schemas.errors import ErrorCode
+from api.errors import send_error
+from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
 
 # Dated revisions this server can serve, oldest first; the last is served when none is pinned.
@@ -80,15 +80,4 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
 async def _reply(
     send: Any, status: int, code: ErrorCode, message: str, request_id: str, **kw: Any
 ) -> None:
-    body = raw_error(status, code, message, request_id, **kw)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, FibricError(code, message, status=status, **kw), request_id)

@@ -9,20 +9,29 @@ from typing import Any
 
 import orjson
 
+from ledger.store import DATETIME_MAX, DATETIME_MIN
 from schemas.errors import ErrorCode, FibricError
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+# Longest digit string parse_count converts: far beyond any count a query takes, and it keeps
+# int() (quadratic in the number of digits) cheap on hostile input.
+MAX_COUNT_DIGITS = 9
+
+
+def parse_count(raw: str) -> int | None:
+    """A non-negative count from a query string: ASCII digits only, else None. ``int()`` alone
+    also takes surrounding spaces, ``_`` separators, a sign and non-ASCII digits (``"٢٠"``)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_COUNT_DIGITS:
+        return None
+    return int(raw)
 
 
 def parse_limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
+    value = parse_count(raw)
+    if value is None or not 1 <= value <= MAX_LIMIT:
         raise FibricError(
             ErrorCode.INVALID_PARAMETER,
             f"limit must be an integer from 1 to {MAX_LIMIT}.",
@@ -60,7 +69,7 @@ def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> tuple[datetime
         id_, fp = str(doc["i"]), str(doc["f"])
     except (ValueError, KeyError, TypeError, OverflowError, OSError, orjson.JSONDecodeError):
         raise bad from None
-    if fp != fingerprint(filters):
+    if fp != fingerprint(filters) or not DATETIME_MIN <= ts <= DATETIME_MAX:
         raise bad
     return ts, id_
 

@@ -51,6 +51,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import EnvelopeHttpToolsProtocol
     from fibric.launcher import port_is_free
 
     settings = _settings()
@@ -69,7 +70,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        # httptools, answering malformed HTTP with the error envelope instead of plain text
+        http=EnvelopeHttpToolsProtocol,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

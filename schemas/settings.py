@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Default maximum request body: 1 MiB. Event payloads are small JSON documents; anything larger
@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # The base of every absolute URL the api hands out (export download links). Empty means
+    # derived from api_host/api_port; behind a proxy or load balancer set it to the address
+    # clients use. Never taken from the request's Host header, which the client controls.
+    public_url: str = ""
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Empty means the embedded default: chDB under ``home``. Production: http://user:pw@host:8123/db
     clickhouse_dsn: str = ""
@@ -59,6 +63,18 @@ class Settings(BaseSettings):
     # single worker on this client; see decisions §19.
     kafka_static_membership: bool = False
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return value
+        scheme, sep, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme not in ("http", "https") or not host or any(c in rest for c in "?#@ "):
+            raise ValueError("must be an http(s) URL such as https://api.example.com")
+        return value
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
@@ -74,6 +90,11 @@ class Settings(BaseSettings):
     @property
     def api_base_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def public_base_url(self) -> str:
+        """FIBRIC_PUBLIC_URL, else the address the api binds (absolute links to clients)."""
+        return self.public_url or self.api_base_url
 
     def ensure_home(self) -> Path:
         home = self.resolved_home

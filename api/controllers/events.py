@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from api.auth import api_state, auth_of
 from api.body import read_body, validate
 from api.pagination import decode_cursor, list_body, parse_limit
-from ledger.store import EventFilters
+from ledger.store import DATETIME_MAX, DATETIME_MIN, EventFilters
 from schemas.envelope import Event, EventEnvelope, EventIn
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
@@ -44,7 +44,21 @@ def parse_time(raw: str | None, param: str) -> datetime | None:
         raise FibricError(
             ErrorCode.INVALID_PARAMETER, f"{param} must include a timezone (e.g. Z).", param=param
         )
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC instant
+        value = datetime.min.replace(tzinfo=UTC)
+    if not DATETIME_MIN <= value <= DATETIME_MAX:
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            f"{param} must be from {_iso(DATETIME_MIN)} to {_iso(DATETIME_MAX)}.",
+            param=param,
+        )
+    return value
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _query_filters(request: Request[Any, Any, Any]) -> tuple[EventFilters, dict[str, Any]]:

@@ -78,6 +78,8 @@ async def _run_export(
 
 
 def _public(doc: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The job as clients see it. ``base_url`` is FIBRIC_PUBLIC_URL, never the request's Host
+    header: a link built from Host would point wherever the client (or an attacker) says."""
     out = dict(doc)
     out["url"] = (
         f"{base_url}/v1/exports/{doc['id']}/download" if doc["status"] == "complete" else None
@@ -132,7 +134,7 @@ class ExportsController(Controller):
             state.extra.setdefault("export_tasks", set()).add(task)
             task.add_done_callback(state.extra["export_tasks"].discard)
             return Response(
-                orjson.dumps(_public(doc, state.settings.api_base_url)),
+                orjson.dumps(_public(doc, state.settings.public_base_url)),
                 status_code=202,
                 media_type="application/json",
             )
@@ -151,7 +153,7 @@ class ExportsController(Controller):
         state, auth = api_state(request), auth_of(request)
         doc = await _find(state, auth, export_id)
         return Response(
-            orjson.dumps(_public(doc, str(request.base_url).rstrip("/"))),
+            orjson.dumps(_public(doc, state.settings.public_base_url)),
             media_type="application/json",
         )
 

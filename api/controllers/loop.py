@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
+from api.broker import BROKER_WAIT_S, bounded
 from api.commands import run_command
 from api.controllers.events import parse_time
 from api.pagination import decode_cursor, list_body, parse_limit
@@ -40,6 +41,12 @@ TERMINAL = {"applied", "refused", "deduplicated", "failed", "vetoed", "expired",
 class DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     approver: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class UndoBody(BaseModel):
+    """An undo takes no parameters: the body is empty or ``{}``; anything else is a 400."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _json(data: Any, status: int = 200) -> Response[bytes]:
@@ -154,7 +161,7 @@ class PlansController(Controller):
         async def handle() -> Response[bytes]:
             data = validate(DecisionBody, body, allow_empty=True)
             plan = await find_plan(state, auth, plan_id)
-            await state.view.sync()
+            await bounded(state.view.sync(BROKER_WAIT_S))
             if plan_id not in state.view.pending_plans:
                 current = await state.store.get_plan(auth.scope, plan_id) or plan
                 verb = "approved" if type_ == "plan.approve" else "vetoed"
@@ -237,7 +244,7 @@ class ActionsController(Controller):
 
     @post(
         "/{action_id:str}/undo",
-        opt={"scope": "actions:write", "route_class": "loop_write"},
+        opt={"scope": "actions:write", "route_class": "loop_write", "body_model": UndoBody},
         operation_id="undoAction",
         status_code=202,
     )
@@ -248,6 +255,7 @@ class ActionsController(Controller):
         body = await read_body(request)
 
         async def handle() -> Response[bytes]:
+            validate(UndoBody, body, allow_empty=True)
             _check_id("act", action_id, "action")
             action = await state.store.get_action(auth.scope, action_id)
             if action is None:

@@ -96,8 +96,8 @@ def test_event_type_glob_and_time_filters(stack, acme):
         assert types(event_type="order.**") == ["order.created", "order.refund.issued"]
         assert types(event_type="*.created") == ["customer.created", "order.created"]
         assert types(event_type="customer.created") == ["customer.created"]
-        assert types(since="2999-01-01T00:00:00Z") == []
-        assert len(types(until="2999-01-01T00:00:00Z")) == 3
+        assert types(since="2299-01-01T00:00:00Z") == []
+        assert len(types(until="2299-01-01T00:00:00Z")) == 3
         assert_error(c.get("/v1/events", params={"since": "yesterday"}), 400, "invalid_parameter")
 
 

@@ -1,8 +1,10 @@
+import base64
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
-from api.pagination import decode_cursor, encode_cursor, list_body, parse_limit
+from api.pagination import decode_cursor, encode_cursor, fingerprint, list_body, parse_limit
 from schemas.errors import ErrorCode, FibricError
 
 
@@ -11,7 +13,11 @@ def test_limit_in_range(raw, value):
     assert parse_limit(raw) == value
 
 
-@pytest.mark.parametrize("raw", ["0", "101", "-1", "abc", "1.5"])
+@pytest.mark.parametrize(
+    "raw",
+    # int() accepts the last six; only ASCII digits are a limit
+    ["0", "101", "-1", "abc", "1.5", "1" * 5000, " 20 ", "20\n", "+5", "1_0", "٢٠", "２０"],
+)
 def test_limit_out_of_range_is_an_error_not_clamped(raw):
     with pytest.raises(FibricError) as e:
         parse_limit(raw)
@@ -40,3 +46,13 @@ def test_list_body_has_cursor_exactly_when_more():
     assert list_body([], False, None, {})["next_cursor"] is None
     assert list_body([1], False, key, {})["next_cursor"] is None
     assert list_body([1], True, key, {})["next_cursor"].startswith("cur_")
+
+
+@pytest.mark.parametrize("micros", [-62135596800000000, 253402300799000000])
+def test_a_forged_cursor_outside_the_ledgers_time_range_is_invalid_cursor(micros):
+    # year 1 and year 9999: valid datetimes ClickHouse's DateTime64 cannot compare
+    doc = {"t": micros, "i": "ev_X", "f": fingerprint({})}
+    forged = "cur_" + base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+    with pytest.raises(FibricError) as e:
+        decode_cursor(forged, {})
+    assert e.value.code is ErrorCode.INVALID_CURSOR
