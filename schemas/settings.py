@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Default maximum request body: 1 MiB. Event payloads are small JSON documents; anything larger
 # is almost certainly a mistake or an attack, and the body is buffered in memory before parsing.
 DEFAULT_MAX_BODY_BYTES = 1_048_576
+# Bind addresses that mean "every interface", and the loopback a default public URL uses instead.
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}
 
 
 class Settings(BaseSettings):
@@ -93,8 +95,12 @@ class Settings(BaseSettings):
 
     @property
     def public_base_url(self) -> str:
-        """FIBRIC_PUBLIC_URL, else the address the api binds (absolute links to clients)."""
-        return self.public_url or self.api_base_url
+        """FIBRIC_PUBLIC_URL, else the address the api binds (absolute links to clients). A
+        wildcard bind (0.0.0.0, ::) is no address to connect to: loopback stands in for it."""
+        if self.public_url:
+            return self.public_url
+        host = _WILDCARD_HOSTS.get(self.api_host, self.api_host)
+        return f"http://{host}:{self.api_port}"
 
     def ensure_home(self) -> Path:
         home = self.resolved_home

@@ -10,6 +10,9 @@ def test_default_is_the_bound_address(monkeypatch):
     monkeypatch.delenv("FIBRIC_PUBLIC_URL", raising=False)
     s = Settings(api_host="127.0.0.1", api_port=8123)
     assert s.public_base_url == "http://127.0.0.1:8123"
+    # a wildcard bind is no address a client can use
+    assert Settings(api_host="0.0.0.0", api_port=80).public_base_url == "http://127.0.0.1:80"
+    assert Settings(api_host="::", api_port=80).public_base_url == "http://[::1]:80"
 
 
 def test_set_from_the_environment_without_trailing_slash(monkeypatch):
