@@ -29,6 +29,7 @@ from api.readcache import ReadCache
 from api.server import FibricLitestar
 from api.state import ApiState
 from connectors.pool import ConnectorRuntime
+from ledger.exec_restore import restore_exec_state
 from ledger.sink import LedgerSink
 from ledger.store import LedgerStore
 from schemas.config import ConfigRecord
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Litestar:
         producer = make_producer(settings.kafka_bootstrap)
         await producer.start()
         await restore_config(store, producer, settings.kafka_bootstrap)
+        await restore_exec_state(store, producer, settings.kafka_bootstrap)
         view = ConfigView(settings.kafka_bootstrap)
         await view.start()
         await view.sync()

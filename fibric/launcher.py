@@ -41,6 +41,12 @@ STOP_POLL_S = 0.1
 # A child that dies sooner than this after its start counts as a crash loop.
 MIN_UPTIME_S = 5.0
 MAX_QUICK_RESTARTS = 5
+# After the embedded broker died and was restarted, the roles are restarted too (their
+# consumer groups, producers and in-flight batches belonged to the lost broker). Whatever they
+# still hold cannot reach ClickHouse any more, so they get a short grace, not a drain.
+ROLE_RESTART_GRACE_S = 5.0
+# A broker that dies this many times within MIN_UPTIME_S of its start is not restarted again.
+MAX_BROKER_RESTARTS = 5
 
 
 def _pdeathsig() -> None:  # runs in the child between fork and exec
@@ -178,17 +184,9 @@ class Stack:
             self.logs / "broker.log",
         )
         self.broker.start()
-        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.broker.alive():
-                raise CliError(
-                    f"the embedded broker exited at start; see {self.logs / 'broker.log'}"
-                )
-            if asyncio.run(probe(bootstrap, timeout=1.0)) is not None:
-                print(f"fibric: started the embedded broker at {bootstrap}", flush=True)
-                return cluster_id
-            time.sleep(0.2)
-        raise CliError(f"the embedded broker did not answer within {BROKER_START_TIMEOUT_S:.0f}s")
+        self.wait_broker()
+        print(f"fibric: started the embedded broker at {bootstrap}", flush=True)
+        return cluster_id
 
     def start_roles(self) -> None:
         py = sys.executable
@@ -227,15 +225,56 @@ class Stack:
         if not self._stop:
             raise CliError(f"not ready after {READY_TIMEOUT_S:.0f}s: {last[:200]}")
 
+    def wait_broker(self) -> None:
+        assert self.broker is not None
+        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.broker.alive():
+                raise CliError(
+                    f"the embedded broker exited at start; see {self.logs / 'broker.log'}"
+                )
+            if asyncio.run(probe(self.settings.kafka_bootstrap, timeout=1.0)) is not None:
+                return
+            time.sleep(0.2)
+        raise CliError(f"the embedded broker did not answer within {BROKER_START_TIMEOUT_S:.0f}s")
+
+    def restart_broker(self) -> None:
+        """The embedded broker died (it is memory-only: every topic is gone). Start it again,
+        recreate the topics, then restart the roles: the api republishes config and, where no
+        worker has it on disk, executor state from ClickHouse; the worker keeps its RocksDB
+        state, notices the empty changelog, republishes it and re-emits its recent receipts.
+        Lost for good: accepted events and records the broker held that were not yet in
+        ClickHouse (README, "What the embedded broker can lose")."""
+        assert self.broker is not None
+        quick = time.monotonic() - self.broker.started < MIN_UPTIME_S
+        self.broker.quick_restarts = self.broker.quick_restarts + 1 if quick else 0
+        if self.broker.quick_restarts > MAX_BROKER_RESTARTS:
+            raise CliError(f"the embedded broker keeps crashing; see {self.logs / 'broker.log'}")
+        print(
+            "fibric: the embedded broker exited; restarting it and the roles "
+            f"(see {self.logs / 'broker.log'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.broker.start()
+        self.wait_broker()
+        asyncio.run(ensure_topics(self.settings.kafka_bootstrap, self.settings.partitions))
+        for child in self.children:
+            child.stop(ROLE_RESTART_GRACE_S, hurry=lambda: self._hurry)
+        for child in self.children:
+            child.start()
+        print("fibric: the embedded broker and the roles were restarted", flush=True)
+
     def supervise(self) -> int:
         while not self._stop:
             time.sleep(0.3)
-            if self.broker is not None and not self.broker.alive():
-                print(
-                    f"fibric: the embedded broker exited; see {self.logs / 'broker.log'}",
-                    file=sys.stderr,
-                )
-                return 1
+            if self.broker is not None and not self.broker.alive() and not self._stop:
+                try:
+                    self.restart_broker()
+                except CliError as exc:
+                    print(f"fibric: {exc}", file=sys.stderr)
+                    return 1
+                continue
             for child in self.children:
                 if self._stop or child.alive():
                     continue

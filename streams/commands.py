@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import UnknownError
 from pydantic import ValidationError
 
 from schemas.commands import TENANTS_KEY, Command, CommandType, Reply
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # A config change is one small record through one agent; seconds mean a worker is down.
 COMMAND_TIMEOUT_S = 15.0
+# Sends of a command that met a broker race (see call()): a couple of quick retries.
+SEND_ATTEMPTS = 3
+SEND_RETRY_S = 0.2
 
 
 class CommandTimeout(Exception):
@@ -104,9 +108,20 @@ class CommandClient:
         self._pending[cmd.id] = fut
         try:
             key = (tenant_id or TENANTS_KEY) if type_ != "tenant.create" else TENANTS_KEY
-            await self._producer.send_and_wait(
-                COMMANDS, cmd.model_dump_json().encode(), key=key.encode()
-            )
+            for attempt in range(SEND_ATTEMPTS):
+                try:
+                    await self._producer.send_and_wait(
+                        COMMANDS, cmd.model_dump_json().encode(), key=key.encode()
+                    )
+                    break
+                except UnknownError:
+                    # Tansu 0.6 races two producers' first write to an empty partition and
+                    # answers the loser with an unknown error (seen after a broker restart).
+                    # Resending is safe: the command id makes the control agent answer a
+                    # repeat with the first result instead of applying it twice.
+                    if attempt == SEND_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(SEND_RETRY_S)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise CommandTimeout(f"no control agent answered within {timeout:.0f}s") from None

@@ -263,6 +263,8 @@ class Executor:
                 config=cn.config,
                 credentials=creds,
                 remote_url=cn.remote_url,
+                # live connectors get the live egress rules (connectors/egress.py)
+                livemode=cn.livemode,
             )
         )
         self._ensured[connector_id] = cn.version

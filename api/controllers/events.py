@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from litestar import Controller, Request, Response, get, post
 
+from agents.globs import glob_problem, is_glob
 from api.auth import api_state, auth_of
 from api.body import read_body, validate
 from api.pagination import decode_cursor, list_body, parse_limit
@@ -68,6 +69,12 @@ def _query_filters(request: Request[Any, Any, Any]) -> tuple[EventFilters, dict[
         if value is not None and (value == "" or len(value) > 200):
             raise FibricError(
                 ErrorCode.INVALID_PARAMETER, f"{name} must be 1–200 characters.", param=name
+            )
+    if raw["event_type"] is not None and is_glob(raw["event_type"]):
+        problem = glob_problem(raw["event_type"])
+        if problem:
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER, f"event_type: {problem}.", param="event_type"
             )
     filters = EventFilters(
         event_type=raw["event_type"],

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -94,6 +95,18 @@ class Sandbox:
         )
 
 
+def broker_pid(stack: Stack) -> int:
+    """The embedded broker child of ``fibric up`` (``<tansu> broker --cluster-id …``)."""
+    for pid in stack.pids():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(cmd) > 2 and cmd[1] == b"broker" and b"--cluster-id" in cmd:
+            return pid
+    return 0
+
+
 def ready(stack: Stack, timeout: float = 120) -> None:
     wait_for(
         lambda: httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200,
@@ -135,11 +148,11 @@ def test_dedup_survives_kill_9_of_the_worker(durable):
 def test_dedup_survives_kill_9_of_the_broker(durable):
     sb = Sandbox(durable)
     assert sb.outcome_of(sb.order("SO-3")) == "applied"
-    pid = _role_pid(durable, "broker")
+    pid = broker_pid(durable)
     assert pid, "the embedded broker runs as a child of fibric up"
     os.kill(pid, signal.SIGKILL)
     # fibric up restarts the broker, recreates topics, restores config; worker and api reconnect
-    wait_for(lambda: _role_pid(durable, "broker") not in (0, pid), timeout=60)
+    wait_for(lambda: broker_pid(durable) not in (0, pid), timeout=60)
     ready(durable, timeout=180)
     sb.reconnect()
     event_id = wait_for(lambda: _try_order(sb, "SO-3"), timeout=60, interval=1)
