@@ -55,6 +55,9 @@ MAX_BATCH = 20_000
 # How long a fetch waits when nothing is available; data that is available returns at once.
 FETCH_WAIT_MS = 50
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# A batch refused this many times while ClickHouse answers a ping is split to find the row it
+# refuses (a refusal that survives three attempts is about the data, not the server).
+SPLIT_AFTER_ATTEMPTS = 3
 # Clocks of the roles that write ledger rows (api, workers) may disagree by this much; the id
 # check's time range is widened by it (NTP keeps hosts within milliseconds; 5 min is ample and
 # costs a few more granules of the primary key per check).
@@ -305,7 +308,7 @@ class LedgerSink:
                 self.inserted["duplicates"] += len(have)
                 self.inserted[table] = self.inserted.get(table, 0) + len(new)
 
-            await self._with_retry(insert_new, table)
+            await self._insert_isolating(insert_new, objs, table)
             if kind == "event":
                 stored_events = list(objs.keys())
         return stored_events
@@ -319,6 +322,39 @@ class LedgerSink:
             VAULT_COLUMNS,
         )
         await self._store.purge_vault(purge)
+
+    async def _insert_isolating(
+        self, insert: Callable[..., Any], objs: dict[str, Any], table: str
+    ) -> None:
+        """Insert ``objs``; a batch ClickHouse keeps refusing while it answers is split, and a
+        single row it refuses on its own is set aside (logged with its id, counted in
+        ``inserted["rejected"]``; its record stays on the ledger topic), so one bad row can never
+        stall the ledger for every tenant. While ClickHouse does not answer, nothing is ever
+        skipped: the batch is retried until it does."""
+        attempt = 0
+        while True:
+            try:
+                await insert(objs=objs)
+                self.healthy = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - classified below
+                self.healthy = False
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                log.exception("insert into %s failed; retrying in %.1fs", table, delay)
+                attempt += 1
+                if attempt >= SPLIT_AFTER_ATTEMPTS and await self._store.ping():
+                    break
+                await asyncio.sleep(delay)
+        items = list(objs.items())
+        if len(items) == 1:
+            self.inserted["rejected"] = self.inserted.get("rejected", 0) + 1
+            log.error("ClickHouse refuses the %s row %s; set aside", table, items[0][0])
+            return
+        mid = len(items) // 2
+        for half in (items[:mid], items[mid:]):
+            await self._insert_isolating(insert, dict(half), table)
 
     async def _with_retry(self, fn: Callable[[], Any], what: str) -> Any:
         attempt = 0

@@ -101,6 +101,11 @@ ACTION_COLUMNS = (
     "undo_of",
     "doc",
 )
+# Events are partitioned by month of their time and producers may send backdated events
+# (received_at from 1970 on, schemas/limits.py): ClickHouse's default of 100 partitions per
+# insert would refuse a batch spanning more months, so the limit is lifted (0 = no limit).
+INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
+
 RECEIPT_COLUMNS = (
     "tenant_id",
     "livemode",
@@ -400,7 +405,13 @@ class LedgerStore:
 
     async def insert(self, table: str, rows: list[list[Any]], columns: Sequence[str]) -> None:
         if rows:
-            await self._run(self._client.insert, table, rows, column_names=list(columns))
+            await self._run(
+                self._client.insert,
+                table,
+                rows,
+                column_names=list(columns),
+                settings=INSERT_SETTINGS,
+            )
 
     async def ping(self) -> bool:
         try:

@@ -7,10 +7,12 @@ same id from the same inputs, which is how replays of a Kafka record get the sam
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
@@ -28,8 +30,25 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(out))
 
 
+# base64's RFC 4648 base32 alphabet mapped onto Crockford's: 80 bits (10 bytes) encode to
+# exactly 16 characters with no padding and the same bit order as _encode, ~10x faster.
+_RFC4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_TO_CROCKFORD = bytes.maketrans(_RFC4648, _ALPHABET.encode())
+
+
+@lru_cache(maxsize=4096)
+def _time_part(ms: int) -> str:
+    # ids made in the same millisecond (a batch) share their time prefix
+    return _encode(ms & ((1 << 48) - 1), 10)
+
+
+def _rand_part(rand: int) -> str:
+    raw = (rand & ((1 << 80) - 1)).to_bytes(10, "big")
+    return base64.b32encode(raw).translate(_TO_CROCKFORD).decode()
+
+
 def _ulid(ms: int, rand: int) -> str:
-    return _encode(ms & ((1 << 48) - 1), 10) + _encode(rand & ((1 << 80) - 1), 16)
+    return _time_part(ms) + _rand_part(rand)
 
 
 def new_id(prefix: str, at_ms: int | None = None) -> str:
