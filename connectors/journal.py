@@ -7,6 +7,16 @@ key returns the recorded result without calling upstream. A key whose earlier at
 with an unknown outcome (crash, timeout) is never blindly re-applied: the caller reconciles it
 against the upstream state first (see ``server.py``).
 
+Batches (``claim_many`` / ``finish_many``) record many keys in one transaction each: every intent
+of a batch is committed before any of its upstream calls, every result before the batch answers.
+
+Durability (decisions.md §23): intents are committed with ``synchronous=FULL`` (the WAL is
+fsynced before the upstream call: a power cut can never forget a claimed key, so a re-invoked
+key is reconciled, never blindly re-applied); results and forgets with ``synchronous=NORMAL``
+(written to the WAL before the tool returns, so a crashed process never loses one; made durable
+by the next intent's fsync or checkpoint; a power cut can at worst turn a recorded result back
+into a pending intent, which a retry reconciles).
+
 Blocking SQLite calls run in a worker thread. This module must never store credentials, and it
 never deletes ``done`` rows (the executor's keys are permanent, ARCHITECTURE.md §6).
 """
@@ -19,6 +29,8 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +56,14 @@ CREATE TABLE IF NOT EXISTS idempotency (
     updated_at  REAL NOT NULL
 )
 """
+
+
+class Finish(StrEnum):
+    """How an attempt ends in the journal."""
+
+    DONE = "done"  # applied: the result is recorded and replayed for the key
+    UNKNOWN = "unknown"  # maybe applied: a retry reconciles before re-applying
+    FORGET = "forget"  # certainly applied nothing: the key is free for a retry
 
 
 class Claim(StrEnum):
@@ -84,71 +104,101 @@ class IdempotencyJournal:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / JOURNAL_FILE
-        self._conn = sqlite3.connect(
+        # Two connections to one file, one per durability level (module docstring): intents
+        # are fsynced at commit, results are not (they ride on the next fsync).
+        self._conn = self._connect("FULL")
+        self._conn.execute(_SCHEMA)
+        self._result_conn = self._connect("NORMAL")
+        os.chmod(self.path, 0o600)
+        self._pid = os.getpid()
+        # Keys this process is applying now -> [lock, holders + waiters]; serialises same-key
+        # calls inside the process. Counted, so an entry is dropped only when nobody waits.
+        self._local: dict[str, list[Any]] = {}
+        self._db_lock = asyncio.Lock()  # one statement batch at a time across both connections
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(
             self.path,
             timeout=SQLITE_BUSY_TIMEOUT_S,
             isolation_level=None,
             check_same_thread=False,
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a recorded result survives a power cut, so a replay never re-applies.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(_SCHEMA)
-        os.chmod(self.path, 0o600)
-        self._pid = os.getpid()
-        # Keys this process is applying now; serialises same-key calls inside the process.
-        self._local: dict[str, asyncio.Lock] = {}
-        self._db_lock = asyncio.Lock()  # one sqlite connection: one statement batch at a time
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        return conn
 
     # ---- blocking primitives (run in a thread) -------------------------------------------
-    def _claim_sync(self, key: str, tool: str, args_hash: str) -> ClaimResult:
+    def _claim_row(self, key: str, tool: str, args_hash: str, row: Any, now: float) -> ClaimResult:
+        """Decide one key's claim from its row (inside the caller's transaction)."""
+        c = self._conn
+        if row is None:
+            c.execute(
+                "INSERT INTO idempotency VALUES (?,?,?,?,?,?,?,?)",
+                (key, tool, args_hash, "pending", self._pid, None, now, now),
+            )
+            return ClaimResult(Claim.NEW)
+        r_tool, r_hash, state, owner, result = row
+        if r_tool != tool or r_hash != args_hash:
+            return ClaimResult(Claim.MISMATCH, tool=r_tool)
+        if state == "done":
+            return ClaimResult(Claim.DONE, json.loads(result))
+        if state == "pending" and owner != self._pid and _pid_alive(owner):
+            return ClaimResult(Claim.BUSY)
+        # "unknown", or "pending" left by a dead process — or by this pid, whose live calls
+        # hold the key's local lock, so a pending row we can see here is from an earlier
+        # incarnation: the outcome is unknown. Take it over and reconcile.
+        c.execute(
+            "UPDATE idempotency SET state='pending', owner_pid=?, updated_at=? WHERE key=?",
+            (self._pid, now, key),
+        )
+        return ClaimResult(Claim.RECONCILE)
+
+    def _claim_many_sync(self, items: Sequence[tuple[str, str, str]]) -> list[ClaimResult]:
+        """Claim distinct keys ``(key, tool, args_hash)`` in one transaction (one fsync)."""
         c = self._conn
         now = time.time()
         c.execute("BEGIN IMMEDIATE")
         try:
-            row = c.execute(
-                "SELECT tool, args_hash, state, owner_pid, result FROM idempotency WHERE key=?",
-                (key,),
-            ).fetchone()
-            if row is None:
-                c.execute(
-                    "INSERT INTO idempotency VALUES (?,?,?,?,?,?,?,?)",
-                    (key, tool, args_hash, "pending", self._pid, None, now, now),
-                )
-                c.execute("COMMIT")
-                return ClaimResult(Claim.NEW)
-            r_tool, r_hash, state, owner, result = row
-            if r_tool != tool or r_hash != args_hash:
-                c.execute("COMMIT")
-                return ClaimResult(Claim.MISMATCH, tool=r_tool)
-            if state == "done":
-                c.execute("COMMIT")
-                return ClaimResult(Claim.DONE, json.loads(result))
-            if state == "pending" and owner != self._pid and _pid_alive(owner):
-                c.execute("COMMIT")
-                return ClaimResult(Claim.BUSY)
-            # "unknown", or "pending" left by a dead process — or by this pid, whose live calls
-            # hold the key's local lock, so a pending row we can see here is from an earlier
-            # incarnation: the outcome is unknown. Take it over and reconcile.
-            c.execute(
-                "UPDATE idempotency SET state='pending', owner_pid=?, updated_at=? WHERE key=?",
-                (self._pid, now, key),
-            )
+            out = []
+            for key, tool, args_hash in items:
+                row = c.execute(
+                    "SELECT tool, args_hash, state, owner_pid, result FROM idempotency WHERE key=?",
+                    (key,),
+                ).fetchone()
+                out.append(self._claim_row(key, tool, args_hash, row, now))
             c.execute("COMMIT")
-            return ClaimResult(Claim.RECONCILE)
+            return out
         except BaseException:
             c.execute("ROLLBACK")
             raise
 
-    def _finish_sync(self, key: str, state: str, result: Any) -> None:
-        blob = None if result is None else json.dumps(result, default=str)
-        self._conn.execute(
-            "UPDATE idempotency SET state=?, result=?, owner_pid=?, updated_at=? WHERE key=?",
-            (state, blob, self._pid, time.time(), key),
-        )
-
-    def _forget_sync(self, key: str) -> None:
-        self._conn.execute("DELETE FROM idempotency WHERE key=? AND state!='done'", (key,))
+    def _finish_many_sync(self, records: Iterable[tuple[str, Finish, Any]]) -> None:
+        """Record how attempts ended, in one transaction (not fsynced: module docstring)."""
+        c = self._result_conn
+        now = time.time()
+        updates, forgets = [], []
+        for key, finish, result in records:
+            if finish is Finish.FORGET:
+                forgets.append((key,))
+            else:
+                blob = None if result is None else json.dumps(result, default=str)
+                updates.append((str(finish), blob, self._pid, now, key))
+        if not updates and not forgets:
+            return
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if updates:
+                c.executemany(
+                    "UPDATE idempotency SET state=?, result=?, owner_pid=?, updated_at=? "
+                    "WHERE key=?",
+                    updates,
+                )
+            if forgets:
+                c.executemany("DELETE FROM idempotency WHERE key=? AND state!='done'", forgets)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def _state_sync(self, key: str) -> tuple[str, Any] | None:
         row = self._conn.execute(
@@ -163,38 +213,63 @@ class IdempotencyJournal:
             return await asyncio.to_thread(fn, *args, **kw)
 
     # ---- async API -----------------------------------------------------------------------
-    def local_lock(self, key: str) -> asyncio.Lock:
-        lock = self._local.get(key)
-        if lock is None:
-            lock = self._local[key] = asyncio.Lock()
-        return lock
-
-    def release_local(self, key: str) -> None:
-        lock = self._local.get(key)
-        if lock is not None and not lock.locked():
-            self._local.pop(key, None)
+    @asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the in-process locks of ``keys`` (distinct): no other call of this process
+        applies one of them meanwhile. Taken in sorted order, so two batches never deadlock."""
+        counted: list[str] = []
+        acquired: list[str] = []
+        try:
+            for key in sorted(keys):
+                entry = self._local.get(key)
+                if entry is None:
+                    entry = self._local[key] = [asyncio.Lock(), 0]
+                entry[1] += 1
+                counted.append(key)
+                await entry[0].acquire()
+                acquired.append(key)
+            yield
+        finally:
+            for key in acquired:
+                self._local[key][0].release()
+            for key in counted:
+                entry = self._local[key]
+                entry[1] -= 1
+                if entry[1] == 0:  # nobody holds or waits for it: drop the entry
+                    del self._local[key]
 
     async def claim(self, key: str, tool: str, args_hash: str) -> ClaimResult:
-        """Claim ``key`` (caller holds ``local_lock(key)``); waits out a live other owner."""
+        """Claim ``key`` (caller holds it, ``hold``); waits out a live other owner."""
         deadline = time.monotonic() + LIVE_PENDING_WAIT_S
         while True:
-            res = await self._db(self._claim_sync, key, tool, args_hash)
+            (res,) = await self._db(self._claim_many_sync, [(key, tool, args_hash)])
             if res.claim is not Claim.BUSY or time.monotonic() >= deadline:
                 return res
             await asyncio.sleep(LIVE_PENDING_POLL_S)
 
+    async def claim_many(self, items: Sequence[tuple[str, str, str]]) -> list[ClaimResult]:
+        """Claim distinct keys (caller holds them) in one transaction; BUSY is not waited out."""
+        if not items:
+            return []
+        return await self._db(self._claim_many_sync, items)
+
+    async def finish_many(self, records: Sequence[tuple[str, Finish, Any]]) -> None:
+        if records:
+            await self._db(self._finish_many_sync, records)
+
     async def record_done(self, key: str, result: Any) -> None:
-        await self._db(self._finish_sync, key, "done", result)
+        await self.finish_many([(key, Finish.DONE, result)])
 
     async def record_unknown(self, key: str) -> None:
-        await self._db(self._finish_sync, key, "unknown", None)
+        await self.finish_many([(key, Finish.UNKNOWN, None)])
 
     async def forget(self, key: str) -> None:
         """The attempt certainly applied nothing (e.g. upstream refused it): free the key."""
-        await self._db(self._forget_sync, key)
+        await self.finish_many([(key, Finish.FORGET, None)])
 
     async def state(self, key: str) -> tuple[str, Any] | None:
         return await self._db(self._state_sync, key)
 
     def close(self) -> None:
+        self._result_conn.close()
         self._conn.close()

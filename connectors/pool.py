@@ -7,6 +7,10 @@ credentials passed in its environment, or a streamable-HTTP session when the ins
 each tool's ``side_effect`` / ``capability`` / ``compensating_tool`` from the server's tool
 list, pings sessions in the background, and restarts a server that died. ``call()`` never
 raises for tool or transport failures: it returns ``ToolResult(ok=False, error_code=...)``.
+``call_many()`` sends many calls to one instance as one ``fibric.batch`` request (server.py) when
+the server lists that reserved tool, else as concurrent ``call``s under the same in-flight
+bound; either way result i answers call i, with ``call``'s semantics per item. Reserved tools
+are never in ``tools()`` (that list reaches model prompts) and cannot be ``call``ed.
 
 Crash handling: when a stdio server dies, its stdout closes and every pending request is woken
 with CONNECTION_CLOSED at once; the call returns ``connector_crashed`` and a restart is
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,6 +57,8 @@ from connectors.egress import check_target_async, egress_client
 from connectors.errors import ConnectorErrorCode, parse_error_payload
 from connectors.marketplace import Listing
 from connectors.server import (
+    BATCH_MAX_CALLS,
+    BATCH_TOOL,
     ENV_CONFIG,
     ENV_CREDENTIALS,
     ENV_INSTANCE,
@@ -59,7 +66,9 @@ from connectors.server import (
     ENV_STATE_DIR,
     META_CAPABILITY,
     META_COMPENSATING,
+    META_RESERVED,
     META_SIDE_EFFECT,
+    RESERVED_PREFIX,
     credential_secret,
 )
 
@@ -185,6 +194,27 @@ def tool_info(tool: MCPTool) -> ToolInfo:
     )
 
 
+def is_reserved(tool: MCPTool) -> bool:
+    """A toolkit tool (``fibric.*``, e.g. the batch tool): never offered to a model."""
+    return tool.name.startswith(RESERVED_PREFIX) or bool((tool.meta or {}).get(META_RESERVED))
+
+
+def supports_batch(tools: list[MCPTool]) -> bool:
+    """The server lists our toolkit's batch tool (a FibricServer, stdio or remote)."""
+    return any(t.name == BATCH_TOOL and (t.meta or {}).get(META_RESERVED) is True for t in tools)
+
+
+def batch_item_result(item: Any, t0: float) -> ToolResult:
+    """One ``fibric.batch`` item (``{"ok", "content", "meta"?}``) as ``call`` would return it."""
+    if not isinstance(item, dict) or not isinstance(item.get("ok"), bool):
+        return _fail(ConnectorErrorCode.UPSTREAM_ERROR, "malformed batch item", t0)
+    content = item.get("content")
+    if item["ok"]:
+        return ToolResult(True, content, None, None, _ms(t0))
+    code, message, status = classify_tool_error(content)
+    return _fail(code, message, t0, status=status, content=content)
+
+
 def result_payload(structured: Any, texts: list[str]) -> Any:
     """A tool result's value: structured content, else the text parsed as JSON, else text."""
     if structured is not None:
@@ -242,6 +272,42 @@ def _fail(
     code: str, message: str, t0: float, *, status: int | None = None, content: Any = None
 ) -> ToolResult:
     return ToolResult(False, content, str(code), message, _ms(t0), status)
+
+
+def _unknown_connector(instance_id: str, t0: float) -> ToolResult:
+    return _fail(
+        ConnectorErrorCode.UNKNOWN_CONNECTOR, f"connector {instance_id} is not running here", t0
+    )
+
+
+def _wire_args(
+    conn: _Connector,
+    tool: str,
+    args: dict,
+    idempotency_key: str | None,
+    dry_run: bool,
+    t0: float,
+) -> dict | ToolResult:
+    """The arguments ``tool`` is sent with, or the failure that stops the call here."""
+    info = conn.tools.get(tool)
+    if info is None:
+        return _fail(
+            ConnectorErrorCode.UNKNOWN_TOOL, f"{conn.spec.listing.id} has no tool {tool!r}", t0
+        )
+    if not info.side_effect:
+        return args
+    if idempotency_key is None and not dry_run:
+        return _fail(
+            ConnectorErrorCode.INVALID_ARGS,
+            f"side-effecting tool {tool} needs an idempotency_key",
+            t0,
+        )
+    return {
+        **args,
+        # A dry run writes nothing, so its key only satisfies the schema.
+        "idempotency_key": idempotency_key or f"dry-run:{uuid.uuid4().hex}",
+        "dry_run": dry_run,
+    }
 
 
 def _child_pid(marker: str) -> int | None:
@@ -394,6 +460,7 @@ class _Connector:
     last_error: str | None = None
     next_start_at: float = 0.0
     rr: int = 0
+    batch: bool = False  # the server lists the toolkit's batch tool
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     restart_task: asyncio.Task[None] | None = None
     closed: bool = False
@@ -478,7 +545,8 @@ class _Connector:
                 self.failed_starts = 0
                 self.starts += 1
                 self.sessions[i] = session
-                self.tools = {t.name: tool_info(t) for t in session.tools}
+                self.tools = {t.name: tool_info(t) for t in session.tools if not is_reserved(t)}
+                self.batch = supports_batch(session.tools)
 
     def schedule_restart(self) -> None:
         if self.closed or (self.restart_task is not None and not self.restart_task.done()):
@@ -616,35 +684,106 @@ class ConnectorRuntime:
         t0 = time.perf_counter()
         conn = self._conns.get(instance_id)
         if conn is None:
-            return _fail(
-                ConnectorErrorCode.UNKNOWN_CONNECTOR,
-                f"connector {instance_id} is not running here",
-                t0,
-            )
+            return _unknown_connector(instance_id, t0)
         deadline = t0 + (self.call_timeout_s if timeout_s is None else timeout_s)
         if not conn.tools:  # never started yet (or every start failed): flags unknown
             failed = await self._start_within(conn, deadline, t0)
             if failed is not None:
                 return failed
-        info = conn.tools.get(tool)
-        if info is None:
-            return _fail(
-                ConnectorErrorCode.UNKNOWN_TOOL, f"{conn.spec.listing.id} has no tool {tool!r}", t0
+        wire_args = _wire_args(conn, tool, args, idempotency_key, dry_run, t0)
+        if isinstance(wire_args, ToolResult):
+            return wire_args
+        return await self._in_slot(conn, 1, tool, wire_args, deadline, t0)
+
+    async def call_many(
+        self,
+        instance_id: str,
+        calls: list[tuple[str, dict, str | None]],
+        timeout_s: float | None = None,
+    ) -> list[ToolResult]:
+        """Call many tools of one instance: ``calls[i] = (tool, args, idempotency_key)``, result
+        i answers call i with ``call``'s semantics (never raises for tool or transport failures;
+        one item's failure is that item's result). One ``timeout_s`` covers the whole batch.
+
+        With a batch-capable server (every FibricServer): one MCP request per
+        ``BATCH_MAX_CALLS`` calls, which the server journals as a batch (server.py). Otherwise
+        concurrent ``call``s bounded by ``max_in_flight``; calls that share a key run one
+        after the other, never concurrently."""
+        t0 = time.perf_counter()
+        if not calls:
+            return []
+        conn = self._conns.get(instance_id)
+        if conn is None:
+            return [_unknown_connector(instance_id, t0) for _ in calls]
+        deadline = t0 + (self.call_timeout_s if timeout_s is None else timeout_s)
+        if not conn.tools:
+            failed = await self._start_within(conn, deadline, t0)
+            if failed is not None:
+                return [dataclasses.replace(failed) for _ in calls]
+        results: list[ToolResult | None] = [None] * len(calls)
+        wire: list[tuple[int, str, dict, str | None]] = []  # (index, tool, args, key)
+        for i, (tool, args, key) in enumerate(calls):
+            wire_args = _wire_args(conn, tool, args, key, False, t0)
+            if isinstance(wire_args, ToolResult):
+                results[i] = wire_args
+            else:
+                wire.append((i, tool, wire_args, key))
+        if conn.batch:
+            chunks = [wire[j : j + BATCH_MAX_CALLS] for j in range(0, len(wire), BATCH_MAX_CALLS)]
+            await asyncio.gather(
+                *(self._call_batch(conn, chunk, results, deadline, t0) for chunk in chunks)
             )
-        if info.side_effect:
-            if idempotency_key is None and not dry_run:
-                return _fail(
-                    ConnectorErrorCode.INVALID_ARGS,
-                    f"side-effecting tool {tool} needs an idempotency_key",
-                    t0,
-                )
-            args = {
-                **args,
-                # A dry run writes nothing, so its key only satisfies the schema.
-                "idempotency_key": idempotency_key or f"dry-run:{uuid.uuid4().hex}",
-                "dry_run": dry_run,
-            }
-        conn.in_flight += 1
+        else:
+            await self._call_each(conn, wire, results, deadline, t0)
+        return results  # type: ignore[return-value]  # every index is filled above
+
+    async def _call_batch(
+        self,
+        conn: _Connector,
+        chunk: list[tuple[int, str, dict, str | None]],
+        results: list[ToolResult | None],
+        deadline: float,
+        t0: float,
+    ) -> None:
+        payload = {"calls": [{"tool": tool, "arguments": args} for _, tool, args, _ in chunk]}
+        answer = await self._in_slot(conn, len(chunk), BATCH_TOOL, payload, deadline, t0)
+        items = answer.content.get("results") if answer.ok and answer.content else None
+        if not answer.ok or not isinstance(items, list) or len(items) != len(chunk):
+            # transport failure (connector_crashed, timeout, ...) or a refused batch: no item
+            # was answered, each gets the batch's failure
+            if answer.ok:
+                answer = _fail(ConnectorErrorCode.UPSTREAM_ERROR, "malformed batch answer", t0)
+            for i, *_ in chunk:
+                results[i] = dataclasses.replace(answer)
+            return
+        for (i, *_), item in zip(chunk, items, strict=True):
+            results[i] = batch_item_result(item, t0)
+
+    async def _call_each(
+        self,
+        conn: _Connector,
+        wire: list[tuple[int, str, dict, str | None]],
+        results: list[ToolResult | None],
+        deadline: float,
+        t0: float,
+    ) -> None:
+        """Fallback: one request per call, concurrently; the calls of one key in order."""
+        chains: dict[Any, list[tuple[int, str, dict]]] = {}
+        for i, tool, args, key in wire:
+            chains.setdefault(key if key is not None else ("no-key", i), []).append((i, tool, args))
+
+        async def run(chain: list[tuple[int, str, dict]]) -> None:
+            for i, tool, args in chain:
+                results[i] = await self._in_slot(conn, 1, tool, args, deadline, t0)
+
+        await asyncio.gather(*(run(c) for c in chains.values()))
+
+    async def _in_slot(
+        self, conn: _Connector, weight: int, tool: str, args: dict, deadline: float, t0: float
+    ) -> ToolResult:
+        """One MCP request inside one of the connector's ``max_in_flight`` slots; ``weight``
+        calls count as in flight meanwhile (health, draining)."""
+        conn.in_flight += weight
         conn.idle.clear()
         try:
             if conn.sem.locked():  # only a waiting call pays for wait_for's extra task
@@ -663,7 +802,7 @@ class ConnectorRuntime:
             finally:
                 conn.sem.release()
         finally:
-            conn.in_flight -= 1
+            conn.in_flight -= weight
             if not conn.in_flight:
                 conn.idle.set()
 

@@ -16,6 +16,13 @@ What it guarantees for each server:
   (validate auth and reachability).
 - **One error shape.** Failures are MCP tool errors (``isError``) whose structured and text
   content is ``{"error": {"code", "message", "status"}}`` (codes in ``errors.py``).
+- **Many calls, one request.** Every server also lists the reserved tool ``fibric.batch``
+  (``_meta`` ``fibric/reserved``; never in a catalogue listing, hidden from models by the pool).
+  It takes ``calls: [{"tool", "arguments"}]`` and runs each through the same per-tool path as a
+  single call (argument validation, journal claim, upstream call, journal result), with the
+  intents of the whole batch in one journal transaction before any upstream call and the
+  results in one after. Items are independent: an item's failure is that item's result. A key
+  repeated in a batch is applied once; its later occurrences run after, and replay.
 - **Secrets stay in the environment.** Config and credentials arrive as JSON in
   ``FIBRIC_CONNECTOR_CONFIG`` / ``FIBRIC_CONNECTOR_CREDENTIALS`` (never argv); they are removed
   from ``os.environ`` once read and must never be logged or echoed in a result or an error.
@@ -32,7 +39,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,7 @@ from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnno
 from pydantic import ValidationError
 
 from connectors.errors import ConnectorError, ConnectorErrorCode
-from connectors.journal import Claim, IdempotencyJournal, args_fingerprint
+from connectors.journal import Claim, ClaimResult, Finish, IdempotencyJournal, args_fingerprint
 from connectors.marketplace import CHECK_TOOL
 
 ENV_CONFIG = "FIBRIC_CONNECTOR_CONFIG"
@@ -59,6 +66,19 @@ META_CAPABILITY = "fibric/capability"
 META_COMPENSATING = "fibric/compensating_tool"
 META_REPLAYED = "fibric/replayed"  # on a result: served from the idempotency journal
 META_RECONCILED = "fibric/reconciled"  # on a result: an unknown earlier outcome was confirmed
+META_RESERVED = "fibric/reserved"  # on a tool: the toolkit's own, never shown to a model
+
+# The toolkit's own tools live under this prefix; a connector may not declare one.
+RESERVED_PREFIX = "fibric."
+BATCH_TOOL = "fibric.batch"
+RESERVED_TOOLS = frozenset({BATCH_TOOL})
+# Most calls one batch request may carry: bounds one request's bytes on the wire, the work one
+# request holds up (its answer waits for its slowest item) and one journal transaction's size.
+# The pool splits longer batches into several requests (pool.py).
+BATCH_MAX_CALLS = 256
+# Upstream calls of one batch in flight at once, unless the server says its upstream takes more:
+# one at a time is safe for any upstream (rate limits, per-connection ordering).
+DEFAULT_BATCH_CONCURRENCY = 1
 
 # MCPServer logs every tool failure at INFO on stderr; warnings are enough for a connector.
 SERVER_LOG_LEVEL = "WARNING"
@@ -114,8 +134,8 @@ def _json_object(raw: str, name: str) -> dict[str, Any]:
 
 def credential_secret(credentials: dict[str, Any]) -> str | None:
     """The bearer secret of an ``api_key``/``oauth2`` auth dict (``key``, ``token``, ...)."""
-    for field in ("key", "token", "access_token", "api_key"):
-        value = credentials.get(field)
+    for name in ("key", "token", "access_token", "api_key"):
+        value = credentials.get(name)
         if isinstance(value, str) and value:
             return value
     return None
@@ -123,27 +143,60 @@ def credential_secret(credentials: dict[str, Any]) -> str | None:
 
 # ---- results ------------------------------------------------------------------------------
 def ok_result(value: Any, meta: dict[str, Any] | None = None) -> CallToolResult:
-    structured = value if isinstance(value, dict) else {"result": value}
-    text = json.dumps(structured, separators=(",", ":"), default=str)
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)],
-        structured_content=structured,
-        _meta=meta,
-    )
+    return _Outcome.ok(value, meta).call_result()
 
 
 def error_result(err: ConnectorError) -> CallToolResult:
-    payload = err.payload()
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(payload, separators=(",", ":")))],
-        structured_content=payload,
-        is_error=True,
-    )
+    return _Outcome.error(err).call_result()
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """One call's answer before it is encoded: a single call's ``CallToolResult`` or a batch
+    item (``{"ok", "content", "meta"?}``); ``content`` is the structured result or the error
+    payload, the same in both."""
+
+    is_ok: bool
+    content: dict[str, Any]
+    meta: dict[str, Any] | None = None
+
+    @classmethod
+    def ok(cls, value: Any, meta: dict[str, Any] | None = None) -> _Outcome:
+        return cls(True, value if isinstance(value, dict) else {"result": value}, meta)
+
+    @classmethod
+    def error(cls, err: ConnectorError) -> _Outcome:
+        return cls(False, err.payload())
+
+    def call_result(self) -> CallToolResult:
+        # The text block repeats the structured content for clients that read only text.
+        text = json.dumps(self.content, separators=(",", ":"), default=str)
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)],
+            structured_content=self.content,
+            is_error=not self.is_ok,
+            _meta=self.meta,
+        )
+
+    def item(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.is_ok, "content": self.content}
+        if self.meta:
+            out["meta"] = self.meta
+        return out
 
 
 def _validation_fields(exc: ValidationError) -> list[str]:
     # Field names only: the rejected values are the caller's data.
     return sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+
+
+def _invalid_args(exc: ValidationError) -> ConnectorError:
+    fields = ", ".join(_validation_fields(exc))
+    return ConnectorError(ConnectorErrorCode.INVALID_ARGS, f"invalid arguments: {fields}")
+
+
+def _unknown_tool(name: str) -> ConnectorError:
+    return ConnectorError(ConnectorErrorCode.UNKNOWN_TOOL, f"unknown tool {name!r}")
 
 
 class _FibricMCPServer(MCPServer):
@@ -156,14 +209,9 @@ class _FibricMCPServer(MCPServer):
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
-                fields = ", ".join(_validation_fields(exc.__cause__))
-                return error_result(
-                    ConnectorError(ConnectorErrorCode.INVALID_ARGS, f"invalid arguments: {fields}")
-                )
+                return error_result(_invalid_args(exc.__cause__))
             if str(exc).startswith("Unknown tool"):
-                return error_result(
-                    ConnectorError(ConnectorErrorCode.UNKNOWN_TOOL, f"unknown tool {name!r}")
-                )
+                return error_result(_unknown_tool(name))
             raise
 
 
@@ -173,6 +221,31 @@ class ToolDecl:
     side_effect: bool
     capability: str | None
     compensating_tool: str | None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A declared tool: its flags, the connector's function, and the MCP tool (whose argument
+    model validates a batch item exactly as the SDK validates a single call)."""
+
+    decl: ToolDecl
+    fn: ToolFn
+    reconcile: ReconcileFn | None
+    tool: Tool
+
+
+@dataclass
+class _Effect:
+    """A side-effecting batch item after validation: where its answer goes, what it runs."""
+
+    index: int
+    entry: _Entry
+    kwargs: dict[str, Any]
+    key: str
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = args_fingerprint(self.entry.decl.name, self.kwargs)
 
 
 class FibricServer:
@@ -185,14 +258,20 @@ class FibricServer:
         state_dir: Path,
         version: str = "0.1.0",
         instructions: str | None = None,
+        batch_concurrency: int = DEFAULT_BATCH_CONCURRENCY,
     ) -> None:
+        if batch_concurrency < 1:
+            raise ValueError("batch_concurrency must be >= 1")
         self.listing_id = listing_id
         self.state_dir = state_dir
         self._journal: IdempotencyJournal | None = None
         self._tools: list[Tool] = []
+        self._entries: dict[str, _Entry] = {}
         self.declarations: dict[str, ToolDecl] = {}
         self._version = version
         self._instructions = instructions
+        # How many upstream calls of one batch may run at once (DEFAULT_BATCH_CONCURRENCY).
+        self.batch_concurrency = batch_concurrency
 
     @property
     def journal(self) -> IdempotencyJournal:
@@ -216,6 +295,8 @@ class FibricServer:
         was applied, None if it was not (then the tool runs)."""
 
         def decorator(fn: ToolFn) -> ToolFn:
+            if name.startswith(RESERVED_PREFIX):
+                raise ValueError(f"{name}: tool names under {RESERVED_PREFIX!r} are reserved")
             _check_signature(name, fn, side_effect)
             if reconcile is not None and not side_effect:
                 raise ValueError(f"{name}: only side-effecting tools reconcile")
@@ -239,11 +320,13 @@ class FibricServer:
                 meta=meta,
                 structured_output=False,
             )
+            entry = _Entry(decl, fn, reconcile, base)
             if side_effect:
-                wrapper = self._side_effect_wrapper(decl, fn, reconcile)
+                wrapper = self._side_effect_wrapper(entry)
             else:
-                wrapper = self._read_wrapper(decl, fn)
+                wrapper = self._read_wrapper(entry)
             self._tools.append(base.model_copy(update={"fn": wrapper, "is_async": True}))
+            self._entries[name] = entry
             self.declarations[name] = decl
             return fn
 
@@ -258,115 +341,244 @@ class FibricServer:
             description=inspect.getdoc(fn) or "Validate the credentials against the upstream.",
         )(fn)
 
-    # ---- wrappers --------------------------------------------------------------------------
-    def _read_wrapper(self, decl: ToolDecl, fn: ToolFn) -> ToolFn:
+    # ---- one call --------------------------------------------------------------------------
+    def _read_wrapper(self, entry: _Entry) -> ToolFn:
         async def run_read(**kwargs: Any) -> CallToolResult:
-            try:
-                return ok_result(await fn(**kwargs))
-            except ConnectorError as err:
-                return error_result(err)
-            except Exception:
-                log.exception("tool %s crashed", decl.name)
-                return error_result(_internal_error())
+            return (await self._run_plain(entry, kwargs)).call_result()
 
         return run_read
 
-    def _side_effect_wrapper(
-        self, decl: ToolDecl, fn: ToolFn, reconcile: ReconcileFn | None
-    ) -> ToolFn:
+    def _side_effect_wrapper(self, entry: _Entry) -> ToolFn:
         async def run_side_effect(**kwargs: Any) -> CallToolResult:
             if kwargs.get("dry_run"):
-                try:
-                    return ok_result(await fn(**kwargs))
-                except ConnectorError as err:
-                    return error_result(err)
-                except Exception:
-                    log.exception("tool %s crashed (dry run)", decl.name)
-                    return error_result(_internal_error())
+                return (await self._run_plain(entry, kwargs)).call_result()
             key = kwargs["idempotency_key"]
             if not key:
-                return error_result(
-                    ConnectorError(ConnectorErrorCode.INVALID_ARGS, "idempotency_key is empty")
-                )
-            return await self._apply_once(decl, fn, reconcile, key, kwargs)
+                return error_result(_empty_key())
+            return (await self._apply_once(_Effect(-1, entry, kwargs, key))).call_result()
 
         return run_side_effect
 
-    async def _apply_once(
-        self,
-        decl: ToolDecl,
-        fn: ToolFn,
-        reconcile: ReconcileFn | None,
-        key: str,
-        kwargs: dict[str, Any],
-    ) -> CallToolResult:
-        journal = self.journal
-        lock = journal.local_lock(key)
+    @staticmethod
+    async def _run_plain(entry: _Entry, kwargs: dict[str, Any]) -> _Outcome:
+        """A read, or a dry run (which must only read): no journal."""
         try:
-            async with lock:
-                # 1. claim the key (records the intent durably before any upstream call)
-                claim = await journal.claim(key, decl.name, args_fingerprint(decl.name, kwargs))
-                if claim.claim is Claim.DONE:
-                    return ok_result(claim.result, {META_REPLAYED: True})
-                if claim.claim is Claim.MISMATCH:
-                    return error_result(
-                        ConnectorError(
-                            ConnectorErrorCode.INVALID_ARGS,
-                            "idempotency_key was already used with other arguments"
-                            + (f" (tool {claim.tool})" if claim.tool != decl.name else ""),
-                        )
-                    )
-                if claim.claim is Claim.BUSY:
-                    return error_result(
-                        ConnectorError(
-                            ConnectorErrorCode.UPSTREAM_ERROR,
-                            "another call with this idempotency_key is still in progress",
-                        )
-                    )
-                meta: dict[str, Any] | None = None
-                if claim.claim is Claim.RECONCILE:
-                    # 2a. an earlier attempt's outcome is unknown: look before re-applying
-                    if reconcile is None:
-                        await journal.record_unknown(key)
-                        return error_result(
-                            ConnectorError(
-                                ConnectorErrorCode.UPSTREAM_ERROR,
-                                "an earlier attempt with this idempotency_key has an unknown "
-                                "outcome and this tool cannot confirm it upstream",
-                            )
-                        )
-                    try:
-                        found = await reconcile(**kwargs)
-                    except ConnectorError as err:
-                        await journal.record_unknown(key)
-                        return error_result(err)
-                    if found is not None:
-                        await journal.record_done(key, found)
-                        return ok_result(found, {META_RECONCILED: True})
-                    meta = {META_RECONCILED: False}
-                # 2. apply the effect upstream
-                try:
-                    result = await fn(**kwargs)
-                except ConnectorError as err:
-                    # 3a. record what we know: nothing applied -> free the key for a retry;
-                    # maybe applied -> keep it unknown so a retry reconciles first
-                    if err.outcome_unknown:
-                        await journal.record_unknown(key)
-                    else:
-                        await journal.forget(key)
-                    return error_result(err)
-                except asyncio.CancelledError:
-                    await asyncio.shield(journal.record_unknown(key))
-                    raise
-                except Exception:
-                    log.exception("tool %s crashed", decl.name)
-                    await journal.record_unknown(key)
-                    return error_result(_internal_error())
-                # 3. record the result before returning it
-                await journal.record_done(key, result)
-                return ok_result(result, meta)
-        finally:
-            journal.release_local(key)
+            return _Outcome.ok(await entry.fn(**kwargs))
+        except ConnectorError as err:
+            return _Outcome.error(err)
+        except Exception:
+            log.exception("tool %s crashed%s", entry.decl.name, _dry(kwargs))
+            return _Outcome.error(_internal_error())
+
+    async def _apply_once(self, eff: _Effect) -> _Outcome:
+        journal = self.journal
+        async with journal.hold((eff.key,)):
+            # 1. claim the key (records the intent durably before any upstream call)
+            claim = await journal.claim(eff.key, eff.entry.decl.name, eff.fingerprint)
+            refused = _refusal(claim, eff.entry.decl)
+            if refused is not None:
+                return refused
+            # 2. apply (or reconcile) upstream
+            try:
+                outcome, finish, value = await self._attempt(eff, claim)
+            except asyncio.CancelledError:
+                await asyncio.shield(journal.record_unknown(eff.key))
+                raise
+            # 3. record the result before returning it
+            await journal.finish_many([(eff.key, finish, value)])
+            return outcome
+
+    @staticmethod
+    async def _attempt(eff: _Effect, claim: ClaimResult) -> tuple[_Outcome, Finish, Any]:
+        """Run a claimed (NEW or RECONCILE) key upstream: its answer and how the journal must
+        end the attempt. Writes nothing itself; raises only CancelledError."""
+        decl, fn, reconcile, kwargs = eff.entry.decl, eff.entry.fn, eff.entry.reconcile, eff.kwargs
+        meta: dict[str, Any] | None = None
+        if claim.claim is Claim.RECONCILE:
+            # 2a. an earlier attempt's outcome is unknown: look before re-applying
+            if reconcile is None:
+                err = ConnectorError(
+                    ConnectorErrorCode.UPSTREAM_ERROR,
+                    "an earlier attempt with this idempotency_key has an unknown "
+                    "outcome and this tool cannot confirm it upstream",
+                )
+                return _Outcome.error(err), Finish.UNKNOWN, None
+            try:
+                found = await reconcile(**kwargs)
+            except ConnectorError as err:
+                return _Outcome.error(err), Finish.UNKNOWN, None
+            except Exception:
+                log.exception("reconcile of %s crashed", decl.name)
+                return _Outcome.error(_internal_error()), Finish.UNKNOWN, None
+            if found is not None:
+                return _Outcome.ok(found, {META_RECONCILED: True}), Finish.DONE, found
+            meta = {META_RECONCILED: False}
+        # 2b. apply the effect upstream
+        try:
+            result = await fn(**kwargs)
+        except ConnectorError as err:
+            # nothing applied -> free the key for a retry; maybe applied -> keep it unknown so a
+            # retry reconciles first
+            return (
+                _Outcome.error(err),
+                (Finish.UNKNOWN if err.outcome_unknown else Finish.FORGET),
+                None,
+            )
+        except Exception:
+            log.exception("tool %s crashed", decl.name)
+            return _Outcome.error(_internal_error()), Finish.UNKNOWN, None
+        return _Outcome.ok(result, meta), Finish.DONE, result
+
+    # ---- a batch -----------------------------------------------------------------------------
+    def _batch_tool(self) -> Tool:
+        async def batch(calls: list[dict[str, Any]]) -> CallToolResult:
+            return await self._run_batch(calls)
+
+        tool = Tool.from_function(
+            batch,
+            name=BATCH_TOOL,
+            description=(
+                "Reserved (the Fibric pool's batch path, not for models): run many tool calls "
+                'in one request. calls: [{"tool": name, "arguments": {...}}]; answers '
+                'structuredContent {"results": [{"ok", "content", "meta"?}]}, one per call.'
+            ),
+            annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True),
+            meta={
+                META_RESERVED: True,
+                META_SIDE_EFFECT: True,
+                META_CAPABILITY: None,
+                META_COMPENSATING: None,
+            },
+            structured_output=False,
+        )
+        return tool
+
+    def _prepare(self, call: Any) -> tuple[_Entry, dict[str, Any]] | _Outcome:
+        """Look up and validate one batch item, as the SDK does for a single call."""
+        if not isinstance(call, dict) or not isinstance(call.get("tool"), str):
+            return _Outcome.error(
+                ConnectorError(ConnectorErrorCode.INVALID_ARGS, "a batch call needs a tool name")
+            )
+        name = call["tool"]
+        entry = self._entries.get(name)
+        if entry is None:
+            return _Outcome.error(_unknown_tool(name))
+        arguments = call.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            return _Outcome.error(
+                ConnectorError(ConnectorErrorCode.INVALID_ARGS, "arguments must be an object")
+            )
+        try:
+            kwargs = entry.tool.fn_metadata.validate_arguments(arguments)
+        except ValidationError as exc:
+            return _Outcome.error(_invalid_args(exc))
+        except Exception:
+            log.exception("argument validation of %s crashed", name)
+            return _Outcome.error(_internal_error())
+        return entry, kwargs
+
+    async def _run_batch(self, calls: list[dict[str, Any]]) -> CallToolResult:
+        if len(calls) > BATCH_MAX_CALLS:
+            return error_result(
+                ConnectorError(
+                    ConnectorErrorCode.INVALID_ARGS,
+                    f"a batch carries at most {BATCH_MAX_CALLS} calls (got {len(calls)})",
+                )
+            )
+        results: list[dict[str, Any] | None] = [None] * len(calls)
+        plain: list[tuple[int, _Entry, dict[str, Any]]] = []
+        # rounds[r]: the r-th occurrence of each key, so one round never repeats a key and a
+        # repeated key runs after its first occurrence has been journaled (and then replays).
+        rounds: list[list[_Effect]] = []
+        seen: dict[str, int] = {}
+        for i, call in enumerate(calls):
+            prepared = self._prepare(call)
+            if isinstance(prepared, _Outcome):
+                results[i] = prepared.item()
+                continue
+            entry, kwargs = prepared
+            if not entry.decl.side_effect or kwargs.get("dry_run"):
+                plain.append((i, entry, kwargs))
+                continue
+            key = kwargs["idempotency_key"]
+            if not key:
+                results[i] = _Outcome.error(_empty_key()).item()
+                continue
+            r = seen.get(key, 0)
+            seen[key] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(_Effect(i, entry, kwargs, key))
+
+        async def run_plain(i: int, entry: _Entry, kwargs: dict[str, Any]) -> None:
+            results[i] = (await self._run_plain(entry, kwargs)).item()
+
+        await self._each([lambda a=args: run_plain(*a) for args in plain])
+        for effects in rounds:
+            await self._run_round(effects, results)
+        structured = {"results": results}
+        return CallToolResult(
+            # Only our pool calls this tool and it reads the structured content: the text block
+            # is a note, not a second encoding of every result.
+            content=[TextContent(type="text", text=f"{len(results)} results in structuredContent")],
+            structured_content=structured,
+        )
+
+    async def _run_round(
+        self, effects: list[_Effect], results: list[dict[str, Any] | None]
+    ) -> None:
+        """Distinct keys: 1. claim all (one transaction, fsynced) 2. run the claimed ones
+        upstream 3. record every end (one transaction) before the batch answers."""
+        journal = self.journal
+        async with journal.hold([e.key for e in effects]):
+            claims = await journal.claim_many(
+                [(e.key, e.entry.decl.name, e.fingerprint) for e in effects]
+            )
+            attempts: list[tuple[_Effect, ClaimResult]] = []
+            for eff, claim in zip(effects, claims, strict=True):
+                if claim.claim is Claim.BUSY:  # another live process has it: wait it out
+                    claim = await journal.claim(eff.key, eff.entry.decl.name, eff.fingerprint)
+                refused = _refusal(claim, eff.entry.decl)
+                if refused is not None:
+                    results[eff.index] = refused.item()
+                else:
+                    attempts.append((eff, claim))
+            ends: dict[str, tuple[Finish, Any]] = {}
+
+            async def attempt(eff: _Effect, claim: ClaimResult) -> None:
+                outcome, finish, value = await self._attempt(eff, claim)
+                ends[eff.key] = (finish, value)
+                results[eff.index] = outcome.item()
+
+            try:
+                await self._each([lambda a=a: attempt(*a) for a in attempts])
+            except BaseException:
+                # cancelled mid-batch: what ended is recorded, the rest is an unknown outcome
+                records = [(e.key, *ends.get(e.key, (Finish.UNKNOWN, None))) for e, _ in attempts]
+                await asyncio.shield(journal.finish_many(records))
+                raise
+            await journal.finish_many([(k, f, v) for k, (f, v) in ends.items()])
+
+    async def _each(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+        """Run jobs (which never raise but CancelledError), ``batch_concurrency`` at a time."""
+        if self.batch_concurrency <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                await job()
+            return
+        sem = asyncio.Semaphore(self.batch_concurrency)
+
+        async def bounded(job: Callable[[], Awaitable[None]]) -> None:
+            async with sem:
+                await job()
+
+        tasks = [asyncio.ensure_future(bounded(job)) for job in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     # ---- running ---------------------------------------------------------------------------
     def build(self) -> MCPServer:
@@ -376,7 +588,7 @@ class FibricServer:
             self.listing_id,
             version=self._version,
             instructions=self._instructions,
-            tools=list(self._tools),
+            tools=[*self._tools, self._batch_tool()],
             log_level=SERVER_LOG_LEVEL,
         )
 
@@ -398,6 +610,36 @@ class FibricServer:
         finally:
             if self._journal is not None:
                 self._journal.close()
+
+
+def _refusal(claim: ClaimResult, decl: ToolDecl) -> _Outcome | None:
+    """The answer of a claim that must not run upstream (DONE, MISMATCH, BUSY), else None."""
+    if claim.claim is Claim.DONE:
+        return _Outcome.ok(claim.result, {META_REPLAYED: True})
+    if claim.claim is Claim.MISMATCH:
+        return _Outcome.error(
+            ConnectorError(
+                ConnectorErrorCode.INVALID_ARGS,
+                "idempotency_key was already used with other arguments"
+                + (f" (tool {claim.tool})" if claim.tool != decl.name else ""),
+            )
+        )
+    if claim.claim is Claim.BUSY:
+        return _Outcome.error(
+            ConnectorError(
+                ConnectorErrorCode.UPSTREAM_ERROR,
+                "another call with this idempotency_key is still in progress",
+            )
+        )
+    return None
+
+
+def _empty_key() -> ConnectorError:
+    return ConnectorError(ConnectorErrorCode.INVALID_ARGS, "idempotency_key is empty")
+
+
+def _dry(kwargs: dict[str, Any]) -> str:
+    return " (dry run)" if kwargs.get("dry_run") else ""
 
 
 def _internal_error() -> ConnectorError:

@@ -18,8 +18,8 @@ from connectors.marketplace import (
     load_catalogue,
     parse_catalogue,
 )
-from connectors.pool import tool_info
-from connectors.server import read_env
+from connectors.pool import is_reserved, supports_batch, tool_info
+from connectors.server import RESERVED_TOOLS, read_env
 
 CATALOGUE = Path(__file__).resolve().parents[3] / "connectors" / "catalogue.json"
 
@@ -87,7 +87,11 @@ def test_server_tool_list_equals_the_catalogue(listing: Listing):
     assert listing.server is not None and listing.server.module
     module = importlib.import_module(listing.server.module)
     server = module.build(read_env(listing.id, {})).build()
-    listed = {t.name: tool_info(t) for t in asyncio.run(server.list_tools())}
+    tools = asyncio.run(server.list_tools())
+    # The toolkit's reserved tools are listed (so the pool can use them) but are no listing's.
+    assert {t.name for t in tools if is_reserved(t)} == RESERVED_TOOLS
+    assert supports_batch(tools)
+    listed = {t.name: tool_info(t) for t in tools if not is_reserved(t)}
     assert set(listed) == {t.name for t in listing.tools} | {CHECK_TOOL}
     for t in listing.tools:
         info = listed[t.name]
