@@ -1,8 +1,15 @@
-"""MCP tool calls/s to cn-magento (against the fake Magento): through ``ConnectorRuntime`` vs a
-bare ``mcp`` ``ClientSession`` to the same kind of server, in the same run, same concurrency.
+"""MCP tool calls/s through ``ConnectorRuntime``, two scenarios in one run.
 
-``python -m benchmarks.mcp_pool [--quick]`` prints one line
-``MCP pool_calls_per_s=… bare_calls_per_s=… overhead=…%``; ``run(quick)`` returns the numbers.
+``magento`` (read calls to cn-magento against the fake Magento): the pool vs a bare ``mcp``
+``ClientSession`` to the same kind of server, same concurrency -> the pool's own overhead.
+``sandbox`` (governed side effects, ``order.hold`` with a fresh idempotency key each, against the
+real cn-sandbox-orders server over stdio): sequential ``call``, 64 concurrent ``call``s, and
+``call_many`` with batches of 1, 16 and 128 -> what batching buys (ratios to sequential); plus
+the journal alone (no MCP) at both durability settings (decisions.md §23).
+
+``python -m benchmarks.mcp_pool [--quick] [--scenario magento|sandbox|all]`` prints one line per
+scenario (``MCP pool_calls_per_s=…`` / ``MCP_SANDBOX sequential=… …``); ``run(quick)`` and
+``run_sandbox(quick)`` return the numbers.
 The fake store runs in its own process so it does not share a GIL with the client under test.
 Rounds alternate bare/pool and the best round of each counts (noise on a 2-core box is one-sided).
 The result also carries the client process's CPU per call on each side: the pool's own cost,
@@ -26,6 +33,7 @@ from typing import Any
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from connectors.journal import Finish, IdempotencyJournal, args_fingerprint
 from connectors.marketplace import load_catalogue
 from connectors.pool import ConnectorRuntime, ConnectorSpec
 from connectors.server import ENV_CONFIG, ENV_CREDENTIALS, ENV_STATE_DIR
@@ -144,6 +152,120 @@ async def _bench(base_url: str, quick: bool) -> dict[str, Any]:
     }
 
 
+# ---- sandbox: governed side effects, call vs call_many ----------------------------------------
+SANDBOX_TOOL = "order.hold"
+# The executor keeps many entities' actions in flight at once; 64 is what its lanes reach in S3.
+SANDBOX_CONCURRENCY = 64
+SANDBOX_BATCHES = (1, 16, 128)
+# Calls per measured round and rounds per mode (best round counts, as above); a mode's rounds
+# are interleaved with the other modes' so a neighbour's burst hits one round, not one mode.
+SANDBOX_FULL = {"calls": 3072, "rounds": 3, "warmup": 256}
+SANDBOX_QUICK = {"calls": 768, "rounds": 2, "warmup": 128}
+# The journal alone: batches of these sizes, at each durability setting.
+JOURNAL_BATCHES = (1, 128)
+JOURNAL_CALLS = {"full": 1024, "quick": 256}
+
+
+async def _sandbox_modes(runtime: ConnectorRuntime, iid: str) -> dict[str, Any]:
+    counter = 0
+
+    def next_call() -> tuple[str, dict, str]:
+        nonlocal counter
+        counter += 1
+        # a few hundred orders, each key fresh: every call is applied (no replays)
+        return SANDBOX_TOOL, {"order_id": f"B{counter % 512}"}, f"bench:{os.getpid()}:{counter}"
+
+    async def single() -> bool:
+        tool, args, key = next_call()
+        return (await runtime.call(iid, tool, args, idempotency_key=key)).ok
+
+    def batched(size: int) -> Any:
+        async def go(n: int) -> float:
+            failures = 0
+            t0 = time.perf_counter()
+            left = n
+            while left > 0:
+                k = min(size, left)
+                left -= k
+                rs = await runtime.call_many(iid, [next_call() for _ in range(k)])
+                failures += sum(not r.ok for r in rs)
+            if failures:
+                raise RuntimeError(f"{failures} of {n} batched calls failed")
+            return n / (time.perf_counter() - t0)
+
+        return go
+
+    async def sequential(n: int) -> float:
+        return (await _drive(single, n, 1))[0]
+
+    async def concurrent(n: int) -> float:
+        return (await _drive(single, n, SANDBOX_CONCURRENCY))[0]
+
+    modes: dict[str, Any] = {"sequential": sequential, "concurrent_64": concurrent}
+    for size in SANDBOX_BATCHES:
+        modes[f"call_many_{size}"] = batched(size)
+    return modes
+
+
+async def _bench_sandbox(quick: bool) -> dict[str, Any]:
+    p = SANDBOX_QUICK if quick else SANDBOX_FULL
+    listing = load_catalogue()["cn-sandbox-orders"]
+    with tempfile.TemporaryDirectory(prefix="fibric-bench-sandbox-") as tmp:
+        runtime = ConnectorRuntime(state_dir=Path(tmp), max_in_flight=SANDBOX_CONCURRENCY)
+        await runtime.ensure(ConnectorSpec("cn_bench_sandbox", listing, {}, {"key": "x"}))
+        try:
+            modes = await _sandbox_modes(runtime, "cn_bench_sandbox")
+            for fn in modes.values():
+                await fn(p["warmup"])
+            runs: dict[str, list[float]] = {m: [] for m in modes}
+            for _ in range(p["rounds"]):
+                for name, fn in modes.items():
+                    # sequential is slow: a quarter of the calls gives a stable rate
+                    n = p["calls"] // 4 if name == "sequential" else p["calls"]
+                    runs[name].append(await fn(n))
+        finally:
+            await runtime.close()
+    best = {m: round(max(r), 1) for m, r in runs.items()}
+    return {
+        "tool": SANDBOX_TOOL,
+        "calls_per_round": p["calls"],
+        "rounds": p["rounds"],
+        "calls_per_s": best,
+        "ratio_to_sequential": {m: round(v / best["sequential"], 2) for m, v in best.items()},
+        "all_rounds": {m: [round(x, 1) for x in r] for m, r in runs.items()},
+        "journal_us_per_call": await _bench_journal(quick),
+    }
+
+
+async def _bench_journal(quick: bool) -> dict[str, float]:
+    """Claim + finish of fresh keys through ``IdempotencyJournal`` (no MCP, no upstream), with
+    results fsynced (FULL, as before §23) and not (NORMAL, what the journal does now)."""
+    n = JOURNAL_CALLS["quick" if quick else "full"]
+    out: dict[str, float] = {}
+    for results_sync in ("FULL", "NORMAL"):
+        for size in JOURNAL_BATCHES:
+            with tempfile.TemporaryDirectory(prefix="fibric-bench-journal-") as tmp:
+                journal = IdempotencyJournal(Path(tmp))
+                # The benchmark's one reach inside: the results connection's durability.
+                journal._result_conn.execute(f"PRAGMA synchronous={results_sync}")
+                try:
+                    t0 = time.perf_counter()
+                    for start in range(0, n, size):
+                        keys = [f"k{i}" for i in range(start, min(start + size, n))]
+                        fp = args_fingerprint(SANDBOX_TOOL, {"order_id": "1"})
+                        await journal.claim_many([(k, SANDBOX_TOOL, fp) for k in keys])
+                        await journal.finish_many([(k, Finish.DONE, {"ok": True}) for k in keys])
+                    us = (time.perf_counter() - t0) / n * 1e6
+                finally:
+                    journal.close()
+            out[f"results_{results_sync.lower()}_batch_{size}"] = round(us, 1)
+    return out
+
+
+def run_sandbox(quick: bool) -> dict[str, Any]:
+    return asyncio.run(_bench_sandbox(quick))
+
+
 def run(quick: bool) -> dict[str, Any]:
     proc, url = _start_fake()
     try:
@@ -159,17 +281,29 @@ def run(quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls (CI smoke)")
+    parser.add_argument("--scenario", choices=("magento", "sandbox", "all"), default="all")
     parser.add_argument(
         "--json", action="store_true", help="also print the full result (rounds, client CPU)"
     )
     args = parser.parse_args(argv)
-    r = run(args.quick)
-    print(
-        f"MCP pool_calls_per_s={r['pool_calls_per_s']} bare_calls_per_s={r['bare_calls_per_s']} "
-        f"overhead={r['overhead_pct']}%"
-    )
-    if args.json:
-        print(json.dumps(r))
+    if args.scenario in ("magento", "all"):
+        r = run(args.quick)
+        print(
+            f"MCP pool_calls_per_s={r['pool_calls_per_s']} "
+            f"bare_calls_per_s={r['bare_calls_per_s']} overhead={r['overhead_pct']}%"
+        )
+        if args.json:
+            print(json.dumps(r))
+    if args.scenario in ("sandbox", "all"):
+        r = run_sandbox(args.quick)
+        rates = " ".join(f"{m}={v}" for m, v in r["calls_per_s"].items())
+        ratios = " ".join(f"{m}={v}x" for m, v in r["ratio_to_sequential"].items())
+        journal = " ".join(f"{m}={v}us" for m, v in r["journal_us_per_call"].items())
+        print(f"MCP_SANDBOX calls_per_s {rates}")
+        print(f"MCP_SANDBOX ratio_to_sequential {ratios}")
+        print(f"MCP_SANDBOX journal_per_call {journal}")
+        if args.json:
+            print(json.dumps(r))
 
 
 if __name__ == "__main__":

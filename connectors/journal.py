@@ -7,8 +7,11 @@ key returns the recorded result without calling upstream. A key whose earlier at
 with an unknown outcome (crash, timeout) is never blindly re-applied: the caller reconciles it
 against the upstream state first (see ``server.py``).
 
-Batches (``claim_many`` / ``finish_many``) record many keys in one transaction each: every intent
-of a batch is committed before any of its upstream calls, every result before the batch answers.
+Group commit: one writer task owns the SQLite connections; every claim and finish queued while
+it writes goes into its next transaction (results first, then intents), so concurrent calls and
+batches (``claim_many`` / ``finish_many``) share one commit — and one fsync. A claim's future
+resolves only once its transaction committed: every intent is durable before its upstream call,
+every result is written before its call answers.
 
 Durability (decisions.md §23): intents are committed with ``synchronous=FULL`` (the WAL is
 fsynced before the upstream call: a power cut can never forget a claimed key, so a re-invoked
@@ -88,6 +91,16 @@ def args_fingerprint(tool: str, args: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """Work for the journal's writer: ``claim`` (list of (key, tool, args_hash)), ``finish``
+    (list of (key, Finish, result)) or ``state`` (a key); ``future`` gets the answer."""
+
+    kind: str
+    payload: Any
+    future: asyncio.Future[Any]
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -114,7 +127,9 @@ class IdempotencyJournal:
         # Keys this process is applying now -> [lock, holders + waiters]; serialises same-key
         # calls inside the process. Counted, so an entry is dropped only when nobody waits.
         self._local: dict[str, list[Any]] = {}
-        self._db_lock = asyncio.Lock()  # one statement batch at a time across both connections
+        # Group commit (module docstring): work queued for the writer, and the writer task.
+        self._queue: list[_Job] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -208,9 +223,64 @@ class IdempotencyJournal:
             return None
         return row[0], (json.loads(row[1]) if row[1] else None)
 
-    async def _db(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        async with self._db_lock:
-            return await asyncio.to_thread(fn, *args, **kw)
+    def _write_sync(self, jobs: list[_Job]) -> list[Any]:
+        """One writer pass: every queued finish in one transaction, then every queued claim in
+        another (fsynced), then reads. A job's answer, or the exception it fails with."""
+        out: list[Any] = [None] * len(jobs)
+        finishes = [(i, j) for i, j in enumerate(jobs) if j.kind == "finish"]
+        claims = [(i, j) for i, j in enumerate(jobs) if j.kind == "claim"]
+        if finishes:
+            try:
+                self._finish_many_sync([r for _, j in finishes for r in j.payload])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this group
+                for i, _ in finishes:
+                    out[i] = exc
+        if claims:
+            try:
+                answers = self._claim_many_sync([c for _, j in claims for c in j.payload])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this group
+                for i, _ in claims:
+                    out[i] = exc
+            else:
+                pos = 0
+                for i, j in claims:
+                    out[i] = answers[pos : pos + len(j.payload)]
+                    pos += len(j.payload)
+        for i, j in enumerate(jobs):
+            if j.kind == "state":
+                try:
+                    out[i] = self._state_sync(j.payload)
+                except Exception as exc:  # noqa: BLE001
+                    out[i] = exc
+        return out
+
+    async def _submit(self, kind: str, payload: Any) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(kind, payload, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="journal-writer")
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            jobs, self._queue = self._queue, []
+            try:
+                # shielded: a cancelled waiter must not abandon a transaction in the thread
+                answers = await asyncio.shield(asyncio.to_thread(self._write_sync, jobs))
+            except BaseException as exc:
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(
+                            exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+                        )
+                raise
+            for j, answer in zip(jobs, answers, strict=True):
+                if j.future.done():  # the waiter was cancelled meanwhile
+                    continue
+                if isinstance(answer, Exception):
+                    j.future.set_exception(answer)
+                else:
+                    j.future.set_result(answer)
 
     # ---- async API -----------------------------------------------------------------------
     @asynccontextmanager
@@ -242,7 +312,7 @@ class IdempotencyJournal:
         """Claim ``key`` (caller holds it, ``hold``); waits out a live other owner."""
         deadline = time.monotonic() + LIVE_PENDING_WAIT_S
         while True:
-            (res,) = await self._db(self._claim_many_sync, [(key, tool, args_hash)])
+            (res,) = await self._submit("claim", [(key, tool, args_hash)])
             if res.claim is not Claim.BUSY or time.monotonic() >= deadline:
                 return res
             await asyncio.sleep(LIVE_PENDING_POLL_S)
@@ -251,11 +321,11 @@ class IdempotencyJournal:
         """Claim distinct keys (caller holds them) in one transaction; BUSY is not waited out."""
         if not items:
             return []
-        return await self._db(self._claim_many_sync, items)
+        return await self._submit("claim", list(items))
 
     async def finish_many(self, records: Sequence[tuple[str, Finish, Any]]) -> None:
         if records:
-            await self._db(self._finish_many_sync, records)
+            await self._submit("finish", list(records))
 
     async def record_done(self, key: str, result: Any) -> None:
         await self.finish_many([(key, Finish.DONE, result)])
@@ -268,7 +338,7 @@ class IdempotencyJournal:
         await self.finish_many([(key, Finish.FORGET, None)])
 
     async def state(self, key: str) -> tuple[str, Any] | None:
-        return await self._db(self._state_sync, key)
+        return await self._submit("state", key)
 
     def close(self) -> None:
         self._result_conn.close()
