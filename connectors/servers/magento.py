@@ -22,7 +22,7 @@ from typing import Any
 
 from connectors.errors import ConnectorError, ConnectorErrorCode
 from connectors.server import ConnectorEnv, FibricServer, credential_secret, serve
-from connectors.upstream import Upstream
+from connectors.upstream import UPSTREAM_MAX_CONNECTIONS, Upstream
 
 LISTING_ID = "cn-magento"
 # Magento refuses hold() in these states (Magento\Sales\Model\Order::canHold).
@@ -224,6 +224,8 @@ def build(env: ConnectorEnv) -> FibricServer:
         LISTING_ID,
         state_dir=env.state_dir,
         instructions="Magento 2 orders: read, hold, release, notify the customer.",
+        # A batch's calls go to the store concurrently, as many as the HTTP pool holds.
+        batch_concurrency=UPSTREAM_MAX_CONNECTIONS,
     )
 
     @server.check

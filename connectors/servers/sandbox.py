@@ -6,10 +6,18 @@ guardrails without touching a real store, then rebind the capabilities to a real
 API key is accepted. Orders are created on first use in state ``processing``. The executor's
 idempotency keys are honoured by the toolkit's journal like every Fibric connector.
 Also the in-repo connector the governed-loop benchmarks drive (no network hop to an upstream).
+
+Like an upstream that stores request ids, the sandbox records each effect's idempotency key in
+the same transaction as the effect, so an attempt whose outcome is unknown (a crash, a timeout)
+is reconciled, never re-applied. ``latency_ms`` in the config (tests and benchmarks only, not in
+the listing) delays each effect's answer after it is applied: a slow upstream, and the window in
+which a crash leaves an applied effect without a journaled result.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 import threading
 from typing import Any
@@ -19,6 +27,9 @@ from connectors.server import ConnectorEnv, FibricServer, serve
 
 LISTING_ID = "cn-sandbox-orders"
 MAX_COMMENT_CHARS = 2000
+# Effects of one batch applied at once: the simulated store takes any number (they are in
+# process), and with ``latency_ms`` the answers overlap as a real store's would.
+BATCH_CONCURRENCY = 64
 
 
 class Sandbox:
@@ -38,6 +49,11 @@ class Sandbox:
                 "holds INTEGER NOT NULL DEFAULT 0, releases INTEGER NOT NULL DEFAULT 0)"
             )
             self._db.execute("CREATE TABLE IF NOT EXISTS notes (order_id TEXT, comment TEXT)")
+            # The idempotency key of every applied effect (PRIMARY KEY: applying one twice is
+            # an error, never a silent second effect).
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, result TEXT NOT NULL)"
+            )
 
     def _order(self, order_id: str) -> dict[str, Any]:
         if not order_id or len(order_id) > 64:
@@ -65,31 +81,56 @@ class Sandbox:
         with self._lock, self._db:
             return self._order(order_id)
 
-    def set_state(self, order_id: str, state: str, column: str) -> dict[str, Any]:
+    def set_state(self, key: str, order_id: str, state: str, column: str) -> dict[str, Any]:
         with self._lock, self._db:
             self._order(order_id)
             self._db.execute(
                 f"UPDATE orders SET state = ?, {column} = {column} + 1 WHERE id = ?",
                 (state, order_id),
             )
-            return self._order(order_id)
+            return self._effect(key, order_id)
 
-    def note(self, order_id: str, comment: str) -> dict[str, Any]:
+    def note(self, key: str, order_id: str, comment: str) -> dict[str, Any]:
         with self._lock, self._db:
             self._order(order_id)
             self._db.execute(
                 "INSERT INTO notes (order_id, comment) VALUES (?, ?)", (order_id, comment)
             )
-            return self._order(order_id)
+            return self._effect(key, order_id)
+
+    def _effect(self, key: str, order_id: str) -> dict[str, Any]:
+        order = self._order(order_id)
+        self._db.execute("INSERT INTO effects VALUES (?, ?)", (key, json.dumps(order)))
+        return order
+
+    def applied(self, key: str) -> dict[str, Any] | None:
+        """The order as the effect with this key left it, or None if none was applied."""
+        with self._lock:
+            row = self._db.execute("SELECT result FROM effects WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
 
 def build(env: ConnectorEnv) -> FibricServer:
     box = Sandbox(env)
+    latency_s = float(env.config.get("latency_ms") or 0) / 1000.0
     server = FibricServer(
         LISTING_ID,
         state_dir=env.state_dir,
         instructions="Sandbox orders: simulated holds, releases and notifications.",
+        batch_concurrency=BATCH_CONCURRENCY,
     )
+
+    async def answer(action: str, order: dict[str, Any]) -> dict[str, Any]:
+        if latency_s:
+            await asyncio.sleep(latency_s)
+        return {"action": action, "order": order, "sandbox": True}
+
+    def reconciler(action: str) -> Any:
+        async def find(idempotency_key: str, **_: Any) -> dict[str, Any] | None:
+            order = box.applied(idempotency_key)
+            return None if order is None else {"action": action, "order": order, "sandbox": True}
+
+        return find
 
     @server.check
     async def connector_check() -> dict[str, Any]:
@@ -102,7 +143,11 @@ def build(env: ConnectorEnv) -> FibricServer:
         return {"order": box.read(order_id), "sandbox": True}
 
     @server.tool(
-        "order.hold", side_effect=True, capability="order.hold", compensating_tool="order.release"
+        "order.hold",
+        side_effect=True,
+        capability="order.hold",
+        compensating_tool="order.release",
+        reconcile=reconciler("hold"),
     )
     async def order_hold(
         idempotency_key: str, order_id: str = "sandbox-probe", dry_run: bool = False
@@ -110,26 +155,30 @@ def build(env: ConnectorEnv) -> FibricServer:
         """Simulate putting an order on hold."""
         if dry_run:
             return {"dry_run": True, "order": box.read(order_id)}
-        return {
-            "action": "hold",
-            "order": box.set_state(order_id, "holded", "holds"),
-            "sandbox": True,
-        }
+        return await answer("hold", box.set_state(idempotency_key, order_id, "holded", "holds"))
 
-    @server.tool("order.release", side_effect=True, capability="order.release")
+    @server.tool(
+        "order.release",
+        side_effect=True,
+        capability="order.release",
+        reconcile=reconciler("release"),
+    )
     async def order_release(
         idempotency_key: str, order_id: str = "sandbox-probe", dry_run: bool = False
     ) -> dict[str, Any]:
         """Simulate releasing an order from hold."""
         if dry_run:
             return {"dry_run": True, "order": box.read(order_id)}
-        return {
-            "action": "release",
-            "order": box.set_state(order_id, "processing", "releases"),
-            "sandbox": True,
-        }
+        return await answer(
+            "release", box.set_state(idempotency_key, order_id, "processing", "releases")
+        )
 
-    @server.tool("order.notify", side_effect=True, capability="order.notify")
+    @server.tool(
+        "order.notify",
+        side_effect=True,
+        capability="order.notify",
+        reconcile=reconciler("notify"),
+    )
     async def order_notify(
         idempotency_key: str,
         comment: str = "sandbox notification",
@@ -144,7 +193,7 @@ def build(env: ConnectorEnv) -> FibricServer:
             )
         if dry_run:
             return {"dry_run": True, "order": box.read(order_id)}
-        return {"action": "notify", "order": box.note(order_id, comment), "sandbox": True}
+        return await answer("notify", box.note(idempotency_key, order_id, comment))
 
     return server
 

@@ -3,6 +3,7 @@ the tool list, the error shape, at-most-once per key, dry runs and reconciliatio
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from connectors.errors import ConnectorError
-from connectors.server import FibricServer
+from connectors.server import BATCH_MAX_CALLS, BATCH_TOOL, FibricServer
 
 
 class Toy:
@@ -176,3 +177,80 @@ def test_declarations_are_checked(tmp_path: Path):
 
     with pytest.raises(ValueError, match="connector.check"):
         server.build()
+
+
+# ---- the batch tool -----------------------------------------------------------------------------
+def _batch_server(
+    tmp_path: Path, seen: list, gate: asyncio.Event | None = None, both: asyncio.Event | None = None
+) -> Any:
+    """A toolkit server whose effect records what the journal holds when it runs."""
+    server = FibricServer("cn-toy", state_dir=tmp_path, batch_concurrency=4)
+
+    @server.check
+    async def check() -> dict:
+        return {"ok": True}
+
+    @server.tool("thing.poke", side_effect=True, capability="thing.poke")
+    async def poke(idempotency_key: str, thing_id: str, dry_run: bool = False) -> dict:
+        states = {k: await server.journal.state(k) for k in ("b1", "b2", "b3")}
+        seen.append((idempotency_key, {k: v[0] if v else None for k, v in states.items()}))
+        if both is not None and len(seen) >= 2:
+            both.set()
+        if gate is not None:
+            await gate.wait()
+        return {"thing_id": thing_id}
+
+    return server, server.build()
+
+
+def _calls(*keys: str) -> dict:
+    return {
+        "calls": [
+            {"tool": "thing.poke", "arguments": {"idempotency_key": k, "thing_id": k}} for k in keys
+        ]
+    }
+
+
+async def test_batch_journals_every_intent_before_any_upstream_call(tmp_path: Path):
+    seen: list = []
+    _, s = _batch_server(tmp_path, seen)
+    r = await s.call_tool(BATCH_TOOL, _calls("b1", "b2", "b3"))
+    items = r.structured_content["results"]
+    assert [i["ok"] for i in items] == [True, True, True]
+    # whichever effect ran first, all three intents were already committed
+    assert seen[0][1] == {"b1": "pending", "b2": "pending", "b3": "pending"}
+    assert {k for k, _ in seen} == {"b1", "b2", "b3"}
+
+
+async def test_cancelled_batch_leaves_unknown_outcomes_not_pending_rows(tmp_path: Path):
+    seen: list = []
+    gate = asyncio.Event()  # never set: the effects hang until cancelled
+    both = asyncio.Event()  # both effects are running
+    server, s = _batch_server(tmp_path, seen, gate, both)
+    task = asyncio.create_task(s.call_tool(BATCH_TOOL, _calls("b1", "b2")))
+    await both.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await server.journal.state("b1") == ("unknown", None)
+    assert await server.journal.state("b2") == ("unknown", None)
+
+
+async def check_fn() -> dict:
+    return {"ok": True}
+
+
+async def test_batch_limits_and_reserved_names(tmp_path: Path):
+    _, s = _batch_server(tmp_path, [])
+    too_many = _calls(*(f"k{i}" for i in range(BATCH_MAX_CALLS + 1)))
+    r = await s.call_tool(BATCH_TOOL, too_many)
+    assert r.is_error and r.structured_content["error"]["code"] == "invalid_args"
+    r = await s.call_tool(BATCH_TOOL, {"calls": [{"tool": BATCH_TOOL, "arguments": {}}, {}]})
+    assert [i["content"]["error"]["code"] for i in r.structured_content["results"]] == [
+        "unknown_tool",
+        "invalid_args",
+    ]
+    with pytest.raises(ValueError, match="reserved"):
+        FibricServer("cn-x", state_dir=tmp_path).tool(
+            "fibric.mine", side_effect=False, capability=None
+        )(check_fn)
