@@ -5,7 +5,7 @@
 ``sandbox`` (governed side effects, ``order.hold`` with a fresh idempotency key each, against the
 real cn-sandbox-orders server over stdio): sequential ``call``, 64 concurrent ``call``s, and
 ``call_many`` with batches of 1, 16 and 128 -> what batching buys (ratios to sequential); plus
-the journal alone (no MCP) at both durability settings (decisions.md §23).
+the journal alone (no MCP) at both durability settings (decisions.md §25).
 
 ``python -m benchmarks.mcp_pool [--quick] [--scenario magento|sandbox|all]`` prints one line per
 scenario (``MCP pool_calls_per_s=…`` / ``MCP_SANDBOX sequential=… …``); ``run(quick)`` and
@@ -36,7 +36,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from connectors.journal import Finish, IdempotencyJournal, args_fingerprint
 from connectors.marketplace import load_catalogue
 from connectors.pool import ConnectorRuntime, ConnectorSpec
-from connectors.server import ENV_CONFIG, ENV_CREDENTIALS, ENV_STATE_DIR
+from connectors.server import ENV_CONFIG, ENV_CREDENTIALS, ENV_LIVEMODE, ENV_STATE_DIR
 
 TOOL = "order.read"
 ARGS = {"order_id": "1"}
@@ -100,6 +100,9 @@ async def _bench(base_url: str, quick: bool) -> dict[str, Any]:
             ENV_CONFIG: json.dumps(config),
             ENV_CREDENTIALS: json.dumps(creds),
             ENV_STATE_DIR: str(Path(tmp) / "bare"),
+            # test mode, as the pool's spec below: the fake store listens on loopback, which
+            # live mode's egress policy refuses (decisions §22)
+            ENV_LIVEMODE: "false",
         }
         if "PYTHONPATH" in os.environ:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
@@ -239,7 +242,7 @@ async def _bench_sandbox(quick: bool) -> dict[str, Any]:
 
 async def _bench_journal(quick: bool) -> dict[str, float]:
     """Claim + finish of fresh keys through ``IdempotencyJournal`` (no MCP, no upstream), with
-    results fsynced (FULL, as before §23) and not (NORMAL, what the journal does now)."""
+    results fsynced (FULL, as before §25) and not (NORMAL, what the journal does now)."""
     n = JOURNAL_CALLS["quick" if quick else "full"]
     out: dict[str, float] = {}
     for results_sync in ("FULL", "NORMAL"):

@@ -13,7 +13,7 @@ batches (``claim_many`` / ``finish_many``) share one commit — and one fsync. A
 resolves only once its transaction committed: every intent is durable before its upstream call,
 every result is written before its call answers.
 
-Durability (decisions.md §23): intents are committed with ``synchronous=FULL`` (the WAL is
+Durability (decisions.md §25): intents are committed with ``synchronous=FULL`` (the WAL is
 fsynced before the upstream call: a power cut can never forget a claimed key, so a re-invoked
 key is reconciled, never blindly re-applied); results and forgets with ``synchronous=NORMAL``
 (written to the WAL before the tool returns, so a crashed process never loses one; made durable
