@@ -11,7 +11,8 @@ share a partition and arrive in order. Per batch:
    entity never stalls another), each lane runs its actions one at a time (single-flight);
 4. per action the core decides (:func:`agents.executor.decide`); an invocation first writes its
    *intent* durably (RocksDB + changelog, acknowledged — group-committed across lanes by
-   :class:`IntentWriter`), then calls the tool over MCP with the idempotency key, then the core
+   :class:`IntentWriter`), then calls the tool over MCP with the idempotency key (concurrent
+   lanes' calls to one connector share one request, :class:`CallBatcher`), then the core
    concludes (:func:`agents.executor.conclude`);
 5. the batch's receipts and terminal states are committed by :class:`streams.checkpoint.Checkpoint`
    (state → produce → acknowledge), then the agent returns and Faust commits the offsets.
@@ -108,6 +109,43 @@ class IntentWriter:
                     fut.set_result(None)
 
 
+class CallBatcher:
+    """Concurrent lanes' tool calls to one connector instance, grouped into one MCP request
+    (``ConnectorRuntime.call_many``: one round trip and one journal transaction for the lot,
+    ~15x the calls/s of single calls, connectors/pool.py). Calls submitted while a request is in
+    flight share the next one, so a lone call still goes at once. Single-flight is unaffected:
+    a lane submits an entity's next action only after its previous call returned."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self._queues: dict[str, list[tuple[str, dict, str | None, asyncio.Future[Any]]]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def call(self, instance_id: str, tool: str, args: dict, key: str | None) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(instance_id, []).append((tool, args, key, fut))
+        task = self._running.get(instance_id)
+        if task is None or task.done():
+            self._running[instance_id] = asyncio.ensure_future(self._drain(instance_id))
+        return await fut
+
+    async def _drain(self, instance_id: str) -> None:
+        await asyncio.sleep(0)  # the other lanes of this turn of the loop submit theirs too
+        while batch := self._queues.pop(instance_id, []):
+            try:
+                results = await self._runtime.call_many(
+                    instance_id, [(tool, args, key) for tool, args, key, _ in batch]
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (*_, fut), res in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+
+
 class Executor:
     def __init__(
         self,
@@ -129,6 +167,7 @@ class Executor:
         self.box = box
         self.store = store
         self.intents = IntentWriter(store, producer)
+        self.calls = CallBatcher(runtime)
         self.loaded: set[int] = set()
         self._load_lock = asyncio.Lock()
         self._ensured: dict[str, int] = {}
@@ -332,11 +371,11 @@ class Executor:
         # 4. intent durable before the tool is called
         if d.intent is not None:
             await self.intents.write(partition, key, d.intent)
-        res = await self.runtime.call(
-            a.connector_id,
+        res = await self.calls.call(
+            a.connector_id or "",
             a.tool,
             a.args,
-            idempotency_key=a.idempotency_key if a.side_effect else None,
+            a.idempotency_key if a.side_effect else None,
         )
         return conclude(
             a,
