@@ -256,6 +256,10 @@ class Stack:
             file=sys.stderr,
             flush=True,
         )
+        # a new cluster id: workers compare it with the one their exec-state offsets were
+        # recorded on, which tells them exactly that this broker lost the changelog
+        argv = self.broker.argv
+        argv[argv.index("--cluster-id") + 1] = f"fibric-{secrets.token_hex(6)}"
         self.broker.start()
         self.wait_broker()
         asyncio.run(ensure_topics(self.settings.kafka_bootstrap, self.settings.partitions))

@@ -18,7 +18,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.executor import KeyState, key_of
-from ledger.store import RECEIPT_COLUMNS, LedgerStore, receipt_from_row
+from ledger.store import LedgerStore, receipt_from_row
+from ledger.tables import TABLES
 from schemas.plan import Receipt
 from streams.kafka import partition_for
 from streams.topics import EXECSTATE, entity_key
@@ -33,7 +34,7 @@ async def applied_receipts(store: LedgerStore) -> AsyncIterator[list[Receipt]]:
     """Every applied (or undone) receipt that names an idempotency key, oldest first, in pages.
     One key is applied at most once (the executor's invariant), so each is one key's state."""
     after: tuple[Any, str] | None = None
-    cols = ", ".join(RECEIPT_COLUMNS)
+    cols = ", ".join(TABLES["receipt"].columns)
     while True:
         params: dict[str, Any] = {"n": PAGE_ROWS}
         cond = ""

@@ -25,25 +25,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
-from ledger.store import (
-    ACTION_COLUMNS,
-    CONFIG_COLUMNS,
-    DEAD_LETTER_COLUMNS,
-    EVENT_COLUMNS,
-    PLAN_COLUMNS,
-    RECEIPT_COLUMNS,
-    VAULT_COLUMNS,
-    LedgerStore,
-    action_row,
-    dead_letter_row,
-    event_row,
-    plan_row,
-    receipt_row,
-)
+from ledger.store import VAULT_COLUMNS, LedgerStore
+from ledger.tables import TABLES
 from schemas.config import ConfigRecord
-from schemas.envelope import DeadLetter, Event, LedgerRecord
+from schemas.envelope import DeadLetter, LedgerRecord
 from schemas.ids import id_time
-from schemas.plan import ActionRecord, Plan, Receipt
 from streams.kafka import REQUEST_TIMEOUT_MS, stop_consuming
 from streams.topics import ACTIONS, COMMANDS, EVENTS, INGEST_GROUP, OFFERS
 
@@ -254,13 +240,13 @@ class LedgerSink:
 
     def _decode(self, batch: dict[Any, list[Any]]) -> dict[str, dict[str, Any]]:
         """Records by kind, keyed by their dedup identity (repeats inside a batch dropped)."""
-        out: dict[str, dict[str, Any]] = {k: {} for k in _KINDS}
+        out: dict[str, dict[str, Any]] = {k: {} for k in TABLES}
         for tp, messages in batch.items():
             for msg in messages:
                 try:
                     if tp.topic == self._topics["ledger"]:
                         rec = LedgerRecord.model_validate_json(msg.value)
-                        obj, kind = _KINDS[rec.kind][0].model_validate(rec.row), rec.kind
+                        obj, kind = TABLES[rec.kind].model.model_validate(rec.row), rec.kind
                     elif tp.topic == self._topics["dlq"]:
                         obj, kind = DeadLetter.model_validate_json(msg.value), "dead_letter"
                     else:
@@ -270,7 +256,7 @@ class LedgerSink:
                     # with its coordinates so it can be inspected, and skipped.
                     log.error("undecodable record on %s[%d]@%d", tp.topic, tp.partition, msg.offset)
                     continue
-                out[kind].setdefault(_identity(kind, obj), obj)
+                out[kind].setdefault(TABLES[kind].identity(obj), obj)
         return out
 
     async def _store_batch(self, batch: dict[Any, list[Any]]) -> list[str]:
@@ -285,7 +271,9 @@ class LedgerSink:
         for kind, objs in by_kind.items():
             if not objs:
                 continue
-            _, table, time_attr, time_col, columns, to_row, id_expr = _KINDS[kind]
+            spec = TABLES[kind]
+            table, time_attr, time_col = spec.table, spec.time_attr, spec.time_col
+            columns, to_row, id_expr = spec.columns, spec.to_row, spec.id_expr
             lo, hi = _id_check_range(objs.values(), time_attr)
 
             async def insert_new(
@@ -411,55 +399,3 @@ def _id_check_range(objs: Iterable[Any], time_attr: str) -> tuple[datetime, date
         if t is not None:
             id_times.append(t)
     return min([*times, *id_times]) - CLOCK_SKEW, max(times) + CLOCK_SKEW
-
-
-def _config_row(c: ConfigRecord) -> list[Any]:
-    return [c.tenant_id, c.at, c.id, c.kind, c.version, c.actor, c.model_dump_json()]
-
-
-def _identity(kind: str, obj: Any) -> str:
-    # plans are versioned rows: each version is stored once
-    return f"{obj.id}#{obj.version}" if kind == "plan" else obj.id
-
-
-# kind -> (model, table, time attribute, time column, columns, row builder, identity expression)
-_KINDS: dict[str, tuple[Any, str, str, str, tuple[str, ...], Callable[[Any], list[Any]], str]] = {
-    "event": (Event, "events", "created_at", "created_at", EVENT_COLUMNS, event_row, "id"),
-    "dead_letter": (
-        DeadLetter,
-        "dead_letters",
-        "created_at",
-        "created_at",
-        DEAD_LETTER_COLUMNS,
-        dead_letter_row,
-        "id",
-    ),
-    "config": (ConfigRecord, "config_log", "at", "at", CONFIG_COLUMNS, _config_row, "id"),
-    "plan": (
-        Plan,
-        "plans",
-        "created_at",
-        "created_at",
-        PLAN_COLUMNS,
-        plan_row,
-        "concat(id, '#', toString(version))",
-    ),
-    "action": (
-        ActionRecord,
-        "actions",
-        "proposed_at",
-        "proposed_at",
-        ACTION_COLUMNS,
-        action_row,
-        "id",
-    ),
-    "receipt": (
-        Receipt,
-        "receipts",
-        "created_at",
-        "created_at",
-        RECEIPT_COLUMNS,
-        receipt_row,
-        "id",
-    ),
-}

@@ -146,9 +146,8 @@ class Checkpoint:
             self.publish_config(self.config) if self.config and self.publish_config else None
         )
         # 3. acknowledge: every record is on the broker
-        if futures:
-            await asyncio.gather(*futures)
-        metas = await asyncio.gather(*changelog) if changelog else []
+        await acknowledged(futures)
+        metas = await acknowledged(changelog)
         if config_done is not None:
             await config_done
         # 4. local views: changelog offsets written, config applied to this worker's view
@@ -168,6 +167,18 @@ class Checkpoint:
             assert self.dedup is not None
             self.dedup.remember(sorted(set(self.dedup_keys)))
         # 6. return: the agent returns to Faust, which acks the batch and commits its offsets
+
+
+async def acknowledged(futures: list[Any]) -> list[Any]:
+    """Every acknowledgement, or the first failure — after *all* of them settled, so no delivery
+    failure goes unobserved ("exception was never retrieved") and none is still in flight."""
+    if not futures:
+        return []
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def _encode_state(state: KeyState) -> bytes:

@@ -66,10 +66,27 @@ class ExecStateStore:
             if v is not None
         }
 
-    def offset(self, partition: int) -> int:
-        """Last changelog offset applied for ``partition``; -1 when none."""
+    # The broker's cluster id is stored with every offset: an offset means nothing on another
+    # cluster, and the embedded broker gets a new id each time it starts (fibric/launcher.py),
+    # so "this changelog is not the one my offsets count" is detected exactly, whatever the
+    # new changelog already holds (the api may have republished state into it).
+    cluster_id = ""
+
+    def position(self, partition: int) -> tuple[str, int]:
+        """(cluster id, last changelog offset applied) for ``partition``; ("", -1) when none."""
         raw = self._db.get(_offset_key(partition))
-        return int(raw) if raw is not None else -1
+        if raw is None:
+            return "", -1
+        cluster, _, off = raw.decode().rpartition(":")
+        return cluster, int(off)
+
+    def offset(self, partition: int) -> int:
+        """Last changelog offset applied for ``partition`` on this cluster; -1 when none."""
+        cluster, off = self.position(partition)
+        return off if cluster == self.cluster_id else -1
+
+    def has_state(self, partition: int) -> bool:
+        return next(self.entries(partition), None) is not None
 
     def entries(self, partition: int) -> Iterator[tuple[str, KeyState]]:
         prefix = _STATE + f"{partition:05d}\x1f".encode()
@@ -107,17 +124,20 @@ class ExecStateStore:
             n += 1
             last = offset
         if last is not None:
-            wb.put(_offset_key(partition), str(last).encode())
+            wb.put(_offset_key(partition), self._offset_value(last))
             self._db.write(wb, self._sync)
         return n
+
+    def _offset_value(self, offset: int) -> bytes:
+        return f"{self.cluster_id}:{offset}".encode()
 
     def set_offset(self, partition: int, offset: int) -> None:
         """Remember that the changelog holds everything up to ``offset`` for ``partition``."""
         if offset > self.offset(partition):
-            self._db.put(_offset_key(partition), str(offset).encode())
+            self._db.put(_offset_key(partition), self._offset_value(offset))
 
     def reset_offset(self, partition: int, offset: int) -> None:
-        self._db.put(_offset_key(partition), str(offset).encode())
+        self._db.put(_offset_key(partition), self._offset_value(offset))
 
     def close(self) -> None:
         self._db.close()

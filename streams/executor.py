@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from agents.executor import (
     CallResult,
@@ -49,8 +50,9 @@ from agents.executor import (
 )
 from agents.secrets import SecretBox
 from schemas.plan import ActionRecord
-from streams.checkpoint import Checkpoint
+from streams.checkpoint import Checkpoint, acknowledged
 from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore
+from streams.kafka import probe
 from streams.topics import EXECSTATE, LEDGER, ledger_key, ledger_value_of_row
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ class IntentWriter:
                     )
                     for p, k, s, _ in batch
                 ]
-                metas = await asyncio.gather(*sends)
+                metas = await acknowledged(sends)
                 for (p, _, _, _), meta in zip(batch, metas, strict=True):
                     off = getattr(meta, "offset", None)
                     if isinstance(off, int):
@@ -200,6 +202,16 @@ class Executor:
         ListOffsets(latest) with the base offset of the last batch, not the high watermark
         (benchmarks/RESULTS.md), so ``end_offsets`` alone would misjudge both cases.
         """
+        cluster = await probe(self._bootstrap)
+        if cluster is None:
+            raise KafkaConnectionError(f"no broker answers at {self._bootstrap}")
+        self.store.cluster_id = cluster
+        # partitions whose state this disk holds for another cluster: the broker was replaced
+        moved = {
+            p
+            for p in partitions
+            if self.store.position(p)[0] not in ("", cluster) and self.store.has_state(p)
+        }
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             enable_auto_commit=False,
@@ -236,7 +248,9 @@ class Executor:
                     applied += self.store.apply_changelog(
                         tp.partition, ((m.offset, m.key or b"", m.value or b"") for m in fresh)
                     )
-            behind = [tp.partition for tp in tps if last_seen[tp] < have[tp]]
+            behind = [
+                tp.partition for tp in tps if last_seen[tp] < have[tp] or tp.partition in moved
+            ]
         finally:
             await consumer.stop()
         for p in behind:
@@ -268,7 +282,7 @@ class Executor:
                     headers=self._headers,
                 )
             )
-        metas = await asyncio.gather(*sends)
+        metas = await acknowledged(sends)
         last = max((m.offset for m in metas[: len(metas) - len(receipts)]), default=-1)
         self.store.reset_offset(partition, last)
         log.warning(

@@ -18,7 +18,7 @@ from schemas.envelope import Event, EventEnvelope, EventIn
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
 from schemas.limits import LimitProblem, check_payload
-from streams.topics import EVENTS
+from streams.topics import EVENTS, entity_key
 
 EVENT_ID_RE = re.compile(r"^ev_[0-9A-Z]{26}$")
 _FILTER_PARAMS = (
@@ -172,11 +172,10 @@ class EventsController(Controller):
                 received_at=now,
                 request_id=event.request_id,
             )
-            key = f"{event.tenant_id}:{event.entity_key or event.id}"
             await state.producer.send_and_wait(
                 EVENTS,
                 orjson.dumps(envelope.model_dump(mode="json", exclude_none=True)),
-                key=key.encode(),
+                key=entity_key(event.tenant_id, event.entity_key or event.id),
             )
             state.pending.add(auth.scope, event)
             return _json({**event.model_dump(mode="json"), "plan_ids": []}, 201)

@@ -26,7 +26,7 @@ from schemas.operator import (
     PauseBody,
     ResumeBody,
 )
-from streams.topics import EVENTS
+from streams.topics import EVENTS, entity_key
 
 STATUSES = ("active", "paused", "draft")
 # A resume replays at most this many missed events (oldest first); the rest stay in the log.
@@ -60,7 +60,7 @@ async def replay_catch_up(
             request_id=ev.request_id,
             route_to=op.id,
         )
-        key = f"{ev.tenant_id}:{ev.entity_key or ev.id}".encode()
+        key = entity_key(ev.tenant_id, ev.entity_key or ev.id)
         futures.append(
             await state.producer.send(
                 EVENTS, orjson.dumps(env.model_dump(mode="json", exclude_none=True)), key=key
