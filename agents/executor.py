@@ -65,6 +65,10 @@ class KeyState:
     # again, so a crash between "state written" and "receipt acknowledged" never loses a
     # receipt and never gives one action two outcomes
     receipts: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # an intent carries its action: if the broker loses the actions topic while the call was
+    # in flight, the worker can still conclude it (re-invoke with the same key, or dispose it
+    # outcome_unknown) instead of leaving a side effect without its receipt
+    action: dict[str, Any] | None = None
 
     @property
     def receipt(self) -> dict[str, Any] | None:
@@ -78,6 +82,7 @@ class KeyState:
             "result": self.result,
             "error": self.error,
             "receipts": dict(self.receipts),
+            "action": self.action,
         }
 
     @classmethod
@@ -89,6 +94,7 @@ class KeyState:
             result=doc.get("result"),
             error=doc.get("error"),
             receipts=doc.get("receipts") or {},
+            action=doc.get("action"),
         )
 
 
@@ -192,7 +198,15 @@ def decide(
     if not a.side_effect:
         return Invoke(None)
     prior = seen.receipts if seen is not None else {}
-    return Invoke(KeyState(action_id=a.id, status="intent", at_ms=_ms(now), receipts=prior))
+    return Invoke(
+        KeyState(
+            action_id=a.id,
+            status="intent",
+            at_ms=_ms(now),
+            receipts=prior,
+            action=a.model_dump(mode="json"),
+        )
+    )
 
 
 def conclude(

@@ -256,15 +256,19 @@ class Stack:
             file=sys.stderr,
             flush=True,
         )
-        # a new cluster id: workers compare it with the one their exec-state offsets were
-        # recorded on, which tells them exactly that this broker lost the changelog
+        # 1. stop the roles first: with their broker gone they can only retry, and a role still
+        #    running when the new broker answers would act on it and then be killed mid-way
+        for child in self.children:
+            child.stop(ROLE_RESTART_GRACE_S, hurry=lambda: self._hurry)
+        # 2. a new broker with a new cluster id: workers compare it with the one their
+        #    exec-state offsets were recorded on, which tells them exactly that the changelog
+        #    was lost
         argv = self.broker.argv
         argv[argv.index("--cluster-id") + 1] = f"fibric-{secrets.token_hex(6)}"
         self.broker.start()
         self.wait_broker()
         asyncio.run(ensure_topics(self.settings.kafka_bootstrap, self.settings.partitions))
-        for child in self.children:
-            child.stop(ROLE_RESTART_GRACE_S, hurry=lambda: self._hurry)
+        # 3. the roles again (the api restores config and exec state, the worker its own)
         for child in self.children:
             child.start()
         print("fibric: the embedded broker and the roles were restarted", flush=True)

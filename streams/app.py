@@ -206,9 +206,14 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         # bring the executor state of the new partitions up to date at once, not at their first
         # action: after a broker crash this re-emits receipts the broker may have lost
         mine = sorted(tp.partition for tp in assigned if tp.topic == ACTIONS)
-        if mine and state.executor is not None:
-            load = asyncio.ensure_future(state.executor.ensure_loaded(mine))
+        if mine:
+            load = asyncio.ensure_future(load_state(mine))
             load.add_done_callback(_log_failure("executor state load"))
+
+    async def load_state(partitions: list[int]) -> None:
+        await state.ready.wait()  # the config view is current: connectors resolve
+        assert state.executor is not None
+        await state.executor.ensure_loaded(partitions)
 
     @app.timer(interval=HEARTBEAT_INTERVAL_S)
     async def heartbeat() -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from agents.executor import KeyState
 
@@ -36,6 +36,28 @@ _OFFSET = b"o"  # o<partition:05d> -> last changelog offset applied (ASCII int)
 REEMIT_WINDOW_MS = 10 * 60 * 1000
 
 
+# Memory is bounded whatever the number of keys (issue: worker RSS must not grow with the keys
+# ever seen): memtables of 16 MiB, at most 2, and one LRU block cache of 32 MiB holding data,
+# index and filter blocks; everything else is on disk. A bloom filter keeps a lookup of a key
+# never seen (the common case) to about one memory probe.
+WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+MAX_WRITE_BUFFERS = 2
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    opts.set_max_write_buffer_number(MAX_WRITE_BUFFERS)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_bloom_filter(10, False)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
 def _state_key(partition: int, key: str) -> bytes:
     return _STATE + f"{partition:05d}\x1f{key}".encode()
 
@@ -47,8 +69,7 @@ def _offset_key(partition: int) -> bytes:
 class ExecStateStore:
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        opts = Options(raw_mode=True)
-        self._db = Rdict(str(path), options=opts)
+        self._db = Rdict(str(path), options=_options())
         # Intents and results are written with the WAL synced: a kill -9 (or power loss) right
         # after a write must not forget an intent whose tool call may already have started.
         self._sync = WriteOptions()

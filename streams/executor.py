@@ -184,13 +184,20 @@ class Executor:
     async def ensure_loaded(self, partitions: Sequence[int]) -> None:
         if not set(partitions) - self.loaded:
             return
+        orphans: list[tuple[ActionRecord, int]] = []
         async with self._load_lock:
             missing = sorted(set(partitions) - self.loaded)
             if missing:
-                await self._catch_up(missing)
+                orphans = await self._catch_up(missing)
                 self.loaded.update(missing)
+        if orphans:
+            # intents whose actions the lost broker took with it: conclude them now (the core
+            # re-invokes with the same key where the connector journals keys, else disposes
+            # them outcome_unknown), so no side effect is left without its receipt
+            log.warning("concluding %d interrupted actions the broker lost", len(orphans))
+            await self.execute_batch(orphans)
 
-    async def _catch_up(self, partitions: list[int]) -> None:
+    async def _catch_up(self, partitions: list[int]) -> list[tuple[ActionRecord, int]]:
         """Bring RocksDB up to date with the changelog for ``partitions``:
 
         * changelog ahead of us (another worker owned the partition): apply its records;
@@ -253,14 +260,21 @@ class Executor:
             ]
         finally:
             await consumer.stop()
+        orphans: list[tuple[ActionRecord, int]] = []
         for p in behind:
             await self._republish(p)
+            orphans += [
+                (ActionRecord.model_validate(st.action), p)
+                for _, st in self.store.entries(p)
+                if st.status == "intent" and st.action is not None
+            ]
         if applied or behind:
             log.info(
                 "executor state: %d changelog records applied; republished partitions %s",
                 applied,
                 behind,
             )
+        return orphans
 
     async def _republish(self, partition: int) -> None:
         sends, receipts = [], []
