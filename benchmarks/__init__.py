@@ -16,7 +16,16 @@ Scenarios implemented so far:
 - ``config``: control-plane write round trip (create an operator → readable), p50/p99;
 - ``S3``–``S7`` (benchmarks/loop.py, one fresh stack shared by them): governed actions with a side
   effect, BLOCK/DEDUP dispositions, the 657 flood, event → receipt latency at half of S3's peak,
-  and recovery after ``kill -9`` of the worker. Peak RSS of worker and api is reported (S10).
+  and recovery after ``kill -9`` of the worker. Peak RSS of worker and api is reported (S10);
+- ``S3L`` (benchmarks/s3l.py, on the loop stack): governed actions through cn-magento against the
+  fake Magento taking 50 ms per write, against 0.8 × (in-flight limit ÷ latency), with the
+  store's own check that no entity ever had two requests in flight;
+- ``globs``: µs per event-type glob match, 1–20 segments, typical and hostile (in-process).
+
+Every throughput scenario (naive, naive_exec, S1, S2, S3, S4, S3L) reports ``cpu_us_per_item``:
+µs of CPU per event / action / request summed over every process of the run (broker, worker(s)
+with their connector subprocesses, api, ``fibric up``), the load generator apart, next to the
+raw-client floor of the same run (the ceilings' consume→produce µs per message).
 
 Every scenario prints one machine-readable line; results go to ``results.json`` and
 ``results.md`` in the output directory. Nothing here asserts on timing.
@@ -24,6 +33,7 @@ Every scenario prints one machine-readable line; results go to ``results.json`` 
 
 # in the order they run (S9 before S7: S7 then kills one of S9's two workers)
 SCENARIOS = (
+    "globs",
     "ceilings",
     "naive",
     "naive_exec",
@@ -34,8 +44,9 @@ SCENARIOS = (
     "S4",
     "S5",
     "S6",
+    "S3L",
     "S8",
     "S9",
     "S7",
 )
-LOOP_SCENARIOS = ("config", "S3", "S4", "S5", "S6")
+LOOP_SCENARIOS = ("config", "S3", "S4", "S5", "S6", "S3L")

@@ -1,6 +1,6 @@
 """``python -m benchmarks [SCENARIO ...] [--quick] [--out DIR]`` (and ``fibric bench``).
 
-Scenarios: ``ceilings``, ``naive``, ``S1``, ``S2`` (default: all, in that order). S1 reports
+Scenarios: see ``benchmarks.SCENARIOS`` (default: all, in that order). S1 reports
 ratios to the ceilings and the naive baseline, so asking for S1 also runs those two (unless
 ``--no-baselines``). The ceilings and the naive baseline share one fresh embedded broker; S1
 and S2 each get a fresh ``fibric up`` (in ``--quick`` mode S2 reuses S1's stack to stay well under
@@ -24,7 +24,15 @@ from typing import Any
 
 from benchmarks import LOOP_SCENARIOS, SCENARIOS
 from benchmarks.common import PROCS, Sizes, busy_cores, log, machine
-from benchmarks.report import add_loop_ratios, add_ratios, contention, scenario_line, targets, write
+from benchmarks.report import (
+    add_cpu_ratios,
+    add_loop_ratios,
+    add_ratios,
+    contention,
+    scenario_line,
+    targets,
+    write,
+)
 
 _HERE = Path(__file__).resolve().parent
 # In a source checkout: benchmarks/results/ (gitignored); installed: ./benchmarks/results/.
@@ -38,7 +46,8 @@ DEFAULT_OUT = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Fibric benchmarks: ceilings, the naive baseline, scenarios S1-S2.",
+        description="Fibric benchmarks: ceilings, the naive baselines, scenarios S1-S10, S3L, "
+        "globs.",
     )
     p.add_argument(
         "scenarios",
@@ -169,6 +178,7 @@ FIRST_STACK = (
     ("S4", "loop"),
     ("S5", "loop"),
     ("S6", "loop"),
+    ("S3L", "loop"),
     ("S8", "s8"),
     ("S9", "s9"),
     ("S7", "s7"),
@@ -179,6 +189,12 @@ def _finish(finisher: Any, job: Any) -> dict[str, Any]:
     if isinstance(job, Exception):
         raise job
     return finisher(job)
+
+
+def _s3l(stack: Any, entities: int) -> dict[str, Any]:
+    from benchmarks.s3l import run_s3l
+
+    return run_s3l(stack, entities)
 
 
 def rss_during(stack: Any, fn: Any) -> dict[str, Any]:
@@ -226,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def emit(name: str) -> None:
+        add_cpu_ratios(results)
         ln = scenario_line(name, results[name], results)
         lines.append(ln)
         print(ln, flush=True)
@@ -252,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=ensure_wrk, name="install-wrk", daemon=True).start()
     try:
+        if "globs" in chosen:
+            from benchmarks.globs import run_globs
+
+            attempt("globs", run_globs)
+            emit("globs")
         stacks = Stacks(
             work, sizes.partitions, shared=args.quick or args.tiny, existing=args.existing
         )
@@ -300,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         sizes.naive_exec_actions,
                         sizes.partitions,
                         gate=gate,
+                        broker_pid=broker.proc.pid,
                     ),
                 }
                 finishers = {"naive": finish_naive, "naive_exec": finish_naive_executor}
@@ -396,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     max(20.0, ((results.get("S3") or {}).get("actions_per_s") or 100) / 2),
                     sizes.s6_seconds,
                 ),
+                "S3L": lambda: _s3l(stacks.get("loop"), sizes.s3l_entities),
             }
             for name in loop_chosen:
                 attempt(name, runners[name])

@@ -131,17 +131,33 @@ async def kafka_ceilings(
     # warm-up: connections, metadata, the broker's first segment
     await _produce(bootstrap, TOPIC_OUT, values[:2000], keys[:2000], "ceiling warm-up")
     cpu: dict[str, dict[str, float]] = {}
+    per_msg: dict[str, dict[str, float | None]] = {}
     pids = {"broker": broker_pid} if broker_pid else {}
-    meter = CpuMeter(pids)
+    # the harness is the raw client here: its own CPU only (its children are other scenarios')
+    meter = CpuMeter(pids, tree=True, own_only=("harness",))
+
+    def floor(phase: str) -> None:
+        """µs of CPU per message of one phase: the client, the broker, both (the floor the
+        scenarios' per-item CPU is compared with, measured in the same run)."""
+        s = meter.seconds
+        per_msg[phase] = {
+            "client": round(s.get("harness", 0.0) / n * 1e6, 1),
+            "broker": round(s["broker"] / n * 1e6, 1) if "broker" in s else None,
+            "total": round(sum(s.values()) / n * 1e6, 1),
+        }
+
     meter.start()
     t_prod = await _produce(bootstrap, TOPIC_IN, values, keys, "ceiling produce")
     cpu["produce"] = meter.stop()
+    floor("produce")
     meter.start()
     t_cons = await _consume(bootstrap, TOPIC_IN, n)
     cpu["consume"] = meter.stop()
+    floor("consume")
     meter.start()
     t_pipe = await _pipe(bootstrap, TOPIC_IN, TOPIC_OUT, n)
     cpu["consume_produce"] = meter.stop()
+    floor("consume_produce")
     produce, consume, pipe = n / t_prod, n / t_cons, n / t_pipe
     return {
         "messages": n,
@@ -156,6 +172,11 @@ async def kafka_ceilings(
         "produce_mb_per_s": round(produce * size / 1e6, 1),
         "producer_settings": CEILING_PRODUCER,
         "cpu_cores": cpu,
+        # µs of CPU per message (client, broker, total) per phase; consume_produce's total is
+        # the raw-client floor of every scenario's cpu_us_per_item
+        "cpu_us_per_msg": per_msg,
+        "floor_cpu_us_per_msg": per_msg["consume_produce"]["total"],
+        "floor_client_cpu_us_per_msg": per_msg["consume_produce"]["client"],
     }
 
 

@@ -246,30 +246,95 @@ def system_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """Every process now: pid → (ppid, its CPU seconds plus those of the children it reaped)."""
+    out: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rfind(")") + 2 :].split()
+        # utime, stime, cutime, cstime: a child that exited and was waited for is in cutime
+        out[int(d.name)] = (int(f[1]), sum(int(x) for x in f[11:15]) / CLK_TCK)
+    return out
+
+
+def tree_cpu_seconds(pids: dict[str, int], own_only: Iterable[str] = ()) -> dict[str, float]:
+    """Role → CPU seconds of its process and every descendant (a worker's connector
+    subprocesses, wrk under the harness), live or reaped, except descendants that are listed
+    roles themselves (they count for their own role). Roles in ``own_only`` count their own
+    process only (the harness, whose children include the whole stack)."""
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    listed = set(pids.values())
+    own = set(own_only)
+    out: dict[str, float] = {}
+    for role, pid in pids.items():
+        if pid not in table:
+            continue
+        if role in own:
+            c = cpu_seconds(pid)
+            if c is not None:
+                out[role] = c
+            continue
+        total, todo = table[pid][1], list(kids.get(pid, ()))
+        while todo:
+            c = todo.pop()
+            if c in listed or c not in table:
+                continue
+            total += table[c][1]
+            todo += kids.get(c, ())
+        out[role] = total
+    return out
+
+
 class CpuMeter:
     """CPU used by named processes between :meth:`start` and :meth:`stop`, as a share of one
     core (1.0 = one core fully busy); ``machine`` is the whole machine's busy cores and
     ``others`` what processes not listed used (other work on a shared machine, kernel threads):
-    a large ``others`` means the figures were taken on a busy machine."""
+    a large ``others`` means the figures were taken on a busy machine.
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    ``tree=True`` counts each role's descendants with it (:func:`tree_cpu_seconds`); give it
+    every role of the stack, or the unlisted ones are counted with their parent. :attr:`seconds`
+    keeps the raw CPU seconds of the window and :meth:`per_item` turns them into µs per item."""
+
+    def __init__(
+        self, pids: dict[str, int], *, tree: bool = False, own_only: Iterable[str] = ()
+    ) -> None:
         self.pids = dict(pids)
         self.pids.setdefault("harness", os.getpid())
+        self.tree = tree
+        self.own_only = tuple(own_only)
         self._t0 = 0.0
         self._c0: dict[str, float | None] = {}
         self.result: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float | None]:
+        if self.tree:
+            got = tree_cpu_seconds(self.pids, self.own_only)
+            return {k: got.get(k) for k in self.pids}
+        return {k: cpu_seconds(p) for k, p in self.pids.items()}
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._c0 = self._now()
         self._sys0 = system_busy_seconds()
 
     def stop(self) -> dict[str, float]:
         wall = max(time.monotonic() - self._t0, 1e-9)
         out: dict[str, float] = {}
-        for k, p in self.pids.items():
-            c1, c0 = cpu_seconds(p), self._c0.get(k)
+        self.seconds = {}
+        now = self._now()
+        for k in self.pids:
+            c1, c0 = now.get(k), self._c0.get(k)
             if c1 is not None and c0 is not None:
+                self.seconds[k] = c1 - c0
                 out[k] = round((c1 - c0) / wall, 3)
         busy = (system_busy_seconds() - self._sys0) / wall
         ours = sum(out.values())
@@ -278,6 +343,58 @@ class CpuMeter:
         out["wall_s"] = round(wall, 3)
         self.result = out
         return out
+
+    def per_item(
+        self, items: int, *, loadgen: Iterable[str] = ("harness",), apart: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """µs of CPU per item over the last window: ``cpu_us_per_item`` sums every role but
+        the load generator (``loadgen``, reported as ``loadgen_cpu_us_per_item``) and the
+        roles ``apart`` (e.g. a fake upstream store: not our cost, reported by role only)."""
+        return cpu_per_item(self.seconds, items, loadgen=loadgen, apart=apart)
+
+
+# After a loop scenario's last receipt the stack still finishes its work (the ledger sink's
+# last inserts, commits): its CPU window stays open until the stack is back to its idle rate
+# (measured before the window: timers, polls) plus QUIET_MARGIN_CORES over a sample of
+# QUIET_SAMPLE_S (long enough for CLK_TCK's 10 ms ticks), for at most QUIET_MAX_S.
+QUIET_MARGIN_CORES = 0.1
+QUIET_SAMPLE_S = 0.3
+QUIET_MAX_S = 5.0
+
+
+def busy_rate(pids: dict[str, int], seconds: float = QUIET_SAMPLE_S) -> float:
+    """Cores the processes (with their children) use over the next ``seconds``."""
+    c0 = sum(tree_cpu_seconds(pids).values())
+    time.sleep(seconds)
+    return (sum(tree_cpu_seconds(pids).values()) - c0) / seconds
+
+
+def wait_quiet(pids: dict[str, int], idle_cores: float = 0.0) -> float:
+    """Wait until the processes are back to ``idle_cores`` (+ the margin); seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < QUIET_MAX_S:
+        if busy_rate(pids) <= idle_cores + QUIET_MARGIN_CORES:
+            break
+    return round(time.monotonic() - t0, 2)
+
+
+def cpu_per_item(
+    seconds: dict[str, float],
+    items: int,
+    *,
+    loadgen: Iterable[str] = ("harness",),
+    apart: Iterable[str] = (),
+) -> dict[str, Any]:
+    """See :meth:`CpuMeter.per_item` (also used on CPU seconds a child process measured)."""
+    if items <= 0 or not seconds:
+        return {"cpu_us_per_item": None, "loadgen_cpu_us_per_item": None}
+    gen, skip = set(loadgen), set(apart)
+    ours = sum(v for k, v in seconds.items() if k not in gen and k not in skip)
+    return {
+        "cpu_us_per_item": round(ours / items * 1e6, 1),
+        "loadgen_cpu_us_per_item": round(sum(seconds.get(k, 0.0) for k in gen) / items * 1e6, 1),
+        "cpu_us_per_item_by_role": {k: round(v / items * 1e6, 1) for k, v in seconds.items()},
+    }
 
 
 # ---- the machine ----------------------------------------------------------------------------
@@ -357,6 +474,7 @@ class Sizes:
     s8_receipts: int = 1_000_000
     s8_duration_s: float = 10.0
     s9_s3_actions: int = 0  # 0: S3's size
+    s3l_entities: int = 1_000  # two actions each (hold, notify)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -378,6 +496,7 @@ class Sizes:
             config_writes=3,
             s8_receipts=3_000,
             s8_duration_s=1.0,
+            s3l_entities=200,
         )
 
     @classmethod
@@ -403,4 +522,5 @@ class Sizes:
             config_writes=3,
             s8_receipts=2_000,
             s8_duration_s=1.0,
+            s3l_entities=40,
         )

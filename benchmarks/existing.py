@@ -68,6 +68,9 @@ class ExistingStack:
     def _role_pids(self) -> dict[str, int]:
         return {}
 
+    def cpu_roles(self) -> dict[str, int]:
+        return {}
+
     @property
     def worker_pids(self) -> dict[str, int]:
         return {}

@@ -24,7 +24,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from benchmarks.common import log
+from benchmarks.common import CpuMeter, busy_rate, log, wait_quiet
 from schemas.ids import id_time
 from streams.kafka import stop_consuming
 from streams.topics import EVENTS, LEDGER
@@ -245,14 +245,30 @@ async def _flow(
     expect: int,
     timeout: float,
     rate: float | None = None,
+    cpu: bool = False,
 ) -> dict[str, Any]:
+    """Publish ``values`` and wait for ``expect`` receipts. With ``cpu``, the CPU of every
+    process of the stack (connector subprocesses with the worker) from the first publish until
+    the stack is quiet after the last receipt: ``cpu_us_per_item`` per receipt."""
     watch = LedgerWatch(stack.bootstrap, run_prefix(values))
     await watch.start()
+    meter = CpuMeter(stack.cpu_roles(), tree=True) if cpu else None
+    extra: dict[str, Any] = {}
     try:
+        if meter is not None:
+            stack_pids = {k: v for k, v in meter.pids.items() if k != "harness"}
+            idle = await asyncio.to_thread(busy_rate, stack_pids)
+            extra["stack_idle_cores"] = round(idle, 3)
+            meter.start()
         t0 = await publish(stack.bootstrap, values, rate)
         done = await watch.wait(expect, timeout)
         elapsed = (watch.last_at or time.time()) - t0
+        if meter is not None:
+            extra["cpu_settle_s"] = await asyncio.to_thread(wait_quiet, stack_pids, idle)
+            extra["cpu_cores"] = meter.stop()
+            extra.update(meter.per_item(watch.count))
         return {
+            **extra,
             "receipts": watch.count,
             "complete": done,
             "elapsed_s": elapsed,
@@ -294,7 +310,7 @@ def run_s3(stack: Any, actions: int, entities: int = 512) -> dict[str, Any]:
     """Governed actions with a side effect: every event proposes one ALLOWed order.notify."""
     values = notes(stack.tenant_id, actions, entities)
     log(f"S3: {actions} governed actions over {entities} entities")
-    r = asyncio.run(_flow(stack, values, actions, timeout=max(120.0, actions / 50)))
+    r = asyncio.run(_flow(stack, values, actions, timeout=max(120.0, actions / 50), cpu=True))
     return {"actions_per_s": r["per_s"], **r}
 
 
@@ -320,7 +336,9 @@ def run_s4(stack: Any, dispositions: int) -> dict[str, Any]:
                 )
             )
     log(f"S4: {dispositions} BLOCK/DEDUP dispositions")
-    r = asyncio.run(_flow(stack, values, dispositions, timeout=max(120.0, dispositions / 200)))
+    r = asyncio.run(
+        _flow(stack, values, dispositions, timeout=max(120.0, dispositions / 200), cpu=True)
+    )
     calls = r["outcomes"].get("applied", 0) + r["outcomes"].get("failed", 0)
     return {"dispositions_per_s": r["per_s"], "connector_calls": calls, **r}
 

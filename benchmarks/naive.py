@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PROCS, CpuMeter, Progress, envelope, log, message_key, spawn_module
+from benchmarks.common import (
+    PROCS,
+    CpuMeter,
+    Progress,
+    cpu_per_item,
+    envelope,
+    log,
+    message_key,
+    spawn_module,
+)
 from benchmarks.kafka import OffsetProbe, create_topics, producer, quiet_aiokafka
 from benchmarks.naive_worker import DLQ, EVENTS, LEDGER
 
@@ -90,6 +99,7 @@ def start_naive(
         tenant=TENANT,
         partitions=partitions,
         gate=gate,
+        broker_pid=broker_pid or 0,
     )
     return {
         "proc": proc,
@@ -125,4 +135,7 @@ def finish_naive(job: dict[str, Any]) -> dict[str, Any]:
         "refused": r["refused"],
         "partitions": partitions,
         "cpu_cores_incl_startup": usage,
+        "cpu_cores": r.get("cpu_cores"),  # the measured window only (taken by the worker)
+        # µs of CPU per event: the naive worker and the broker
+        **cpu_per_item(r.get("cpu_s") or {}, r["n"]),
     }

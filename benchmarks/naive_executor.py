@@ -23,9 +23,9 @@ import faust
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.common import PROCS, log, spawn_module
+from benchmarks.common import PROCS, cpu_per_item, log, spawn_module
 from benchmarks.kafka import create_topics
-from benchmarks.naive_worker import bench_app, wait_gate
+from benchmarks.naive_worker import bench_app, cpu_window, wait_gate
 from connectors.marketplace import load_catalogue
 from connectors.pool import ConnectorRuntime, ConnectorSpec
 
@@ -70,6 +70,7 @@ def build(args: argparse.Namespace) -> faust.App:
             if state["n"] == 0:
                 await wait_gate(args.gate)
                 state["first"] = time.time()
+                state["cpu"] = cpu_window(args.broker_pid)
             a = orjson.loads(ev.message.value)
             if seen.get(a["idempotency_key"]) is not None:
                 outcome = "deduplicated"
@@ -84,9 +85,19 @@ def build(args: argparse.Namespace) -> faust.App:
             state["n"] += 1
             if state["n"] == args.n:
                 await app.producer.flush()
+                last = time.time()
+                state["cpu"].stop()
                 tmp = result.with_suffix(".tmp")
                 tmp.write_text(
-                    json.dumps({"first": state["first"], "last": time.time(), "n": state["n"]})
+                    json.dumps(
+                        {
+                            "first": state["first"],
+                            "last": last,
+                            "n": state["n"],
+                            "cpu_s": state["cpu"].seconds,
+                            "cpu_cores": state["cpu"].result,
+                        }
+                    )
                 )
                 tmp.rename(result)
 
@@ -112,12 +123,21 @@ async def _preload(bootstrap: str, n: int, partitions: int, run: str) -> None:
         await p.stop()
 
 
-def run_naive_executor(bootstrap: str, workdir: Path, n: int, partitions: int) -> dict[str, Any]:
-    return finish_naive_executor(start_naive_executor(bootstrap, workdir, n, partitions))
+def run_naive_executor(
+    bootstrap: str, workdir: Path, n: int, partitions: int, broker_pid: int | None = None
+) -> dict[str, Any]:
+    return finish_naive_executor(
+        start_naive_executor(bootstrap, workdir, n, partitions, broker_pid=broker_pid)
+    )
 
 
 def start_naive_executor(
-    bootstrap: str, workdir: Path, n: int, partitions: int, gate: Path | None = None
+    bootstrap: str,
+    workdir: Path,
+    n: int,
+    partitions: int,
+    gate: Path | None = None,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Pre-load N actions and start the naive executor; with ``gate``, it joins its group and
     waits, and measures only once the gate file exists (:func:`finish_naive_executor` opens it)."""
@@ -136,6 +156,7 @@ def start_naive_executor(
         result=result,
         partitions=partitions,
         gate=gate,
+        broker_pid=broker_pid or 0,
     )
     return {"proc": proc, "result": result, "n": n, "workdir": workdir, "gate": gate}
 
@@ -156,7 +177,14 @@ def finish_naive_executor(job: dict[str, Any]) -> dict[str, Any]:
         PROCS.stop(proc, signal.SIGKILL)  # its result is written; its state is thrown away
     r = json.loads(result.read_text())
     elapsed = max(r["last"] - r["first"], 1e-9)
-    return {"actions": n, "actions_per_s": round(r["n"] / elapsed), "elapsed_s": round(elapsed, 3)}
+    return {
+        "actions": n,
+        "actions_per_s": round(r["n"] / elapsed),
+        "elapsed_s": round(elapsed, 3),
+        "cpu_cores": r.get("cpu_cores"),
+        # µs of CPU per action: the executor with its connector subprocess, and the broker
+        **cpu_per_item(r.get("cpu_s") or {}, r["n"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", required=True)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--gate", default="")
+    ap.add_argument("--broker-pid", type=int, default=0)
     args = ap.parse_args(argv)
     faust.Worker(build(args), loglevel="WARNING", quiet=True).execute_from_commandline()
     return 0

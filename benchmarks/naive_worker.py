@@ -17,11 +17,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import faust
 import orjson
 
 from agents.ingest import Admitted, Coordinates, admit
+from benchmarks.common import CpuMeter
 from schemas.envelope import LedgerRecord
 
 APP_ID = "bench-naive"
@@ -54,6 +56,18 @@ async def wait_gate(gate: str) -> None:
         await asyncio.sleep(0.02)
 
 
+def cpu_window(broker_pid: int) -> CpuMeter:
+    """CPU over the measured window (first to last record), taken here where the window is
+    known exactly: this process with its children (the naive executor's connector
+    subprocess), the broker, and the harness (the parent; it only watches)."""
+    pids = {"naive": os.getpid(), "harness": os.getppid()}
+    if broker_pid:
+        pids["broker"] = broker_pid
+    meter = CpuMeter(pids, tree=True, own_only=("harness",))
+    meter.start()
+    return meter
+
+
 def build(args: argparse.Namespace) -> faust.App:
     app = bench_app(APP_ID, args)
     events = app.topic(EVENTS, key_serializer="raw", value_serializer="raw")
@@ -65,7 +79,7 @@ def build(args: argparse.Namespace) -> faust.App:
     tenant = args.tenant
     result = Path(args.result)
     n_target = args.n
-    state = {"n": 0, "dedup": 0, "refused": 0, "first": 0.0}
+    state: dict[str, Any] = {"n": 0, "dedup": 0, "refused": 0, "first": 0.0}
 
     def tenant_exists(t: str) -> bool:
         return t == tenant
@@ -77,6 +91,7 @@ def build(args: argparse.Namespace) -> faust.App:
             if state["n"] == 0:
                 await wait_gate(args.gate)
                 state["first"] = time.time()
+                state["cpu"] = cpu_window(args.broker_pid)
             r = admit(
                 msg.value,
                 Coordinates(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000)),
@@ -100,6 +115,7 @@ def build(args: argparse.Namespace) -> faust.App:
             if state["n"] == n_target:
                 await app.producer.flush()
                 t_last = time.time()
+                state["cpu"].stop()
                 tmp = result.with_suffix(".tmp")
                 tmp.write_text(
                     orjson.dumps(
@@ -110,6 +126,8 @@ def build(args: argparse.Namespace) -> faust.App:
                             "dedup": state["dedup"],
                             "refused": state["refused"],
                             "pid": os.getpid(),
+                            "cpu_s": state["cpu"].seconds,
+                            "cpu_cores": state["cpu"].result,
                         }
                     ).decode()
                 )
@@ -131,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tenant", required=True)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--gate", default="")
+    ap.add_argument("--broker-pid", type=int, default=0)
     args = ap.parse_args(argv)
     app = build(args)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)

@@ -21,9 +21,60 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "S8": [("req_per_s", ">=", 1_000), ("p99_ms", "<=", 50.0)],
     "S9": [("s1_scaling", ">=", 1.6)],
     "S3 RSS": [("worker_rss_mib", "<=", 1024)],
+    # issue 9: actions/s >= 0.8 x (in-flight limit / latency), each entity single-flight
+    "S3L": [("limit_ratio", ">=", 0.8), ("max_in_flight_per_entity", "<=", 1)],
 }
 # S10 (peak RSS) is reported by S3 and S4; its target is checked on S3's figure.
 TARGET_SOURCE = {"S3 RSS": "S3"}
+
+
+# What one item is, per throughput scenario (its CPU figure is µs of CPU per item).
+CPU_ITEM = {
+    "naive": "event",
+    "naive_exec": "action",
+    "S1": "event",
+    "S2": "request",
+    "S3": "action",
+    "S4": "disposition",
+    "S3L": "action",
+}
+# The baseline doing the same logical work, measured in the same run.
+CPU_BASELINE = {"S1": "naive", "S3": "naive_exec"}
+
+
+def _cpu_fields(name: str, r: dict[str, Any]) -> list[tuple[str, Any]]:
+    item = CPU_ITEM.get(name)
+    if item is None:
+        return []
+    out = [
+        (f"cpu_us_per_{item}", r.get("cpu_us_per_item")),
+        (f"loadgen_cpu_us_per_{item}", r.get("loadgen_cpu_us_per_item")),
+        ("cpu_floor_ratio", r.get("cpu_floor_ratio")),
+    ]
+    if name in CPU_BASELINE:
+        out.append(("cpu_ratio_to_naive", r.get("cpu_ratio_to_baseline")))
+    return out
+
+
+def add_cpu_ratios(results: dict[str, Any]) -> None:
+    """Each throughput scenario's CPU per item over the raw-client floor (the ceilings'
+    consume→produce CPU per message, client + broker) and over its naive baseline's, both
+    measured in the same run. Idempotent: called before every scenario line."""
+    kafka = (results.get("ceilings") or {}).get("kafka") or {}
+    floor = kafka.get("floor_cpu_us_per_msg")
+    for name in CPU_ITEM:
+        r = results.get(name)
+        if not r or "error" in r or "skipped" in r:
+            continue
+        cpu = r.get("cpu_us_per_item")
+        r["floor_cpu_us_per_msg"] = floor
+        r["cpu_floor_ratio"] = round(cpu / floor, 2) if cpu and floor else None
+        base_name = CPU_BASELINE.get(name)
+        if base_name:
+            base = results.get(base_name) or {}
+            b = base.get("cpu_us_per_item") if "error" not in base else None
+            r["baseline_cpu_us_per_item"] = b
+            r["cpu_ratio_to_baseline"] = round(cpu / b, 2) if cpu and b else None
 
 
 def check(metric: str, op: str, target: float, value: Any) -> dict[str, Any]:
@@ -63,10 +114,27 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
                 ("consume_produce_msgs_per_s", k.get("consume_produce_msgs_per_s")),
                 ("clickhouse_rows_per_s", ch.get("insert_rows_per_s")),
                 ("msg_bytes", k.get("message_bytes")),
+                ("floor_cpu_us_per_msg", k.get("floor_cpu_us_per_msg")),
+                ("floor_client_cpu_us_per_msg", k.get("floor_client_cpu_us_per_msg")),
+            ],
+        )
+    if name == "globs":
+        return line(
+            name,
+            [
+                (k, r.get(k))
+                for k in (
+                    "us_1_segment",
+                    "us_20_segments_typical",
+                    "us_20_segments_hostile",
+                    "typical_us_max",
+                    "hostile_us_max",
+                    "max_segments",
+                )
             ],
         )
     if name == "naive":
-        return line(name, [("events_per_s", r.get("events_per_s"))])
+        return line(name, [("events_per_s", r.get("events_per_s")), *_cpu_fields(name, r)])
     if name == "S1":
         return line(
             name,
@@ -77,6 +145,7 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
                 ("naive_baseline", r.get("naive_baseline")),
                 ("ratio", r.get("ratio")),
                 ("clickhouse_ceiling_ratio", r.get("clickhouse_ceiling_ratio")),
+                *_cpu_fields(name, r),
             ],
         )
     if name == "S2":
@@ -91,6 +160,8 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
                 ("loadgen", r.get("loadgen")),
                 ("loadgen_cpu", r.get("loadgen_cpu_share")),
                 ("non_2xx", r.get("non_2xx")),
+                *_cpu_fields(name, r),
+                ("healthz_cpu_us_per_request", r.get("healthz_cpu_us_per_item")),
             ],
         )
     loop_fields = {
@@ -106,6 +177,18 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
             "api_rss_mib",
         ),
         "S4": ("dispositions_per_s", "connector_calls", "worker_rss_mib", "api_rss_mib"),
+        "S3L": (
+            "actions_per_s",
+            "target_actions_per_s",
+            "limit_ratio",
+            "in_flight_limit",
+            "write_latency_ms",
+            "entities",
+            "store_max_in_flight",
+            "max_in_flight_per_entity",
+            "duplicate_writes",
+            "p99_ms",
+        ),
         "S5": ("dispose_s", "connector_calls", "receipts"),
         "S6": ("rate", "p50_ms", "p95_ms", "p99_ms"),
         "S7": ("first_event_s", "caught_up_s", "workers", "receipts", "sent", "missing_receipts"),
@@ -129,7 +212,7 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
         ),
     }
     if name in loop_fields:
-        return line(name, [(k, r.get(k)) for k in loop_fields[name]])
+        return line(name, [(k, r.get(k)) for k in loop_fields[name]] + _cpu_fields(name, r))
     return line(name, [])
 
 
@@ -347,6 +430,67 @@ def markdown(doc: dict[str, Any]) -> str:
             "first_event_s",
         )
         add("S7", "kill -9 → caught up, s", r.get("caught_up_s"))
+    if "S3L" in ok:
+        r = ok["S3L"]
+        add(
+            "S3L",
+            f"governed actions/s, cn-magento, {_v(r.get('write_latency_ms'))} ms per store "
+            f"write, {_v(r.get('entities'))} entities",
+            r.get("actions_per_s"),
+        )
+        add(
+            "S3L",
+            f"share of in-flight limit ÷ latency ({r.get('in_flight_limit')} ÷ "
+            f"{_v(r.get('write_latency_ms'))} ms = {_v(r.get('limit_actions_per_s'))}/s)",
+            r.get("limit_ratio"),
+            "limit_ratio",
+        )
+        add("S3L", "most store requests in flight at once", r.get("store_max_in_flight"))
+        add(
+            "S3L",
+            "most requests in flight on one entity (single-flight: 1)",
+            r.get("max_in_flight_per_entity"),
+            "max_in_flight_per_entity",
+        )
+        add("S3L", "store writes beyond applied receipts", r.get("duplicate_writes"))
+        add("S3L", "event → receipt p99 ms", r.get("p99_ms"))
+    if "globs" in ok:
+        r = ok["globs"]
+        add("globs", "µs per match, 1 segment", r.get("us_1_segment"))
+        add(
+            "globs",
+            "µs per match, 20 segments, typical event type",
+            r.get("us_20_segments_typical"),
+        )
+        add(
+            "globs",
+            "µs per match, 20 segments, hostile event type",
+            r.get("us_20_segments_hostile"),
+        )
+        add("globs", "µs per match, worst of 1–20 segments, hostile", r.get("hostile_us_max"))
+    if "ceilings" in ok:
+        k = ok["ceilings"].get("kafka") or {}
+        add(
+            "ceilings",
+            "raw-client floor: CPU µs per msg consume→produce (client + broker)",
+            k.get("floor_cpu_us_per_msg"),
+        )
+        add(
+            "ceilings",
+            "raw-client floor: client CPU µs per msg",
+            k.get("floor_client_cpu_us_per_msg"),
+        )
+    for name, item in CPU_ITEM.items():
+        if name not in ok or ok[name].get("cpu_us_per_item") is None:
+            continue
+        r = ok[name]
+        add(name, f"CPU µs per {item}, all processes (load generator apart)", r["cpu_us_per_item"])
+        add(name, f"load generator CPU µs per {item}", r.get("loadgen_cpu_us_per_item"))
+        add(name, "CPU per item ÷ raw-client floor (same run)", r.get("cpu_floor_ratio"))
+        if name in CPU_BASELINE:
+            add(name, f"CPU per item ÷ {CPU_BASELINE[name]}'s", r.get("cpu_ratio_to_baseline"))
+    if "S2" in ok and ok["S2"].get("healthz_cpu_us_per_item") is not None:
+        add("S2", "CPU µs per GET /healthz (framework floor)", ok["S2"]["healthz_cpu_us_per_item"])
     for name, r in res.items():
         if "error" in r:
             rows.append((name, "error", r["error"][:120], "", ""))

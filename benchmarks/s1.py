@@ -90,7 +90,8 @@ async def _measure(stack: BenchStack, n: int, warmup: int, prof: Profiler | None
         roles = {
             k: v for k, v in stack.pids.items() if k in ("broker", "api") or k.startswith("worker")
         }
-        cpu = CpuMeter(roles)
+        # every process of the stack, each with its children (connector subprocesses)
+        cpu = CpuMeter(stack.cpu_roles(), tree=True)
         peak_rss: dict[str, int] = {}
         timeline: list[tuple[float, int, int, int]] = []
         stamp: dict[str, float] = {}
@@ -147,6 +148,7 @@ async def _measure(stack: BenchStack, n: int, warmup: int, prof: Profiler | None
         "max_lag_events": max_lag,
         "dead_letters": dlq,
         "cpu_cores": usage,
+        **cpu.per_item(n),  # µs of CPU per event, all processes (harness = the producer)
         "peak_rss_mib": {k: round(v / 2**20) for k, v in peak_rss.items()},
         "timeline": timeline,
         "profile": profile,

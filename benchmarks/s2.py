@@ -262,7 +262,6 @@ def run_s2(
 
     wrk = ensure_wrk()
     pin = loadgen_cpu()
-    roles = {k: v for k, v in stack.pids.items() if k in ("broker", "worker", "api")}
     result: dict[str, Any] = {
         "connections": conns,
         "body_bytes": len(body),
@@ -306,19 +305,23 @@ def run_s2(
             "S2-isolated" if isolated else "S2",
         )
         prof.start()
-    cpu = CpuMeter(roles)
+    # every process of the stack with its children; the harness's child wrk is the load
+    cpu = CpuMeter(stack.cpu_roles(), tree=True)
     cpu.start()
     post = measure(post_url, post_lua, hdrs, True, duration_s, "S2 POST /v1/events")
     result["cpu_cores"] = cpu.stop()
+    result.update(cpu.per_item(post["requests"]))  # µs of CPU per POST, all processes
     if prof is not None:
         result["profile"] = prof.stop()
     events_after = asyncio.run(_events_end(stack.bootstrap))
 
     measure(health_url, done_lua, {}, False, warmup_s, "S2 warm-up GET /healthz")
-    cpu = CpuMeter(roles)
+    cpu = CpuMeter(stack.cpu_roles(), tree=True)
     cpu.start()
     health = measure(health_url, done_lua, {}, False, duration_s, "S2 GET /healthz")
     result["healthz_cpu_cores"] = cpu.stop()
+    # the framework's floor in the same run: µs of CPU per GET /healthz
+    result["healthz_cpu_us_per_item"] = cpu.per_item(health["requests"])["cpu_us_per_item"]
 
     result.update(post)
     result["events_on_topic_approx"] = (

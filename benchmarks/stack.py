@@ -132,6 +132,11 @@ class BenchStack:
     def worker_pids(self) -> dict[str, int]:
         return {k: v for k, v in self._role_pids().items() if k.startswith("worker")}
 
+    def cpu_roles(self) -> dict[str, int]:
+        """Every process of the stack by role, now (``up``, broker, api, each worker): what a
+        tree :class:`~benchmarks.common.CpuMeter` needs to count each process exactly once."""
+        return self._role_pids()
+
     def add_worker(self, timeout_s: float = 90.0) -> str:
         """Start one more ``fibric worker`` (as a second replica would be in production) and
         wait until ``/readyz`` shows every worker holding partitions: the group rebalanced."""

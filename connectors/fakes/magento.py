@@ -16,9 +16,12 @@ cn-magento uses, written from Magento's public REST documentation and order mode
   ``{"message": "The consumer isn't authorized to access %resources.", "parameters": ...}``.
 
 Test controls: request ``counters`` (e.g. ``count("order.hold")``), ``fail_status`` (e.g. 503),
-``hang_s`` (hold every REST request up to that long, for timeout tests), ``delay_s`` and an
-in-flight gauge (``max_in_flight``). Over HTTP for other processes: ``GET /__fake__/state``,
-``POST /__fake__/mode`` ``{"fail_status", "hang_s", "delay_s"}``, ``POST /__fake__/reset``,
+``hang_s`` (hold every REST request up to that long, for timeout tests), ``delay_s`` (every
+REST request), ``write_delay_s`` (POST/PUT only: a store's write latency), an in-flight gauge
+(``max_in_flight``) and its per-order twin (``max_in_flight_per_order``: 2 means two requests
+on one order overlapped). Over HTTP for other processes: ``GET /__fake__/state``,
+``POST /__fake__/mode`` ``{"fail_status", "hang_s", "delay_s", "write_delay_s"}``,
+``POST /__fake__/reset``,
 ``POST /__fake__/orders`` (add an order). Run by hand: ``python -m connectors.fakes.magento --port N``.
 
 Never use this outside tests and benchmarks: it keeps everything in memory and trusts its input.
@@ -244,8 +247,11 @@ class FakeMagento:
         self.fail_status: int | None = None
         self.hang_s: float | None = None
         self.delay_s: float = 0.0
+        self.write_delay_s: float = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.order_in_flight: Counter[str] = Counter()
+        self.max_in_flight_per_order = 0
         self._release = threading.Event()
         self._next_history_id = 1
         self._httpd: ThreadingHTTPServer | None = None
@@ -290,7 +296,9 @@ class FakeMagento:
             self.fail_status = None
             self.hang_s = None
             self.delay_s = 0.0
+            self.write_delay_s = 0.0
             self.max_in_flight = self.in_flight
+            self.max_in_flight_per_order = max(self.order_in_flight.values(), default=0)
             self._release.set()  # unblock anything still hanging
 
     def set_mode(
@@ -299,11 +307,13 @@ class FakeMagento:
         fail_status: int | None = None,
         hang_s: float | None = None,
         delay_s: float = 0.0,
+        write_delay_s: float = 0.0,
     ) -> None:
         with self.lock:
             self.fail_status = fail_status
             self.hang_s = hang_s
             self.delay_s = delay_s
+            self.write_delay_s = write_delay_s
             if hang_s is None:
                 self._release.set()
             else:
@@ -325,8 +335,10 @@ class FakeMagento:
                 "fail_status": self.fail_status,
                 "hang_s": self.hang_s,
                 "delay_s": self.delay_s,
+                "write_delay_s": self.write_delay_s,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "max_in_flight_per_order": self.max_in_flight_per_order,
                 "orders": {
                     str(k): {"state": o["state"], "status": o["status"]}
                     for k, o in self.orders.items()
@@ -431,7 +443,15 @@ class _Handler(BaseHTTPRequestHandler):
             fake.counters["total"] += 1
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            key = order_id or ""
+            fake.order_in_flight[key] += 1
+            if order_id is not None:
+                fake.max_in_flight_per_order = max(
+                    fake.max_in_flight_per_order, fake.order_in_flight[key]
+                )
             fail, hang, delay = fake.fail_status, fake.hang_s, fake.delay_s
+            if method != "GET":
+                delay += fake.write_delay_s
         try:
             if delay:
                 time.sleep(delay)
@@ -451,6 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with fake.lock:
                 fake.in_flight -= 1
+                fake.order_in_flight[key] -= 1
+                if not fake.order_in_flight[key]:
+                    del fake.order_in_flight[key]
 
     def _authorized(self) -> bool:
         auth = self.headers.get("Authorization") or ""
@@ -518,6 +541,7 @@ class _Handler(BaseHTTPRequestHandler):
                 fail_status=body.get("fail_status"),
                 hang_s=body.get("hang_s"),
                 delay_s=float(body.get("delay_s") or 0.0),
+                write_delay_s=float(body.get("write_delay_s") or 0.0),
             )
             return self._send(200, fake.snapshot())
         if method == "POST" and path == "/__fake__/orders" and isinstance(body, dict):

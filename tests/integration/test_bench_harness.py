@@ -120,11 +120,56 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     assert set(s9["partitions_by_worker"]) == {"worker-1", "worker-2"}
     assert all(s9["partitions_by_worker"].values())
     assert s9["s1_scaling"] is not None and s9["s3_scaling"] is not None
+    # CPU per item, summed over every process, next to the raw-client floor of the same run
+    floor = sc["ceilings"]["kafka"]["floor_cpu_us_per_msg"]
+    assert floor is not None and floor > 0
+    assert "floor_cpu_us_per_msg" in _fields(lines["ceilings"])
+    items = {"naive": "event", "naive_exec": "action", "S1": "event", "S2": "request"}
+    items |= {"S3": "action", "S4": "disposition", "S3L": "action"}
+    for name, item in items.items():
+        assert sc[name]["cpu_us_per_item"] > 0, (name, sc[name])
+        assert sc[name]["cpu_floor_ratio"] is not None, name
+        assert sc[name]["loadgen_cpu_us_per_item"] is not None, name
+        assert _fields(lines[name])[f"cpu_us_per_{item}"] != "nan", name
+    assert set(sc["S3"]["cpu_us_per_item_by_role"]) >= {"broker", "worker", "api", "harness"}
+    assert sc["S1"]["cpu_ratio_to_baseline"] is not None
+    assert sc["S3"]["cpu_ratio_to_baseline"] is not None
+    assert sc["S2"]["healthz_cpu_us_per_item"] is not None
+    # S3L: every action applied once at the store, never two requests on one entity at once
+    s3l = sc["S3L"]
+    assert s3l["complete"] and s3l["outcomes"] == {"applied": s3l["actions"]}
+    assert s3l["store_writes"] == s3l["actions"] and s3l["duplicate_writes"] == 0
+    assert s3l["max_in_flight_per_entity"] == 1
+    assert s3l["store_max_in_flight"] >= 1 and s3l["in_flight_limit"] > 0
+    assert {t["metric"] for t in doc["targets"]["S3L"]} == {
+        "limit_ratio",
+        "max_in_flight_per_entity",
+    }
+    # the glob micro-benchmark: every length timed, typical and hostile
+    g = sc["globs"]
+    assert [r["segments"] for r in g["rows"]] == list(range(1, 21))
+    assert all(r["shaped_matches"] for r in g["rows"])
+    assert g["hostile_us_max"] > 0 and g["typical_us_max"] > 0
     assert doc["lines"] == [ln for ln in r.stdout.splitlines() if ln.strip()]
 
     md = (out / "results.md").read_text()
     assert "| Scenario | Metric | Value | Target | Status |" in md
-    for name in ("ceilings", "naive", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"):
+    for name in (
+        "ceilings",
+        "naive",
+        "S1",
+        "S2",
+        "S3",
+        "S4",
+        "S5",
+        "S6",
+        "S7",
+        "S8",
+        "S9",
+        "S10",
+        "S3L",
+        "globs",
+    ):
         assert f"| {name} |" in md
 
     assert _our_processes(work) == [], "the harness left processes running"
