@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"any of {', '.join(SCENARIOS)} (default: all)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="small sizes, short windows: well under 60 s"
+        "--quick", action="store_true", help="small sizes, short windows: well under 90 s"
     )
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
