@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import orjson
@@ -20,14 +19,13 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from agents.executor import state_key
-from schemas.plan import ActionRecord, Verdict
+from schemas.plan import ActionRecord
 from streams.checkpoint import Checkpoint
 from streams.dedup import DedupStore
 from streams.execstate import ExecStateStore
 from streams.executor import Executor
 from streams.topics import EXECSTATE, LEDGER
-
-NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+from tests.unit.agents.test_executor_core import action as core_action
 
 
 class Crash(BaseException):
@@ -114,27 +112,7 @@ class FailingStore:
 
 
 def action(i: int, entity: str, key: str) -> ActionRecord:
-    return ActionRecord(
-        id=f"act_{i:026d}",
-        plan_id="pl_1",
-        tenant_id="t_1",
-        livemode=False,
-        operator_id="op_1",
-        operator_name="o",
-        guardrail_version=1,
-        event_id="ev_1",
-        correlation_id="co_1",
-        connector_id="cn_1",
-        connector_name="shop",
-        tool="order.hold",
-        side_effect=True,
-        args={"order_id": entity},
-        value=None,
-        entity_key=entity,
-        idempotency_key=key,
-        verdict=Verdict(decision="ALLOW", rule=None, reason="ok"),
-        proposed_at=NOW,
-    )
+    return core_action(i, entity=entity, key=key, args={"order_id": entity})
 
 
 def batch() -> list[tuple[ActionRecord, int]]:
