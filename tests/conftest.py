@@ -234,3 +234,35 @@ def magento():
     yield fake
     fake.proc.terminate()
     fake.proc.wait(10)
+
+
+def install_sandbox(c: httpx.Client, name: str = "sandbox") -> dict:
+    """Install cn-sandbox-orders (simulated side effects, any key) for the client's tenant."""
+    r = c.post(
+        "/v1/connectors",
+        json={
+            "listing": "cn-sandbox-orders",
+            "name": name,
+            "auth": {"type": "api_key", "key": "sandbox"},
+        },
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def create_operator(
+    c: httpx.Client, name: str, capabilities: list, guardrails: list, playbook: list, **extra
+) -> dict:
+    r = c.post(
+        "/v1/operators",
+        json={
+            "name": name,
+            "outcome": extra.pop("outcome", f"{name}: governed actions for a test."),
+            "capabilities": capabilities,
+            "guardrails": guardrails,
+            "playbook": playbook,
+            **extra,
+        },
+    )
+    assert r.status_code == 201, r.text
+    return r.json()

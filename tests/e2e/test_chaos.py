@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.topics import EVENTS
-from tests.conftest import make_stack
+from tests.conftest import create_operator, make_stack
 from tests.e2e.test_exec_state_durability import Sandbox, broker_pid, ready
 from tests.e2e.test_kafka_pipeline import _role_pid, wait_for
 
@@ -174,18 +174,14 @@ def chaos_stack(tmp_path_factory):
 def test_chaos_kill_9_of_every_role(chaos_stack):
     stack = chaos_stack
     sb = Sandbox(stack)
-    r = sb.c.post(
-        "/v1/operators",
-        json={
-            "name": "chaos-notifier",
-            "outcome": "Notify the customer once per note.",
-            "capabilities": ["order.notify"],
-            "guardrails": [{"tool": "order.notify", "decision": "ALLOW"}],
-            "playbook": [{"when": "order.note", "then": [NOTIFY]}],
-        },
+    sb.op = create_operator(
+        sb.c,
+        "chaos-notifier",
+        ["order.notify"],
+        [{"tool": "order.notify", "decision": "ALLOW"}],
+        [{"when": "order.note", "then": [NOTIFY]}],
+        outcome="Notify the customer once per note.",
     )
-    assert r.status_code == 201, r.text
-    sb.op = r.json()
     connector_id = sb.c.get("/v1/connectors").json()["data"][0]["id"]
     run = uuid.uuid4().hex[:6]
     rng = random.Random(11)

@@ -17,7 +17,7 @@ import pytest
 
 from ledger.store import LedgerStore
 from schemas.settings import Settings
-from tests.conftest import Stack, client, make_stack, new_tenant
+from tests.conftest import Stack, client, create_operator, install_sandbox, make_stack, new_tenant
 from tests.e2e.test_governed_loop import publish
 from tests.e2e.test_kafka_pipeline import _role_pid, wait_for
 
@@ -113,27 +113,15 @@ def test_worker_kill_9_mid_burst_stores_and_lists_every_id_once(tmp_path):
     try:
         tenant = new_tenant(stack, f"crash-{uuid.uuid4().hex[:8]}")
         c = client(stack, tenant.keys["admin"])
-        r = c.post(
-            "/v1/connectors",
-            json={
-                "listing": "cn-sandbox-orders",
-                "name": "sandbox",
-                "auth": {"type": "api_key", "key": "sandbox"},
-            },
-        )
-        assert r.status_code == 201, r.text
-        r = c.post(
-            "/v1/operators",
-            json={
-                "name": "crash-holds",
-                "outcome": "Hold every order.",
-                "capabilities": ["order.hold", "order.notify"],
-                "guardrails": GUARDRAILS,
-                "playbook": PLAYBOOK,
-            },
-        )
-        assert r.status_code == 201, r.text
-        op_id = r.json()["id"]
+        install_sandbox(c)
+        op_id = create_operator(
+            c,
+            "crash-holds",
+            ["order.hold", "order.notify"],
+            GUARDRAILS,
+            PLAYBOOK,
+            outcome="Hold every order.",
+        )["id"]
         source = f"burst-{uuid.uuid4().hex[:6]}"
         envs = [
             orjson.dumps(

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Stack, client, make_stack, new_tenant
+from tests.conftest import Stack, client, create_operator, install_sandbox, make_stack, new_tenant
 from tests.e2e.test_kafka_pipeline import _role_pid, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -37,27 +37,15 @@ class Sandbox:
         self.stack = stack
         self.tenant = new_tenant(stack, f"dur-{uuid.uuid4().hex[:8]}")
         self.c = client(stack, self.tenant.keys["admin"])
-        r = self.c.post(
-            "/v1/connectors",
-            json={
-                "listing": "cn-sandbox-orders",
-                "name": "sandbox",
-                "auth": {"type": "api_key", "key": "sandbox"},
-            },
+        install_sandbox(self.c)
+        self.op = create_operator(
+            self.c,
+            "holder",
+            ["order.hold"],
+            [{"tool": "order.hold", "decision": "ALLOW"}],
+            [{"when": "order.created", "then": [HOLD]}],
+            outcome="Hold every new order once.",
         )
-        assert r.status_code == 201, r.text
-        r = self.c.post(
-            "/v1/operators",
-            json={
-                "name": "holder",
-                "outcome": "Hold every new order once.",
-                "capabilities": ["order.hold"],
-                "guardrails": [{"tool": "order.hold", "decision": "ALLOW"}],
-                "playbook": [{"when": "order.created", "then": [HOLD]}],
-            },
-        )
-        assert r.status_code == 201, r.text
-        self.op = r.json()
 
     def reconnect(self) -> None:
         self.c = client(self.stack, self.tenant.keys["admin"])
