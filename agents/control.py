@@ -16,7 +16,15 @@ from typing import Any, Protocol
 
 from agents.executor import receipt, revet, undo_action
 from schemas.commands import Command, Reply, ReplyError
-from schemas.config import SLUG_RE, ApiKey, ConfigRecord, Tenant
+from schemas.config import (
+    LAST_USED_RESOLUTION_S,
+    SLUG_RE,
+    ApiKey,
+    ConfigRecord,
+    Tenant,
+    expand_scopes,
+    missing_scopes,
+)
 from schemas.connector import Connector, VaultEntry
 from schemas.operator import Guardrail, LastRun, Operator, default_triggers
 from schemas.plan import ActionRecord, Plan
@@ -129,24 +137,152 @@ def _tenant_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFa
     return [_record(cmd, "tenant", tenant.id, data, 1, now, new_id)], data
 
 
+def _issuer(state: ConfigState, cmd: Command, tenant_id: str) -> ApiKey | None:
+    """The key a command came from (the api sends ``actor`` = the calling key's id), or None for
+    an operator's own tools (``fibric admin``, workers), which hold no key. A key that has been
+    revoked since it authenticated can no longer manage keys."""
+    if not cmd.actor.startswith("key_"):
+        return None
+    issuer = state.keys.get(cmd.actor)
+    if issuer is None or issuer.tenant_id != tenant_id:
+        raise Refusal(401, "key_invalid", "The API key is invalid.")
+    if issuer.status != "active":
+        raise Refusal(401, "key_revoked", "The API key has been revoked.")
+    return issuer
+
+
+def _no_escalation(issuer: ApiKey | None, scopes: list[str], what: str) -> None:
+    if issuer is None:
+        return
+    missing = missing_scopes(issuer.scopes, scopes)
+    if missing:
+        raise Refusal(
+            403,
+            "insufficient_scope",
+            f"A key can only {what} keys within its own scopes; this key lacks "
+            f"{', '.join(missing)}.",
+            missing_scopes=missing,
+        )
+
+
 def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     tenant = _tenant(state, cmd)
-    key = ApiKey.model_validate(
-        {**cmd.args["key"], "id": new_id("key"), "tenant_id": tenant.id, "created_at": now}
+    issuer = _issuer(state, cmd, tenant.id)
+    draft = dict(cmd.args.get("key") or {})
+    mode = draft.get("mode") or (issuer.mode if issuer else "test")
+    role = draft.get("role")
+    if not role and not draft.get("scopes"):
+        raise Refusal(400, "missing_parameter", "Send a role or scopes.", param="role")
+    try:
+        # the role is expanded here, once: later preset changes never alter existing keys
+        scopes = expand_scopes(role, None) if role else expand_scopes(None, draft.get("scopes"))
+    except ValueError as exc:
+        raise Refusal(
+            400, "invalid_parameter", str(exc), param="role" if role else "scopes"
+        ) from None
+    secret_hash, hint = str(draft.get("secret_hash") or ""), str(draft.get("hint") or "")
+    if len(secret_hash) != 64 or not hint:
+        raise Refusal(400, "invalid_parameter", "key.create needs secret_hash and hint.")
+    if issuer is not None:
+        if mode != issuer.mode:
+            raise Refusal(
+                400,
+                "invalid_parameter",
+                f"A {issuer.mode} key creates {issuer.mode} keys only.",
+                param="mode",
+            )
+        _no_escalation(issuer, scopes, "create")
+        if issuer.workspace_id and draft.get("workspace_id") != issuer.workspace_id:
+            raise Refusal(
+                403,
+                "insufficient_scope",
+                f"This key is pinned to workspace {issuer.workspace_id}; so are the keys it creates.",
+            )
+    name = draft.get("name")
+    # Names are unique among a tenant's active keys of one mode (the other mode's names stay
+    # invisible). Enforced for keys created through the API; `fibric admin` (standing in for the
+    # console) may reuse a name, so re-running `fibric up --demo` keeps working.
+    if (
+        issuer is not None
+        and name is not None
+        and any(
+            k.name == name and k.tenant_id == tenant.id and k.mode == mode and k.status == "active"
+            for k in state.keys.values()
+        )
+    ):
+        raise Refusal(409, "state_conflict", f"An active key named {name!r} already exists.")
+    if any(k.secret_hash == secret_hash for k in state.keys.values()):
+        raise Refusal(409, "state_conflict", "This secret is already in use; make a new one.")
+    key = ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant.id,
+        name=name,
+        mode=mode,
+        role=role,
+        scopes=scopes,
+        workspace_id=draft.get("workspace_id"),
+        hint=hint,
+        secret_hash=secret_hash,
+        created_at=now,
     )
-    return [
-        _record(cmd, "api_key", tenant.id, key.model_dump(mode="json"), 1, now, new_id)
-    ], key.public()
+    # the note names the key, never its secret or hash (those stay in the data, as the hash is
+    # the key's only stored form)
+    note = f"key.create: {key.id} {name or ''} {role or 'scopes'}={','.join(scopes)}"
+    rec = _record(cmd, "api_key", tenant.id, key.model_dump(mode="json"), 1, now, new_id, note)
+    return [rec], key.public()
+
+
+def _key(state: ConfigState, cmd: Command, issuer: ApiKey | None) -> ApiKey:
+    """The key a command names; another tenant's (or, for a key caller, another mode's) key
+    reads as not found."""
+    key = state.keys.get(str(cmd.args.get("key_id")))
+    if (
+        key is None
+        or (cmd.tenant_id and key.tenant_id != cmd.tenant_id)
+        or (issuer is not None and key.mode != issuer.mode)
+    ):
+        raise Refusal(404, "not_found", f"No API key {str(cmd.args.get('key_id'))[:60]!r}.")
+    return key
 
 
 def _key_revoke(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    issuer = _issuer(state, cmd, cmd.tenant_id or "")
+    key = _key(state, cmd, issuer)
+    if key.status == "revoked":
+        return [], key.public()  # revocation is permanent; repeating it changes nothing
+    # managing a key is as powerful as holding it: no revoking a key wider than oneself
+    _no_escalation(issuer, key.scopes, "revoke")
+    revoked = key.model_copy(update={"status": "revoked", "revoked_at": now})
+    note = f"key.revoke: {key.id} {key.name or ''}".rstrip()
+    data = revoked.model_dump(mode="json")
+    return [_record(cmd, "api_key", key.tenant_id, data, 2, now, new_id, note)], revoked.public()
+
+
+def _key_touch(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    """Record that a key authenticated (sent fire-and-forget by the api, at most once per key per
+    window per process). Never an error: a revoked, unknown or fresh key writes nothing."""
     key = state.keys.get(str(cmd.args.get("key_id")))
-    if key is None or (cmd.tenant_id and key.tenant_id != cmd.tenant_id):
-        raise Refusal(404, "not_found", f"no key {cmd.args.get('key_id')!r}")
-    revoked = key.model_copy(update={"status": "revoked"})
-    return [
-        _record(cmd, "api_key", key.tenant_id, revoked.model_dump(mode="json"), 2, now, new_id)
-    ], revoked.public()
+    try:
+        used = datetime.fromisoformat(str(cmd.args.get("used_at")))
+    except ValueError:
+        used = now
+    if used.tzinfo is None:
+        used = used.replace(tzinfo=now.tzinfo)
+    used = min(used, now)  # a clock ahead of the control agent's cannot date a use in the future
+    if (
+        key is None
+        or key.tenant_id != cmd.tenant_id
+        or key.status != "active"
+        or (
+            key.last_used_at is not None
+            and (used - key.last_used_at).total_seconds() < LAST_USED_RESOLUTION_S
+        )
+    ):
+        return [], {"id": cmd.args.get("key_id"), "object": "api_key", "touched": False}
+    touched = key.model_copy(update={"last_used_at": used})
+    data = touched.model_dump(mode="json")
+    rec = _record(cmd, "api_key", key.tenant_id, data, 1, now, new_id, f"key.touch: {key.id}")
+    return [rec], {"id": key.id, "object": "api_key", "touched": True}
 
 
 def _tenant(state: ConfigState, cmd: Command) -> Tenant:
@@ -408,6 +544,7 @@ _HANDLERS = {
     "tenant.create": _tenant_create,
     "key.create": _key_create,
     "key.revoke": _key_revoke,
+    "key.touch": _key_touch,
     "operator.create": _operator_create,
     "operator.update": _operator_update,
     "operator.pause": _operator_pause,

@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from agents.secrets import SecretBox
 from api.auth import require_scope
 from api.broker import BoundedProducer
+from api.controllers.api_keys import ApiKeysController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
@@ -137,6 +138,7 @@ def create_app(settings: Settings) -> Litestar:
             ActionsController,
             ReceiptsController,
             ExportsController,
+            ApiKeysController,
         ],
         guards=[require_scope],
     )

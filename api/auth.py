@@ -12,6 +12,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from api.key_usage import key_usage
 from api.state import ApiState
 from ledger.store import Scope
 from schemas.config import ApiKey, Tenant, hash_secret
@@ -71,6 +72,7 @@ async def require_scope(
     tenant = state.view.tenants.get(key.tenant_id)
     if tenant is None:
         raise FibricError(ErrorCode.KEY_INVALID, "The API key's tenant does not exist.")
+    key_usage(state).note(state, key)  # last_used_at: in memory; a background touch when due
     needed = handler.opt.get("scope")
     if needed and needed not in key.scopes:
         raise FibricError(

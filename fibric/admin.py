@@ -80,7 +80,7 @@ class Admin:
     ) -> tuple[ApiKey, str]:
         tenant = self._tenant(tenant_ref)
         try:
-            expanded = expand_scopes(role, scopes)
+            expanded = expand_scopes(role, scopes)  # an early, local error; the agent re-expands
         except ValueError as exc:
             raise CliError(str(exc)) from None
         # The secret is made here and never leaves this process: only its hash is sent.
@@ -103,6 +103,15 @@ class Admin:
             raise CliError(f"no key {key_id!r}")
         await self._call("key.revoke", key.tenant_id, {"key_id": key_id})
         return self.view.keys[key_id]
+
+    @staticmethod
+    def key_object(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+        """What the CLI prints for a key: the API's ``api_key`` object (``ApiKey.public``), plus
+        the secret right after creation (the only time it exists outside the caller)."""
+        out = key.public()
+        if secret is not None:
+            out["secret"] = secret
+        return out
 
     def tenants(self) -> list[Tenant]:
         return sorted(self.view.tenants.values(), key=lambda t: t.created_at)

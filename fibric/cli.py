@@ -98,19 +98,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 key, secret = await admin.create_key(
                     args.tenant, args.role, args.scope, args.mode, args.name
                 )
-                return {
-                    "id": key.id,
-                    "secret": secret,
-                    "scopes": key.scopes,
-                    "tenant_id": key.tenant_id,
-                    "mode": key.mode,
-                    "role": key.role,
-                }
+                return admin.key_object(key, secret)
             if args.resource == "key" and args.action == "list":
-                return {"data": [k.public() for k in admin.keys(args.tenant)]}
+                return {"data": [admin.key_object(k) for k in admin.keys(args.tenant)]}
             if args.resource == "key" and args.action == "revoke":
-                k = await admin.revoke_key(args.key_id)
-                return {"id": k.id, "status": k.status}
+                return admin.key_object(await admin.revoke_key(args.key_id))
             raise CliError("unknown admin command")
 
     _print(asyncio.run(run()), getattr(args, "json", False))

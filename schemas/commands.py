@@ -16,6 +16,7 @@ CommandType = Literal[
     "tenant.create",
     "key.create",
     "key.revoke",
+    "key.touch",
     "operator.create",
     "operator.update",
     "operator.pause",

@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
@@ -50,6 +50,15 @@ ROLES: dict[str, tuple[str, ...]] = {
     "admin": SCOPES,
 }
 
+# A key's last_used_at moves only when the new use is at least this much later: one config record
+# per key per window, however many api processes report uses (the spec promises last_used_at
+# "accurate to a few minutes"; a record a minute per busy key would bloat the append-only
+# config_log that a restore replays).
+LAST_USED_RESOLUTION_S = 300
+
+# Longest key name: a label for people, not a document.
+MAX_KEY_NAME_CHARS = 100
+
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38})[a-z0-9]$")
 
 
@@ -63,6 +72,9 @@ class Tenant(BaseModel):
 
 
 class ApiKey(BaseModel):
+    """An API key as the config log stores it (spec §2.12). Only the secret's hash is kept; the
+    secret itself exists in the create response and nowhere else."""
+
     id: str
     object: Literal["api_key"] = "api_key"
     tenant_id: str
@@ -70,17 +82,56 @@ class ApiKey(BaseModel):
     mode: Literal["live", "test"] = "test"
     role: str | None = None
     scopes: list[str]
+    # pinned workspace; null = the whole tenant
+    workspace_id: str | None = None
     hint: str
     secret_hash: str = Field(repr=False)
     status: Literal["active", "revoked"] = "active"
+    # when the key last authenticated, to LAST_USED_RESOLUTION_S (api/key_usage.py)
+    last_used_at: datetime | None = None
     created_at: datetime
+    revoked_at: datetime | None = None
 
     @property
     def livemode(self) -> bool:
         return self.mode == "live"
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"secret_hash"})
+        """The ``api_key`` API object (also what ``fibric admin key`` prints): every field of
+        spec §2.12, plus ``livemode``, ``revoked_at`` and ``tenant_id``; never the hash."""
+        d = self.model_dump(mode="json", exclude={"secret_hash"})
+        return {
+            "id": d["id"],
+            "object": "api_key",
+            "name": d["name"],
+            "mode": d["mode"],
+            "livemode": self.livemode,
+            "role": d["role"],
+            "scopes": d["scopes"],
+            "workspace_id": d["workspace_id"],
+            "hint": d["hint"],
+            "status": d["status"],
+            "last_used_at": d["last_used_at"],
+            "created_at": d["created_at"],
+            "revoked_at": d["revoked_at"],
+            "tenant_id": d["tenant_id"],
+        }
+
+
+ROLE_NAMES = Literal["read_only", "ingest", "operate", "admin"]
+
+
+class ApiKeyCreate(BaseModel):
+    """Body of ``POST /v1/api_keys``: a ``role`` preset or explicit ``scopes`` (exactly one).
+    The mode is the calling key's; ``mode`` may be sent but must equal it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=MAX_KEY_NAME_CHARS)
+    role: ROLE_NAMES | None = None
+    scopes: list[str] | None = Field(default=None, min_length=1, max_length=len(SCOPES))
+    mode: Literal["live", "test"] | None = None
+    workspace_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class ConfigRecord(BaseModel):
@@ -128,3 +179,9 @@ def expand_scopes(role: str | None, scopes: list[str] | None) -> list[str]:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
     return list(ROLES[role])
+
+
+def missing_scopes(held: list[str], wanted: list[str]) -> list[str]:
+    """Scopes in ``wanted`` that ``held`` lacks: a key may only grant what it holds itself."""
+    have = set(held)
+    return [s for s in wanted if s not in have]
