@@ -40,18 +40,25 @@ def parse_limit(raw: str | None) -> int:
     return value
 
 
-def fingerprint(filters: dict[str, Any]) -> str:
+def fingerprint(filters: dict[str, Any], bind: str = "") -> str:
+    """The filters a cursor is bound to. ``bind`` names the list (``"plans"``, ``"receipts"``…):
+    a list that passes one refuses another list's cursor even when both have no filters (a
+    cursor is a position in one list's order; another list's position means nothing)."""
     canon = orjson.dumps({k: v for k, v in sorted(filters.items()) if v is not None}, default=str)
+    if bind:
+        canon = bind.encode() + b"\x00" + canon
     return hashlib.sha256(canon).hexdigest()[:16]
 
 
-def encode_cursor(key: tuple[datetime, str], filters: dict[str, Any]) -> str:
+def encode_cursor(key: tuple[datetime, str], filters: dict[str, Any], bind: str = "") -> str:
     ts, id_ = key
-    doc = {"t": int(ts.timestamp() * 1_000_000), "i": id_, "f": fingerprint(filters)}
+    doc = {"t": int(ts.timestamp() * 1_000_000), "i": id_, "f": fingerprint(filters, bind)}
     return "cur_" + base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> tuple[datetime, str] | None:
+def decode_cursor(
+    cursor: str | None, filters: dict[str, Any], bind: str = ""
+) -> tuple[datetime, str] | None:
     if not cursor:
         return None
     bad = FibricError(
@@ -69,19 +76,23 @@ def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> tuple[datetime
         id_, fp = str(doc["i"]), str(doc["f"])
     except (ValueError, KeyError, TypeError, OverflowError, OSError, orjson.JSONDecodeError):
         raise bad from None
-    if fp != fingerprint(filters) or not DATETIME_MIN <= ts <= DATETIME_MAX:
+    if fp != fingerprint(filters, bind) or not DATETIME_MIN <= ts <= DATETIME_MAX:
         raise bad
     return ts, id_
 
 
 def list_body(
-    data: list[Any], has_more: bool, next_key: tuple[datetime, str] | None, filters: dict[str, Any]
+    data: list[Any],
+    has_more: bool,
+    next_key: tuple[datetime, str] | None,
+    filters: dict[str, Any],
+    bind: str = "",
 ) -> dict[str, Any]:
     return {
         "object": "list",
         "data": data,
         "has_more": has_more,
-        "next_cursor": encode_cursor(next_key, filters) if has_more and next_key else None,
+        "next_cursor": encode_cursor(next_key, filters, bind) if has_more and next_key else None,
     }
 
 

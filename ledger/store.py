@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,6 +101,9 @@ ACTION_COLUMNS = (
     "undo_of",
     "doc",
 )
+# Receipts an export reads per query: large enough that a million-row export is 100 queries,
+# small enough that one chunk of decoded receipts stays a few tens of MiB.
+EXPORT_CHUNK = 10_000
 # Events are partitioned by month of their time and producers may send backdated events
 # (received_at from 1970 on, schemas/limits.py): ClickHouse's default of 100 partitions per
 # insert would refuse a batch spanning more months, so the limit is lifted (0 = no limit).
@@ -593,7 +596,7 @@ class LedgerStore:
     async def list_plans(
         self,
         scope: Scope,
-        status: str | None,
+        status: str | Sequence[str] | None,
         operator_id: str | None,
         event_id: str | None,
         limit: int,
@@ -612,8 +615,9 @@ class LedgerStore:
             params["after_ts"], params["after_id"] = after
             inner.append("(created_at, id) < ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})")
         if status is not None:
-            params["st"] = status
-            outer.append("WHERE status = {st:String}")
+            # the stored statuses that read as one public status (schemas/plan.py)
+            params["st"] = [status] if isinstance(status, str) else list(status)
+            outer.append("WHERE status IN {st:Array(String)}")
         # One row per plan id, whatever the rows: versions fold by argMax, and a copy stored
         # under another created_at (written before plans were dated by their event) folds into
         # its earliest time, so no id is listed twice, on one page or across pages.
@@ -692,6 +696,33 @@ class LedgerStore:
             "ORDER BY created_at, id LIMIT 1 BY id"
         )
         return await self._run(self._client.raw_query, sql, parameters=params, fmt=fmt)
+
+    async def iter_receipts(
+        self, scope: Scope, filters: dict[str, Any], chunk: int = EXPORT_CHUNK
+    ) -> AsyncIterator[list[Receipt]]:
+        """All matching receipts, oldest first, ``chunk`` at a time (exports): keyset pages on
+        the table's order, so memory stays bounded by one chunk whatever the export's size."""
+        where, params = self.receipts_where(scope, filters)
+        after: tuple[datetime, str] | None = None
+        while True:
+            page_params = {**params, "n": chunk}
+            clause = where
+            if after is not None:
+                page_params["after_ts"], page_params["after_id"] = after
+                clause += (
+                    " AND (created_at, id) > ({after_ts:DateTime64(6, 'UTC')}, {after_id:String})"
+                )
+            rows = await self.query(
+                f"SELECT {', '.join(RECEIPT_COLUMNS)} FROM receipts WHERE {clause} "
+                "ORDER BY created_at, id LIMIT 1 BY id LIMIT {n:UInt32}",
+                page_params,
+            )
+            items = [receipt_from_row(r) for r in rows]
+            if items:
+                yield items
+            if len(items) < chunk:
+                return
+            after = (items[-1].created_at, items[-1].id)
 
     async def save_export(self, scope: Scope, doc: dict[str, Any], version: int) -> None:
         await self.insert(

@@ -146,3 +146,126 @@ class Receipt(BaseModel):
     latency_ms: float | None = None
     proposed_at: datetime | None = None
     created_at: datetime
+
+
+# ---- the documented API objects (spec §2.8, §2.9, §2.11) -----------------------------------------
+# What the api returns for a plan, an action and a receipt: every stored field we returned before
+# (additive only, never renamed or removed) plus every field the spec documents, under its
+# documented name and type. Built in one place (api/controllers/loop.py, ``*_public``) from what
+# is stored; storage and the executor keep their shapes.
+PublicPlanStatus = Literal["proposed", "executed", "vetoed", "expired"]
+PlanDecision = Literal["ALLOW", "ALERT", "BLOCK"]
+Tier = Literal[0, 1, 2, 3]
+# The internal plan status → the documented one (decisions §26). A plan leaves
+# `proposed` when it is handed to the executor; from then on it is `executed` whatever its lines
+# did (blocked lines are receipted `refused`, spec §2.8), unless a person vetoed it or it expired.
+PUBLIC_PLAN_STATUS: dict[str, str] = {
+    "proposed": "proposed",
+    "approved": "executed",
+    "executing": "executed",
+    "executed": "executed",
+    "refused": "executed",
+    "vetoed": "vetoed",
+    "expired": "expired",
+}
+
+
+class PlanVerdict(BaseModel):
+    """``actions[].verdict`` of a plan: the trust decision at plan (or approval) time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: PlanDecision
+    tier: Tier  # the trust tier of the tool (connector catalogue)
+    rule: dict[str, Any] | None  # the guardrail that decided; None = default-closed fall-through
+    reason: str  # ours, kept
+
+
+class ReceiptVerdict(BaseModel):
+    """``verdict`` of a receipt: the executor's disposition decision (DEDUP included)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Decision
+    tier: Tier
+    rule: dict[str, Any] | None
+    guardrail_version: int  # the operator guardrail version that judged it (spec: policy version)
+
+
+class ActionObject(BaseModel):
+    """``object: "action"`` (spec §2.9), also each entry of a plan's ``actions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    object: Literal["action"] = "action"
+    plan_id: str
+    livemode: bool
+    operator_id: str
+    operator_name: str
+    guardrail_version: int
+    event_id: str | None
+    correlation_id: str
+    connector: str | None  # documented name; the cn_ instance (None only if none was bound)
+    connector_id: str | None
+    connector_name: str | None
+    tool: str
+    side_effect: bool
+    compensating_tool: str | None
+    reversible: bool  # side-effecting with a compensating tool, and not itself an undo
+    args: dict[str, Any]
+    value: float | None
+    entity_key: str
+    idempotency_key: str
+    verdict: PlanVerdict
+    decision: Decision  # the latest disposition's decision (DEDUP included), else the verdict's
+    outcome: Outcome | None  # the latest receipt's outcome; None before any
+    receipt_id: str | None  # the latest receipt
+    receipt_ids: list[str]
+    approver: str | None
+    request_id: str | None
+    undo_of: str | None
+    proposed_at: datetime
+    disposed_at: datetime | None  # the latest receipt with a final outcome; None before
+
+
+class PlanObject(BaseModel):
+    """``object: "execution_plan"`` (spec §2.8)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    object: Literal["execution_plan"] = "execution_plan"
+    livemode: bool
+    operator_id: str
+    operator_name: str
+    guardrail_version: int
+    event_id: str | None
+    correlation_id: str
+    run_id: str | None
+    model: str
+    status: PublicPlanStatus
+    status_detail: PlanStatus  # the internal status (approved, executing, refused …)
+    reasoning: str | None
+    actions: list[ActionObject]
+    refusal: str | None
+    approver: str | None
+    proposed_at: datetime
+    disposed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    version: int
+    receipt_ids: list[str]
+
+
+class ReceiptObject(Receipt):
+    """``object: "receipt"`` (spec §2.11): the stored receipt plus the documented names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reseller_id: str | None
+    operator: str  # the operator's name at action time
+    connector: str | None  # the cn_ instance; None for a plan refused as a whole
+    verdict: ReceiptVerdict
+    at: datetime  # time of disposition

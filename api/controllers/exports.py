@@ -5,6 +5,8 @@ is served, tenant-scoped, at ``GET /v1/exports/{id}/download`` until it expires.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,11 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.controllers.events import parse_time
-from api.controllers.loop import DECISIONS, OUTCOMES
+from api.controllers.loop import DECISIONS, OUTCOMES, Publisher
 from api.state import ApiState
 from ledger.store import Scope
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
+from schemas.plan import ReceiptObject
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +58,133 @@ def _path(state: ApiState, scope: Scope, export_id: str, fmt: str) -> Path:
     return state.settings.resolved_home / "exports" / scope.tenant_id / f"{export_id}.{fmt}"
 
 
+# The export row is the receipt object of GET /v1/receipts (spec §2.11), column for column in
+# this order; CSV and Parquet hold nested values (verdict, rule, result, error) as JSON text.
+EXPORT_COLUMNS = tuple(ReceiptObject.model_fields)
+NESTED = {"verdict", "rule", "result", "error"}
+TIMESTAMPS = {"proposed_at", "created_at", "at"}
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell: null is an empty cell (never ``\\N``), booleans ``true``/``false``, objects
+    JSON, timestamps the RFC 3339 strings of the JSON object."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def csv_lines(rows: list[dict[str, Any]], header: bool) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        w.writerow([csv_cell(row.get(c)) for c in EXPORT_COLUMNS])
+    return buf.getvalue().encode()
+
+
+def jsonl_lines(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+
+def _parquet_schema() -> Any:
+    import pyarrow as pa
+
+    ts = pa.timestamp("us", tz="UTC")
+    types = {
+        "livemode": pa.bool_(),
+        "guardrail_version": pa.int64(),
+        "value": pa.float64(),
+        "latency_ms": pa.float64(),
+        "verdict": pa.struct(
+            [
+                ("decision", pa.string()),
+                ("tier", pa.int8()),
+                ("rule", pa.string()),
+                ("guardrail_version", pa.int64()),
+            ]
+        ),
+    }
+    return pa.schema(
+        [(c, ts if c in TIMESTAMPS else types.get(c, pa.string())) for c in EXPORT_COLUMNS]
+    )
+
+
+def parquet_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def conv(c: str, v: Any) -> Any:
+        if v is None:
+            return None
+        if c in TIMESTAMPS:
+            return datetime.fromisoformat(v.replace("Z", "+00:00"))
+        if c == "verdict":
+            return {**v, "rule": None if v["rule"] is None else orjson.dumps(v["rule"]).decode()}
+        if c in NESTED:
+            return orjson.dumps(v).decode()
+        return v
+
+    return {c: [conv(c, r.get(c)) for r in rows] for c in EXPORT_COLUMNS}
+
+
+class _Writer:
+    """Writes an export file chunk by chunk (bounded memory), off the event loop."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt, self.rows = path, fmt, 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = path.open("wb")
+        self._pq: Any = None
+        if fmt == "csv":
+            self._f.write(csv_lines([], header=True))
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.rows += len(rows)
+        if self.fmt == "jsonl":
+            self._f.write(jsonl_lines(rows))
+        elif self.fmt == "csv":
+            self._f.write(csv_lines(rows, header=False))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = _parquet_schema()
+            if self._pq is None:
+                self._pq = pq.ParquetWriter(self._f, schema)
+            self._pq.write_table(pa.table(parquet_columns(rows), schema=schema))
+
+    def close(self) -> int:
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            if self._pq is None:  # no rows: still a valid, empty Parquet file
+                self._pq = pq.ParquetWriter(self._f, _parquet_schema())
+            self._pq.close()
+        self._f.close()
+        return self.path.stat().st_size
+
+
 async def _run_export(
-    state: ApiState, scope: Scope, doc: dict[str, Any], filters: dict[str, Any]
+    state: ApiState,
+    scope: Scope,
+    doc: dict[str, Any],
+    filters: dict[str, Any],
+    pub: Publisher,
 ) -> None:
     fmt = doc["format"]
     try:
-        data = await state.store.export_receipts(scope, filters, FORMATS[fmt][0])
-        path = _path(state, scope, doc["id"], fmt)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(path.write_bytes, data)
-        rows = data.count(b"\n") - (1 if fmt == "csv" else 0) if fmt != "parquet" else None
+        writer = _Writer(_path(state, scope, doc["id"], fmt), fmt)
+        try:
+            async for chunk in state.store.iter_receipts(scope, filters):
+                await asyncio.to_thread(writer.write, [pub.receipt(r) for r in chunk])
+        finally:
+            size = await asyncio.to_thread(writer.close)
         doc.update(
             status="complete",
-            size_bytes=len(data),
-            row_count=rows,
+            size_bytes=size,
+            row_count=writer.rows,
             completed_at=_iso(datetime.now(UTC)),
         )
     except Exception as exc:  # noqa: BLE001 - the job reports its failure
@@ -130,7 +246,8 @@ class ExportsController(Controller):
                 "row_count": None,
             }
             await state.store.save_export(auth.scope, doc, 1)
-            task = asyncio.create_task(_run_export(state, auth.scope, dict(doc), filters))
+            pub = Publisher.of(state, auth)
+            task = asyncio.create_task(_run_export(state, auth.scope, dict(doc), filters, pub))
             state.extra.setdefault("export_tasks", set()).add(task)
             task.add_done_callback(state.extra["export_tasks"].discard)
             return Response(

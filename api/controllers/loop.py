@@ -5,7 +5,10 @@ veto and undo are commands to the control agent, which re-vets against the guard
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -19,11 +22,28 @@ from api.commands import run_command
 from api.controllers.events import parse_time
 from api.pagination import decode_cursor, list_body, parse_limit
 from api.state import ApiState
+from connectors.marketplace import CATALOGUE_FILE
 from schemas.errors import ErrorCode, FibricError
-from schemas.plan import ActionRecord, Plan, Receipt
+from schemas.plan import PUBLIC_PLAN_STATUS, ActionRecord, Plan, Receipt
 
 _ID = {p: re.compile(rf"^{p}_[0-9A-Z]{{26}}$") for p in ("pl", "act", "rc", "exp", "op", "ev")}
-PLAN_STATUSES = ("proposed", "approved", "executing", "executed", "refused", "vetoed", "expired")
+# The documented plan statuses (spec §2.8), the only ones `status` returns and filters on.
+PLAN_STATUSES = ("proposed", "executed", "vetoed", "expired")
+PAGE_PARAMS = ("limit", "cursor")
+PLAN_FILTERS = ("status", "operator_id", "event_id")
+ACTION_FILTERS = ("plan_id", "operator_id", "entity_key", "tool")
+RECEIPT_FILTERS = (
+    "operator_id",
+    "outcome",
+    "decision",
+    "entity_key",
+    "correlation_id",
+    "plan_id",
+    "action_id",
+    "event_id",
+    "since",
+    "until",
+)
 OUTCOMES = (
     "applied",
     "refused",
@@ -76,28 +96,159 @@ def _opt(request: Request[Any, Any, Any], name: str) -> str | None:
     return value
 
 
-def action_public(a: ActionRecord, receipts: list[Receipt]) -> dict[str, Any]:
-    mine = sorted((r for r in receipts if r.action_id == a.id), key=lambda r: (r.created_at, r.id))
-    d = a.model_dump(mode="json", exclude={"tenant_id"})
-    d["object"] = "action"
-    d["decision"] = mine[-1].decision if mine else a.verdict.decision
-    d["outcome"] = mine[-1].outcome if mine else None
-    d["receipt_ids"] = [r.id for r in mine]
+# ---- the documented objects, built in one place from what is stored ----------------------------
+# A tool the catalogue gives no tier: read tools are tier 0; a side-effecting tool of unknown
+# trust is treated as the most dangerous tier (fail-closed, like the policy).
+UNTIERED_WRITE_TIER = 3
+# The verdict tier of a receipt that names no tool (a plan refused as a whole): nothing ran and
+# nothing could have; decisions §26.
+NO_TOOL_TIER = 0
+
+
+@cache
+def _catalogue_tiers() -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Tool trust tiers from connectors/catalogue.json: by (listing, tool), and by tool name
+    alone (the highest tier any listing gives it) for connectors since uninstalled. Read from
+    the packaged JSON because the catalogue's pydantic model does not carry ``tier`` yet."""
+    doc = orjson.loads(resources.files("connectors").joinpath(CATALOGUE_FILE).read_bytes())
+    by_listing: dict[tuple[str, str], int] = {}
+    by_tool: dict[str, int] = {}
+    for listing in doc["listings"]:
+        for t in listing["tools"]:
+            tier = t.get("tier")
+            if tier is None:
+                tier = UNTIERED_WRITE_TIER if t["side_effect"] else 0
+            by_listing[(listing["id"], t["name"])] = int(tier)
+            by_tool[t["name"]] = max(by_tool.get(t["name"], 0), int(tier))
+    return by_listing, by_tool
+
+
+def tool_tier(listing: str | None, tool: str | None, side_effect: bool | None = None) -> int:
+    """The trust tier (0–3) of a tool: the catalogue's, else 0 for a read and 3 otherwise."""
+    if tool is None:
+        return NO_TOOL_TIER
+    by_listing, by_tool = _catalogue_tiers()
+    if listing is not None and (listing, tool) in by_listing:
+        return by_listing[(listing, tool)]
+    if tool in by_tool:
+        return by_tool[tool]
+    return 0 if side_effect is False else UNTIERED_WRITE_TIER
+
+
+@dataclass(frozen=True, slots=True)
+class Publisher:
+    """What turning stored rows into API objects needs beyond the rows: the tenant's reseller
+    and the installed connectors (their listing gives a tool's tier)."""
+
+    reseller_id: str | None
+    listing_of: dict[str, str]
+
+    @classmethod
+    def of(cls, state: ApiState, auth: AuthContext) -> Publisher:
+        view = state.view
+        return cls(
+            auth.tenant.reseller_id,
+            {cid: cn.listing for cid, cn in getattr(view, "connectors", {}).items()},
+        )
+
+    def tier(self, connector_id: str | None, tool: str | None, side_effect: bool | None) -> int:
+        return tool_tier(self.listing_of.get(connector_id or ""), tool, side_effect)
+
+    def receipt(self, r: Receipt) -> dict[str, Any]:
+        return receipt_public(r, self)
+
+    def action(self, a: ActionRecord, receipts: list[Receipt]) -> dict[str, Any]:
+        return action_public(a, receipts, self)
+
+    def plan(self, p: Plan, receipts: list[Receipt]) -> dict[str, Any]:
+        return plan_public(p, receipts, self)
+
+
+NO_PUBLISHER = Publisher(None, {})
+
+
+def receipt_public(r: Receipt, pub: Publisher = NO_PUBLISHER) -> dict[str, Any]:
+    """The receipt object (spec §2.11): every stored field, plus ``reseller_id``, ``operator``,
+    ``connector``, ``verdict {decision, tier, rule}`` and ``at``."""
+    d = r.model_dump(mode="json")
+    d["reseller_id"] = pub.reseller_id
+    d["operator"] = r.operator_name
+    d["connector"] = r.connector_id
+    d["verdict"] = {
+        "decision": r.decision,
+        "tier": pub.tier(r.connector_id, r.tool, None),
+        "rule": d["rule"],
+        "guardrail_version": r.guardrail_version,
+    }
+    d["at"] = d["created_at"]
     return d
 
 
-def plan_public(plan: Plan, receipts: list[Receipt]) -> dict[str, Any]:
-    d = plan.model_dump(mode="json", exclude={"tenant_id"})
-    d["actions"] = [action_public(a, receipts) for a in plan.actions]
-    outcomes = [a["outcome"] for a in d["actions"]]
+def action_public(
+    a: ActionRecord, receipts: list[Receipt], pub: Publisher = NO_PUBLISHER
+) -> dict[str, Any]:
+    """The action object (spec §2.8 ``actions[]``, §2.9): the stored action with its latest
+    disposition, plus ``connector``, ``verdict.tier``, ``reversible``, ``receipt_id`` and
+    ``disposed_at``."""
+    mine = sorted((r for r in receipts if r.action_id == a.id), key=lambda r: (r.created_at, r.id))
+    d = a.model_dump(mode="json", exclude={"tenant_id"})
+    d["object"] = "action"
+    d["connector"] = a.connector_id
+    d["verdict"]["tier"] = pub.tier(a.connector_id, a.tool, a.side_effect)
+    d["reversible"] = bool(a.side_effect and a.compensating_tool and a.undo_of is None)
+    d["decision"] = mine[-1].decision if mine else a.verdict.decision
+    d["outcome"] = mine[-1].outcome if mine else None
+    d["receipt_id"] = mine[-1].id if mine else None
+    d["receipt_ids"] = [r.id for r in mine]
+    final = [r for r in mine if r.outcome in TERMINAL]
+    d["disposed_at"] = _iso(final[-1].created_at) if final else None
+    return d
+
+
+def plan_status_detail(plan: Plan, actions: list[dict[str, Any]]) -> str:
+    """The internal status, with ``executing``/``approved`` read as ``executed`` once every
+    action has a final receipt (what ``status`` returned before it was mapped)."""
+    outcomes = [a["outcome"] for a in actions]
     if (
         plan.status in ("executing", "approved")
         and outcomes
         and all(o in TERMINAL for o in outcomes)
     ):
-        d["status"] = "executed"
+        return "executed"
+    return plan.status
+
+
+def plan_public(
+    plan: Plan, receipts: list[Receipt], pub: Publisher = NO_PUBLISHER
+) -> dict[str, Any]:
+    """The execution_plan object (spec §2.8): ``status`` is one of the documented four
+    (PUBLIC_PLAN_STATUS, decisions §26), the internal one is ``status_detail``;
+    ``proposed_at`` and ``disposed_at`` (null while proposed)."""
+    d = plan.model_dump(mode="json", exclude={"tenant_id"})
+    d["actions"] = [action_public(a, receipts, pub) for a in plan.actions]
+    d["status_detail"] = plan_status_detail(plan, d["actions"])
+    d["status"] = PUBLIC_PLAN_STATUS[plan.status]
+    d["proposed_at"] = d["created_at"]
+    d["disposed_at"] = None if d["status"] == "proposed" else d["updated_at"]
     d["receipt_ids"] = sorted(r.id for r in receipts if r.plan_id == plan.id)
     return d
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def check_params(request: Request[Any, Any, Any], allowed: tuple[str, ...]) -> None:
+    """A list refuses a query parameter it does not take (a misspelt filter silently matching
+    everything is worse than a 400): the error names the parameter."""
+    for name in request.query_params:
+        if name not in allowed and name not in PAGE_PARAMS:
+            raise FibricError(
+                ErrorCode.INVALID_PARAMETER,
+                f"Unknown query parameter {name[:60]!r}; this list takes "
+                f"{', '.join((*allowed, *PAGE_PARAMS))}.",
+                param=name[:60],
+            )
 
 
 async def find_plan(state: ApiState, auth: AuthContext, plan_id: str) -> Plan:
@@ -123,20 +274,32 @@ class PlansController(Controller):
     async def list_plans(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Plans newest first; filters ``status``, ``operator_id``, ``event_id``."""
         state, auth = api_state(request), auth_of(request)
+        check_params(request, PLAN_FILTERS)
         limit = parse_limit(request.query_params.get("limit"))
         raw = {
             "status": _enum(request, "status", PLAN_STATUSES),
             "operator_id": _opt(request, "operator_id"),
             "event_id": _opt(request, "event_id"),
         }
-        after = decode_cursor(request.query_params.get("cursor"), raw)
+        after = decode_cursor(request.query_params.get("cursor"), raw, "plans")
+        # `status` filters on what is returned: the stored statuses that map to it
+        stored = (
+            None
+            if raw["status"] is None
+            else [k for k, v in PUBLIC_PLAN_STATUS.items() if v == raw["status"]]
+        )
         page = await state.store.list_plans(
-            auth.scope, raw["status"], raw["operator_id"], raw["event_id"], limit, after
+            auth.scope, stored, raw["operator_id"], raw["event_id"], limit, after
         )
         receipts = await state.store.receipts_for(auth.scope, "plan_id", [p.id for p in page.items])
+        pub = Publisher.of(state, auth)
         return _json(
             list_body(
-                [plan_public(p, receipts) for p in page.items], page.has_more, page.last_key, raw
+                [pub.plan(p, receipts) for p in page.items],
+                page.has_more,
+                page.last_key,
+                raw,
+                "plans",
             )
         )
 
@@ -150,7 +313,7 @@ class PlansController(Controller):
         state, auth = api_state(request), auth_of(request)
         plan = await find_plan(state, auth, plan_id)
         receipts = await state.store.receipts_for(auth.scope, "plan_id", [plan.id])
-        return _json(plan_public(plan, receipts))
+        return _json(Publisher.of(state, auth).plan(plan, receipts))
 
     async def _decide(
         self, request: Request[Any, Any, Any], plan_id: str, type_: str
@@ -174,7 +337,7 @@ class PlansController(Controller):
                 state, request, auth, type_, {"plan_id": plan_id, "approver": approver}
             )
             closed = Plan.model_validate(result)
-            return _json(plan_public(closed, []))
+            return _json(Publisher.of(state, auth).plan(closed, []))
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -209,16 +372,22 @@ class ActionsController(Controller):
         """Actions newest first with their latest disposition; filters ``plan_id``,
         ``operator_id``, ``entity_key``, ``tool``."""
         state, auth = api_state(request), auth_of(request)
+        check_params(request, ACTION_FILTERS)
         limit = parse_limit(request.query_params.get("limit"))
-        raw = {k: _opt(request, k) for k in ("plan_id", "operator_id", "entity_key", "tool")}
-        after = decode_cursor(request.query_params.get("cursor"), raw)
+        raw = {k: _opt(request, k) for k in ACTION_FILTERS}
+        after = decode_cursor(request.query_params.get("cursor"), raw, "actions")
         page = await state.store.list_actions(auth.scope, raw, limit, after)
         receipts = await state.store.receipts_for(
             auth.scope, "action_id", [a.id for a in page.items]
         )
+        pub = Publisher.of(state, auth)
         return _json(
             list_body(
-                [action_public(a, receipts) for a in page.items], page.has_more, page.last_key, raw
+                [pub.action(a, receipts) for a in page.items],
+                page.has_more,
+                page.last_key,
+                raw,
+                "actions",
             )
         )
 
@@ -236,11 +405,8 @@ class ActionsController(Controller):
         action = await state.store.get_action(auth.scope, action_id)
         if action is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No action {action_id!r}.")
-        return _json(
-            action_public(
-                action, await state.store.receipts_for(auth.scope, "action_id", [action_id])
-            )
-        )
+        receipts = await state.store.receipts_for(auth.scope, "action_id", [action_id])
+        return _json(Publisher.of(state, auth).action(action, receipts))
 
     @post(
         "/{action_id:str}/undo",
@@ -275,7 +441,7 @@ class ActionsController(Controller):
                 state, request, auth, "action.undo", {"action": action.model_dump(mode="json")}
             )
             undo = ActionRecord.model_validate(result)
-            return _json(action_public(undo, []), 202)
+            return _json(Publisher.of(state, auth).action(undo, []), 202)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -286,6 +452,7 @@ class ReceiptsController(Controller):
 
     @staticmethod
     def filters(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        check_params(request, RECEIPT_FILTERS)
         f: dict[str, Any] = {
             k: _opt(request, k)
             for k in (
@@ -315,7 +482,8 @@ class ReceiptsController(Controller):
         state, auth = api_state(request), auth_of(request)
         limit = parse_limit(request.query_params.get("limit"))
         f = self.filters(request)
-        after = decode_cursor(request.query_params.get("cursor"), f)
+        after = decode_cursor(request.query_params.get("cursor"), f, "receipts")
+        pub = Publisher.of(state, auth)
         key = (
             str(auth.scope.livemode),
             *sorted(f"{k}={v}" for k, v in request.query_params.multi_items()),
@@ -323,8 +491,8 @@ class ReceiptsController(Controller):
 
         async def produce() -> bytes:
             page = await state.store.list_receipts(auth.scope, f, limit, after)
-            items = [r.model_dump(mode="json") for r in page.items]
-            return orjson.dumps(list_body(items, page.has_more, page.last_key, f))
+            items = [pub.receipt(r) for r in page.items]
+            return orjson.dumps(list_body(items, page.has_more, page.last_key, f, "receipts"))
 
         if state.reads is None:
             body = await produce()
@@ -346,7 +514,7 @@ class ReceiptsController(Controller):
         rc = await state.store.get_receipt(auth.scope, receipt_id)
         if rc is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No receipt {receipt_id!r}.")
-        return _json(rc.model_dump(mode="json"))
+        return _json(Publisher.of(state, auth).receipt(rc))
 
 
 def now_iso() -> str:

@@ -221,7 +221,8 @@ def test_policy_outcomes(stack, fake):
     assert by_event[norule["id"]]["rule"] is None
     assert fake.count("order.hold") == 0 and fake.count("order.unhold") == 0
     plan = loop.plan_for(over["id"])
-    assert plan["status"] == "refused" and plan["actions"][0]["outcome"] == "refused"
+    assert (plan["status"], plan["status_detail"]) == ("executed", "refused")
+    assert plan["actions"][0]["outcome"] == "refused"
     ev = loop.c.get(f"/v1/events/{over['id']}").json()
     assert ev["plan_ids"] == [plan["id"]]  # the chain walks both ways
     rc = loop.c.get(f"/v1/receipts/{by_event[over['id']]['id']}").json()
@@ -256,7 +257,8 @@ def test_alert_holds_then_approve_veto_expire(stack, fake):
         json={"approver": "l.ops@example.com"},
         headers={"Idempotency-Key": f"approve-{plan['id']}"},
     )
-    assert ok.status_code == 200 and ok.json()["status"] == "approved", ok.text
+    assert ok.status_code == 200, ok.text
+    assert (ok.json()["status"], ok.json()["status_detail"]) == ("executed", "approved")
     done = wait_for(
         lambda: (
             [r for r in loop.receipts(plan_id=plan["id"]) if r["outcome"] == "applied"]
