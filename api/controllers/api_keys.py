@@ -84,9 +84,9 @@ class ApiKeysController(Controller):
             raise FibricError(
                 ErrorCode.INVALID_PARAMETER, "status must be active or revoked.", param="status"
             )
-        # "list" binds the cursor to this list: another list's cursor is invalid here
-        raw = {"list": "api_keys", "status": status}
-        after = decode_cursor(request.query_params.get("cursor"), raw)
+        raw = {"status": status}
+        # bound to this list: another list's cursor is invalid here
+        after = decode_cursor(request.query_params.get("cursor"), raw, "api_keys")
         keys = [
             k
             for k in state.view.keys.values()
@@ -95,7 +95,7 @@ class ApiKeysController(Controller):
             and (status is None or k.status == status)
         ]
         page, more, last = paginate(keys, lambda k: (k.created_at, k.id), limit, after)
-        return _json(list_body([k.public() for k in page], more, last, raw))
+        return _json(list_body([k.public() for k in page], more, last, raw, "api_keys"))
 
     @post(
         "/",

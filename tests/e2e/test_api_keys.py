@@ -220,6 +220,12 @@ def test_list_paginates_newest_first(stack, tenant):
             "invalid_cursor",
         )
         assert_error(c.get("/v1/api_keys", params={"limit": 0}), 400, "invalid_parameter")
+        for i in range(2):
+            ev = {"source": "keys-test", "event_type": "order.created", "payload": {"i": i}}
+            assert c.post("/v1/events", json=ev).status_code == 201
+        foreign = wait_for(lambda: c.get("/v1/events", params={"limit": 1}).json()["next_cursor"])
+        assert foreign  # a cursor of another list (events) is refused here
+        assert_error(c.get("/v1/api_keys", params={"cursor": foreign}), 400, "invalid_cursor")
         assert_error(c.get("/v1/api_keys", params={"owner": "x"}), 400, "invalid_parameter")
 
 
