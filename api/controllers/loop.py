@@ -5,6 +5,7 @@ veto and undo are commands to the control agent, which re-vets against the guard
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -138,21 +139,19 @@ def tool_tier(listing: str | None, tool: str | None, side_effect: bool | None = 
 @dataclass(frozen=True, slots=True)
 class Publisher:
     """What turning stored rows into API objects needs beyond the rows: the tenant's reseller
-    and the installed connectors (their listing gives a tool's tier)."""
+    and the installed connectors (a connector's listing gives its tools' tiers). ``listing_of``
+    is the config view's live mapping, read per lookup (never copied: it holds every tenant's)."""
 
     reseller_id: str | None
-    listing_of: dict[str, str]
+    connectors: Mapping[str, Any]  # cn_ id -> an object with ``listing`` (Connector)
 
     @classmethod
     def of(cls, state: ApiState, auth: AuthContext) -> Publisher:
-        view = state.view
-        return cls(
-            auth.tenant.reseller_id,
-            {cid: cn.listing for cid, cn in getattr(view, "connectors", {}).items()},
-        )
+        return cls(auth.tenant.reseller_id, getattr(state.view, "connectors", {}))
 
     def tier(self, connector_id: str | None, tool: str | None, side_effect: bool | None) -> int:
-        return tool_tier(self.listing_of.get(connector_id or ""), tool, side_effect)
+        cn = self.connectors.get(connector_id) if connector_id else None
+        return tool_tier(getattr(cn, "listing", None), tool, side_effect)
 
     def receipt(self, r: Receipt) -> dict[str, Any]:
         return receipt_public(r, self)

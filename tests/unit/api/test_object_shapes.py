@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import typing
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -212,13 +213,19 @@ def _plan(status: str, actions: list[ActionRecord], **kw: Any) -> Plan:
     return Plan.model_validate({**base, **kw})
 
 
-PUB = Publisher("rs_1", {"cn_01J0000000000000000000000A": "cn-magento"})
+@dataclass
+class _Cn:
+    listing: str
+
+
+BACNET = Publisher(None, {"cn_01J0000000000000000000000A": _Cn("cn-bacnet-gateway")})
+MAGENTO = Publisher("rs_1", {"cn_01J0000000000000000000000A": _Cn("cn-magento")})
 
 
 def test_receipt_object_matches_the_spec_and_keeps_every_stored_field() -> None:
     a = _action()
     r = _receipt(a)
-    d = receipt_public(r, PUB)
+    d = receipt_public(r, MAGENTO)
     ReceiptObject.model_validate(d)  # extra="forbid": builder and model agree
     assert problems(d, "receipt") == []
     assert set(r.model_dump()) <= set(d)  # additive: nothing renamed or removed
@@ -253,7 +260,7 @@ def test_a_plan_refused_whole_reads_with_its_documented_deviations() -> None:
             "request_id": None,
         }
     )
-    d = receipt_public(r, PUB)
+    d = receipt_public(r, MAGENTO)
     ReceiptObject.model_validate(d)
     assert problems(d, "receipt") == []
     assert d["verdict"] == {"decision": "BLOCK", "tier": 0, "rule": None, "guardrail_version": 3}
@@ -263,7 +270,7 @@ def test_a_plan_refused_whole_reads_with_its_documented_deviations() -> None:
 def test_plan_object_for_every_stored_status(stored: str) -> None:
     a = _action()
     receipts = [_receipt(a)] if stored in ("executing", "approved", "executed") else []
-    d = plan_public(_plan(stored, [a]), receipts, PUB)
+    d = plan_public(_plan(stored, [a]), receipts, MAGENTO)
     PlanObject.model_validate(d)
     assert problems(d, "execution_plan") == []
     assert d["status"] in PLAN_STATUSES and d["status"] == PUBLIC_PLAN_STATUS[stored]
@@ -284,21 +291,21 @@ def test_every_stored_status_maps_to_a_documented_one() -> None:
 
 def test_action_object_reversible_and_disposition() -> None:
     a = _action()
-    pending = action_public(a, [], PUB)
+    pending = action_public(a, [], MAGENTO)
     ActionObject.model_validate(pending)
     assert problems(pending, "action") == []
     assert (pending["outcome"], pending["receipt_id"], pending["disposed_at"]) == (None, None, None)
     assert pending["reversible"] is True and pending["connector"] == a.connector_id
-    done = action_public(a, [_receipt(a)], PUB)
+    done = action_public(a, [_receipt(a)], MAGENTO)
     assert problems(done, "action") == []
     assert done["outcome"] == "applied" and done["disposed_at"] == "2026-06-14T09:02:12Z"
     assert done["receipt_id"] == done["receipt_ids"][-1]
-    held = action_public(a, [_receipt(a, "pending_approval", "ALERT")], PUB)
+    held = action_public(a, [_receipt(a, "pending_approval", "ALERT")], MAGENTO)
     assert held["disposed_at"] is None  # pending approval is not a disposition
-    notify = action_public(_action(tool="order.notify", compensating_tool=None), [], PUB)
+    notify = action_public(_action(tool="order.notify", compensating_tool=None), [], MAGENTO)
     assert notify["reversible"] is False and notify["verdict"]["tier"] == 2
     undo = action_public(
-        _action(tool="order.release", compensating_tool=None, undo_of=a.id), [], PUB
+        _action(tool="order.release", compensating_tool=None, undo_of=a.id), [], MAGENTO
     )
     assert undo["reversible"] is False
     assert set(ACTION) <= set(done)
@@ -329,9 +336,9 @@ def test_tool_tier_fallbacks() -> None:
 def test_export_rows_are_receipt_objects(tmp_path) -> None:
     a = _action()
     rows = [
-        receipt_public(_receipt(a), PUB),
+        receipt_public(_receipt(a), MAGENTO),
         receipt_public(
-            _receipt(a, "failed", error={"code": "x"}, result=None, latency_ms=None), PUB
+            _receipt(a, "failed", error={"code": "x"}, result=None, latency_ms=None), MAGENTO
         ),
     ]
     assert list(EXPORT_COLUMNS) == list(rows[0])
@@ -367,3 +374,11 @@ def test_a_cursor_from_one_list_is_refused_by_another() -> None:
         with pytest.raises(FibricError) as e:
             decode_cursor(cur, {}, other)
         assert e.value.code == "invalid_cursor"
+
+
+def test_the_tier_comes_from_the_actions_connector_listing() -> None:
+    write = _action(tool="setpoint.write", compensating_tool=None)
+    assert action_public(write, [], BACNET)["verdict"]["tier"] == 3
+    gone = Publisher(None, {})  # connector uninstalled since: the tool name decides
+    assert action_public(write, [], gone)["verdict"]["tier"] == 3
+    assert receipt_public(_receipt(_action()), gone)["verdict"]["tier"] == 1
