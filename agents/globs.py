@@ -142,6 +142,18 @@ def matches(pattern: str, event_type: str) -> bool:
     """Does ``event_type`` match ``pattern``? An invalid pattern matches nothing."""
     if not is_glob(pattern):
         return pattern == event_type
+    return _matches(pattern, event_type)
+
+
+# Event types are few per tenant (tens to hundreds), so routing asks the same (pattern, type)
+# questions over and over: answers are cached, which makes the per-event cost flat in pattern
+# complexity (a dict lookup). Unique types per event defeat the cache and fall back to the NFA,
+# whose worst case is bounded by the pattern limits (schemas/globs.py; benchmarks: `globs`).
+MATCH_CACHE_SIZE = 65_536
+
+
+@lru_cache(maxsize=MATCH_CACHE_SIZE)
+def _matches(pattern: str, event_type: str) -> bool:
     try:
         return compile_glob(pattern).match(event_type)
     except GlobError:

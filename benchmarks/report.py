@@ -129,6 +129,7 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
                     "us_20_segments_hostile",
                     "typical_us_max",
                     "hostile_us_max",
+                    "cached_us_max",
                     "max_segments",
                 )
             ],
@@ -468,6 +469,11 @@ def markdown(doc: dict[str, Any]) -> str:
             r.get("us_20_segments_hostile"),
         )
         add("globs", "µs per match, worst of 1–20 segments, hostile", r.get("hostile_us_max"))
+        add(
+            "globs",
+            "µs per match, event type seen before (answer cache), worst of 1–20 segments",
+            r.get("cached_us_max"),
+        )
     if "ceilings" in ok:
         k = ok["ceilings"].get("kafka") or {}
         add(
