@@ -1,10 +1,17 @@
 """A fake Magento 2 store: a real HTTP server speaking the subset of Magento's REST API that
 cn-magento uses, written from Magento's public REST documentation and order model rules.
 
-- ``GET  /rest[/<store>]/V1/orders/{id}`` — the order, or 404 ``NoSuchEntityException`` body.
+- ``GET  /rest[/<store>]/V1/orders/{id}`` — ``{id}`` is the numeric entity id: the order, or
+  404 ``NoSuchEntityException`` body; anything but an integer (an order number such as
+  ``SO-10884``) is Magento's 400 type error ("The "SO-10884" value's type is invalid...").
+  The same holds for every ``/orders/{id}/...`` route.
 - ``GET  /rest[/<store>]/V1/orders?searchCriteria[...]`` — ``{"items", "search_criteria",
   "total_count"}``; filter groups AND, filters inside a group OR; eq/neq/in/nin/like/gt/lt/
-  gteq/lteq; ``pageSize``/``currentPage``/``sortOrders``. No ``searchCriteria`` -> 400.
+  gteq/lteq; page size, current page, sort orders. Keys in Magento's documented snake_case
+  (``filter_groups``, ``condition_type``) or camelCase (``filterGroups``, ``conditionType``),
+  as its REST layer reads both. Find an order by its number with
+  ``searchCriteria[filter_groups][0][filters][0][field]=increment_id`` (``[value]``,
+  ``[condition_type]=eq``). No ``searchCriteria`` -> 400.
 - ``POST .../orders/{id}/hold`` — ``true``; only from holdable states (not canceled,
   payment_review, complete, closed, holded), else 400 "A hold action is not available.".
   Saves ``hold_before_state``/``hold_before_status`` and moves to ``holded``.
@@ -22,7 +29,12 @@ REST request), ``write_delay_s`` (POST/PUT only: a store's write latency), an in
 on one order overlapped). Over HTTP for other processes: ``GET /__fake__/state``,
 ``POST /__fake__/mode`` ``{"fail_status", "hang_s", "delay_s", "write_delay_s"}``,
 ``POST /__fake__/reset``,
-``POST /__fake__/orders`` (add an order). Run by hand: ``python -m connectors.fakes.magento --port N``.
+``POST /__fake__/orders`` (add an order: ``entity_id``, optional ``increment_id`` such as
+``SO-10884`` (default ``{entity_id:09d}``, Magento's shape), ``state``, ``status``,
+``customer_email``, ``grand_total``, ``store_id``; an increment id another order of the same
+store has -> 409, as Magento keeps (increment_id, store_id) unique),
+``GET /__fake__/orders/{entity_id}``, ``GET /__fake__/requests`` (the last REST requests,
+``requests()`` in process). Run by hand: ``python -m connectors.fakes.magento --port N``.
 
 Never use this outside tests and benchmarks: it keeps everything in memory and trusts its input.
 """
@@ -36,7 +48,7 @@ import re
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -46,6 +58,9 @@ DEFAULT_TOKEN = "mg_live_9f4c2e8b1a41"  # the token in seed 001's install exampl
 # Longest a "hang" holds a request; tests release it sooner by stopping the server.
 MAX_HANG_S = 120.0
 HANG_POLL_S = 0.05
+# REST requests remembered for ``requests()`` (tests check what a connector sent, e.g. the exact
+# searchCriteria spelling); bounded so a benchmark's millions of calls cost nothing.
+RECENT_REQUESTS = 200
 
 NOT_HOLDABLE = {"canceled", "payment_review", "complete", "closed", "holded"}
 NOT_FOUND_MSG = "The entity that was requested doesn't exist. Verify the entity and try again."
@@ -54,10 +69,27 @@ REQUIRED_MSG = '"%fieldName" is required. Enter and try again.'
 
 REST_RE = re.compile(r"^/rest(?:/(?P<store>[a-z0-9_]+))?/V1(?P<path>/.*)$")
 ORDER_RE = re.compile(r"^/orders/(?P<id>[^/]+)(?P<action>/hold|/unhold|/comments)?$")
+# Magento's REST layer reads searchCriteria keys in snake_case (its documentation's spelling:
+# ``filter_groups``, ``condition_type``, ``page_size``) or camelCase (``filterGroups``,
+# ``conditionType``, ``pageSize``): it converts them to the same setters. Both are accepted.
 CRITERIA_RE = re.compile(
-    r"^searchCriteria\[filterGroups\]\[(\d+)\]\[filters\]\[(\d+)\]\[(field|value|conditionType)\]$"
+    r"^searchCriteria\[(?:filter_groups|filterGroups)\]\[(\d+)\]\[filters\]\[(\d+)\]"
+    r"\[(field|value|condition_type|conditionType)\]$"
 )
-SORT_RE = re.compile(r"^searchCriteria\[sortOrders\]\[(\d+)\]\[(field|direction)\]$")
+SORT_RE = re.compile(
+    r"^searchCriteria\[(?:sort_orders|sortOrders)\]\[(\d+)\]\[(field|direction)\]$"
+)
+PAGE_SIZE_KEYS = ("searchCriteria[pageSize]", "searchCriteria[page_size]")
+CURRENT_PAGE_KEYS = ("searchCriteria[currentPage]", "searchCriteria[current_page]")
+# Route ids are ``int`` in Magento's service contracts (OrderRepositoryInterface::get(int $id));
+# anything else in the path is refused by its type check with a 400, before any lookup.
+ENTITY_ID_RE = re.compile(r"^[0-9]{1,20}$")
+TYPE_MSG = (
+    'The "{value}" value\'s type is invalid. The "int" type was expected. Verify and try again.'
+)
+DUPLICATE_INCREMENT_MSG = "increment_id {value} is already the number of order {other}"
+# What the fake accepts as an order number when seeding (sales_order.increment_id: varchar(50)).
+INCREMENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 
 # ACL resource Magento names in its 401 body, per route.
 RESOURCES = {
@@ -145,12 +177,13 @@ def parse_search_criteria(query: list[tuple[str, str]]) -> dict[str, Any] | None
     for k, v in query:
         if m := CRITERIA_RE.match(k):
             g, f, attr = int(m[1]), int(m[2]), m[3]
+            attr = "condition_type" if attr == "conditionType" else attr
             groups.setdefault(g, {}).setdefault(f, {})[attr] = v
         elif m := SORT_RE.match(k):
             sorts.setdefault(int(m[1]), {})[m[2]] = v
-        elif k == "searchCriteria[pageSize]":
+        elif k in PAGE_SIZE_KEYS:
             page_size = int(v)
-        elif k == "searchCriteria[currentPage]":
+        elif k in CURRENT_PAGE_KEYS:
             current_page = int(v)
     out: dict[str, Any] = {
         "filter_groups": [
@@ -159,7 +192,7 @@ def parse_search_criteria(query: list[tuple[str, str]]) -> dict[str, Any] | None
                     {
                         "field": f.get("field"),
                         "value": f.get("value"),
-                        "condition_type": f.get("conditionType", "eq"),
+                        "condition_type": f.get("condition_type", "eq"),
                     }
                     for _, f in sorted(filters.items())
                 ]
@@ -254,6 +287,7 @@ class FakeMagento:
         self.max_in_flight_per_order = 0
         self._release = threading.Event()
         self._next_history_id = 1
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -289,10 +323,16 @@ class FakeMagento:
         with self.lock:
             return self.counters[name]
 
+    def requests(self) -> list[dict[str, Any]]:
+        """The last REST requests, oldest first: ``{"method", "path", "query": [[k, v], ...]}``."""
+        with self.lock:
+            return copy.deepcopy(list(self.recent))
+
     def reset(self) -> None:
         with self.lock:
             self.orders = seed_orders()
             self.counters.clear()
+            self.recent.clear()
             self.fail_status = None
             self.hang_s = None
             self.delay_s = 0.0
@@ -320,9 +360,30 @@ class FakeMagento:
                 self._release.clear()
 
     def add_order(self, order: dict[str, Any]) -> dict[str, Any]:
+        """Add (or replace, by entity id) an order. Raises ValueError when another order
+        already has its increment id: Magento keeps order numbers unique."""
+        entity_id = int(order["entity_id"])
         with self.lock:
-            self.orders[int(order["entity_id"])] = order
+            other = self._numbered(str(order["increment_id"]), order.get("store_id"))
+            if other is not None and other != entity_id:
+                raise ValueError(
+                    DUPLICATE_INCREMENT_MSG.format(value=order["increment_id"], other=other)
+                )
+            self.orders[entity_id] = order
         return order
+
+    def _numbered(self, increment_id: str, store_id: Any) -> int | None:
+        """Entity id of the order of store ``store_id`` numbered ``increment_id`` (lock held).
+        Magento's unique key is (increment_id, store_id): two store views with overlapping
+        sequences can share a number."""
+        return next(
+            (
+                k
+                for k, o in self.orders.items()
+                if str(o["increment_id"]) == increment_id and o.get("store_id") == store_id
+            ),
+            None,
+        )
 
     def order(self, entity_id: int) -> dict[str, Any]:
         with self.lock:
@@ -340,7 +401,11 @@ class FakeMagento:
                 "max_in_flight": self.max_in_flight,
                 "max_in_flight_per_order": self.max_in_flight_per_order,
                 "orders": {
-                    str(k): {"state": o["state"], "status": o["status"]}
+                    str(k): {
+                        "increment_id": o["increment_id"],
+                        "state": o["state"],
+                        "status": o["status"],
+                    }
                     for k, o in self.orders.items()
                 },
             }
@@ -438,7 +503,11 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             return self._send(404, {"message": "Request does not match any route."})
         fake = self.fake
+        query = parse_qsl(url.query)
         with fake.lock:
+            fake.recent.append(
+                {"method": method, "path": url.path, "query": [list(kv) for kv in query]}
+            )
             fake.counters[route] += 1
             fake.counters["total"] += 1
             fake.in_flight += 1
@@ -466,7 +535,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             if fail:
                 return self._send(fail, {"message": "Service Temporarily Unavailable"})
-            status, payload = self._handle(route, order_id, parse_qsl(url.query), body)
+            status, payload = self._handle(route, order_id, query, body)
             self._send(status, payload)
         finally:
             with fake.lock:
@@ -510,7 +579,11 @@ class _Handler(BaseHTTPRequestHandler):
                         "parameters": {"fieldName": "searchCriteria"},
                     }
                 return 200, copy.deepcopy(search_orders(list(fake.orders.values()), criteria))
-            order = fake._get(order_id or "")
+            raw_id = order_id or ""
+            if not ENTITY_ID_RE.match(raw_id):
+                # e.g. an order number ("SO-10884") where Magento wants the entity id
+                return 400, {"message": TYPE_MSG.format(value=raw_id)}
+            order = fake._get(raw_id)
             if order is None:
                 return 404, {"message": NOT_FOUND_MSG}
             if route == "order.get":
@@ -532,6 +605,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         if method == "GET" and path == "/__fake__/state":
             return self._send(200, fake.snapshot())
+        if method == "GET" and path == "/__fake__/requests":
+            return self._send(200, fake.requests())
         if method == "POST" and path == "/__fake__/reset":
             fake.reset()
             return self._send(200, fake.snapshot())
@@ -546,14 +621,24 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, fake.snapshot())
         if method == "POST" and path == "/__fake__/orders" and isinstance(body, dict):
             entity_id = int(body.get("entity_id") or max(fake.orders, default=0) + 1)
+            increment_id = body.get("increment_id")
+            if increment_id is not None and not (
+                isinstance(increment_id, str) and INCREMENT_ID_RE.match(increment_id)
+            ):
+                return self._send(400, {"message": "increment_id must be 1-50 of [A-Za-z0-9_-]"})
             order = make_order(
                 entity_id,
                 state=body.get("state", "processing"),
                 status=body.get("status"),
                 email=body.get("customer_email"),
-                increment_id=body.get("increment_id"),
+                increment_id=increment_id,
+                grand_total=float(body.get("grand_total") or 129.0),
             )
-            return self._send(200, fake.add_order(order))
+            order["store_id"] = int(body.get("store_id") or order["store_id"])
+            try:
+                return self._send(200, fake.add_order(order))
+            except ValueError as exc:
+                return self._send(409, {"message": str(exc)})
         m = re.match(r"^/__fake__/orders/(\d+)$", path)
         if method == "GET" and m:
             with fake.lock:
