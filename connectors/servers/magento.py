@@ -40,6 +40,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -168,7 +169,7 @@ def summarize_order(order: dict[str, Any]) -> dict[str, Any]:
 class OrderRef:
     """How a call named its order: exactly one of the three identifiers (see the module doc)."""
 
-    order_id: str | None = None  # order number, or an entity id if it is no order's number
+    order_id: str | None = None  # an order number, or an entity id (a canonical integer first)
     increment_id: str | None = None  # order number only
     entity_id: str | None = None  # entity id only
 
@@ -269,7 +270,7 @@ class Resolutions:
         self,
         *,
         max_entries: int = RESOLUTIONS_MAX,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_entries = max_entries
         self.clock = clock
