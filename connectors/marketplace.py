@@ -40,6 +40,9 @@ class ListingTool(BaseModel):
     capability: str
     compensating_tool: str | None = None
     description: str = ""
+    # trust tier (spec: 0 read, 1 reversible write, 2 customer-visible, 3 physical); receipts
+    # and actions carry it in their verdict
+    tier: Literal[0, 1, 2, 3] | None = None
 
 
 class Price(BaseModel):
