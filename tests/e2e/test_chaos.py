@@ -171,6 +171,8 @@ def chaos_stack(tmp_path_factory):
     s.stop()
 
 
+# bounded, but longer than the suite's default per-test timeout: 100k events and ten recoveries
+@pytest.mark.timeout(900)
 def test_chaos_kill_9_of_every_role(chaos_stack):
     stack = chaos_stack
     sb = Sandbox(stack)
