@@ -527,34 +527,35 @@ class FibricServer:
     async def _run_round(
         self, effects: list[_Effect], results: list[dict[str, Any] | None]
     ) -> None:
-        """Distinct keys: 1. claim all (one transaction, fsynced) 2. run the claimed ones
-        upstream 3. record every end (one transaction) before the batch answers."""
+        """Distinct keys, ``batch_concurrency`` at a time: 1. claim the key (fsynced; claims
+        made at the same moment share one transaction, journal.py) 2. run it upstream 3. record
+        every end (one transaction) before the batch answers.
+
+        A key is claimed only when its upstream call is about to start, never for the whole
+        batch up front: a crash then leaves "outcome unknown" only on keys whose call may really
+        have started, and a retry of the others simply runs them (a tool without ``reconcile``
+        would otherwise have to refuse every item of a batch that was merely waiting)."""
         journal = self.journal
         async with journal.hold([e.key for e in effects]):
-            claims = await journal.claim_many(
-                [(e.key, e.entry.decl.name, e.fingerprint) for e in effects]
-            )
-            attempts: list[tuple[_Effect, ClaimResult]] = []
-            for eff, claim in zip(effects, claims, strict=True):
-                if claim.claim is Claim.BUSY:  # another live process has it: wait it out
-                    claim = await journal.claim(eff.key, eff.entry.decl.name, eff.fingerprint)
+            ends: dict[str, tuple[Finish, Any]] = {}
+            started: list[_Effect] = []
+
+            async def attempt(eff: _Effect) -> None:
+                claim = await journal.claim(eff.key, eff.entry.decl.name, eff.fingerprint)
                 refused = _refusal(claim, eff.entry.decl)
                 if refused is not None:
                     results[eff.index] = refused.item()
-                else:
-                    attempts.append((eff, claim))
-            ends: dict[str, tuple[Finish, Any]] = {}
-
-            async def attempt(eff: _Effect, claim: ClaimResult) -> None:
+                    return
+                started.append(eff)
                 outcome, finish, value = await self._attempt(eff, claim)
                 ends[eff.key] = (finish, value)
                 results[eff.index] = outcome.item()
 
             try:
-                await self._each([lambda a=a: attempt(*a) for a in attempts])
+                await self._each([lambda e=e: attempt(e) for e in effects])
             except BaseException:
-                # cancelled mid-batch: what ended is recorded, the rest is an unknown outcome
-                records = [(e.key, *ends.get(e.key, (Finish.UNKNOWN, None))) for e, _ in attempts]
+                # cancelled mid-batch: what ended is recorded, what started is an unknown outcome
+                records = [(e.key, *ends.get(e.key, (Finish.UNKNOWN, None))) for e in started]
                 await asyncio.shield(journal.finish_many(records))
                 raise
             await journal.finish_many([(k, f, v) for k, (f, v) in ends.items()])

@@ -452,7 +452,8 @@ def test_worker_sigkills_during_10000_actions(stack, fake):
     for r in receipts:
         per_action[r["action_id"]] = per_action.get(r["action_id"], 0) + 1
     assert len(per_action) == 10_000 and set(per_action.values()) == {1}
-    assert {r["outcome"] for r in receipts} == {"applied"}
+    failed = [(r["reason"], r.get("error")) for r in receipts if r["outcome"] != "applied"]
+    assert not failed, f"{len(failed)} not applied, e.g. {failed[:3]}"
     comments = 0
     for o in orders:
         order = httpx.get(f"{fake.url}/__fake__/orders/{o}", timeout=10).json()

@@ -181,10 +181,14 @@ def test_declarations_are_checked(tmp_path: Path):
 
 # ---- the batch tool -----------------------------------------------------------------------------
 def _batch_server(
-    tmp_path: Path, seen: list, gate: asyncio.Event | None = None, both: asyncio.Event | None = None
+    tmp_path: Path,
+    seen: list,
+    gate: asyncio.Event | None = None,
+    both: asyncio.Event | None = None,
+    concurrency: int = 4,
 ) -> Any:
     """A toolkit server whose effect records what the journal holds when it runs."""
-    server = FibricServer("cn-toy", state_dir=tmp_path, batch_concurrency=4)
+    server = FibricServer("cn-toy", state_dir=tmp_path, batch_concurrency=concurrency)
 
     @server.check
     async def check() -> dict:
@@ -211,15 +215,33 @@ def _calls(*keys: str) -> dict:
     }
 
 
-async def test_batch_journals_every_intent_before_any_upstream_call(tmp_path: Path):
+async def test_batch_journals_each_intent_before_its_upstream_call(tmp_path: Path):
     seen: list = []
     _, s = _batch_server(tmp_path, seen)
     r = await s.call_tool(BATCH_TOOL, _calls("b1", "b2", "b3"))
     items = r.structured_content["results"]
     assert [i["ok"] for i in items] == [True, True, True]
-    # whichever effect ran first, all three intents were already committed
-    assert seen[0][1] == {"b1": "pending", "b2": "pending", "b3": "pending"}
+    # every effect ran with its own intent already committed
+    assert all(states[key] == "pending" for key, states in seen)
     assert {k for k, _ in seen} == {"b1", "b2", "b3"}
+
+
+async def test_keys_waiting_their_turn_are_not_claimed(tmp_path: Path):
+    """A crash mid-batch must leave "unknown" only on keys whose call may have started: a key
+    still waiting for its turn is unclaimed, so a retry just runs it (no reconcile needed)."""
+    seen: list = []
+    gate = asyncio.Event()  # never set: the first effect hangs until cancelled
+    server, s = _batch_server(tmp_path, seen, gate, concurrency=1)
+    task = asyncio.create_task(s.call_tool(BATCH_TOOL, _calls("b1", "b2", "b3")))
+    while not seen:
+        await asyncio.sleep(0.01)
+    assert seen[0] == ("b1", {"b1": "pending", "b2": None, "b3": None})
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await server.journal.state("b1") == ("unknown", None)
+    assert await server.journal.state("b2") is None
+    assert await server.journal.state("b3") is None
 
 
 async def test_cancelled_batch_leaves_unknown_outcomes_not_pending_rows(tmp_path: Path):
