@@ -186,6 +186,7 @@ def _batch_server(
     gate: asyncio.Event | None = None,
     both: asyncio.Event | None = None,
     concurrency: int = 4,
+    started: asyncio.Event | None = None,
 ) -> Any:
     """A toolkit server whose effect records what the journal holds when it runs."""
     server = FibricServer("cn-toy", state_dir=tmp_path, batch_concurrency=concurrency)
@@ -200,6 +201,8 @@ def _batch_server(
         seen.append((idempotency_key, {k: v[0] if v else None for k, v in states.items()}))
         if both is not None and len(seen) >= 2:
             both.set()
+        if started is not None:
+            started.set()
         if gate is not None:
             await gate.wait()
         return {"thing_id": thing_id}
@@ -231,10 +234,10 @@ async def test_keys_waiting_their_turn_are_not_claimed(tmp_path: Path):
     still waiting for its turn is unclaimed, so a retry just runs it (no reconcile needed)."""
     seen: list = []
     gate = asyncio.Event()  # never set: the first effect hangs until cancelled
-    server, s = _batch_server(tmp_path, seen, gate, concurrency=1)
+    started = asyncio.Event()
+    server, s = _batch_server(tmp_path, seen, gate, concurrency=1, started=started)
     task = asyncio.create_task(s.call_tool(BATCH_TOOL, _calls("b1", "b2", "b3")))
-    while not seen:
-        await asyncio.sleep(0.01)
+    await started.wait()
     assert seen[0] == ("b1", {"b1": "pending", "b2": None, "b3": None})
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
