@@ -109,6 +109,19 @@ EXPORT_CHUNK = 10_000
 # insert would refuse a batch spanning more months, so the limit is lifted (0 = no limit).
 INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
 
+# Receipt list/export filters matched by equality (plus the since/until time window); the api
+# takes its list of accepted query parameters from here.
+RECEIPT_EQ_FILTERS = (
+    "operator_id",
+    "outcome",
+    "decision",
+    "entity_key",
+    "correlation_id",
+    "plan_id",
+    "action_id",
+    "event_id",
+)
+
 RECEIPT_COLUMNS = (
     "tenant_id",
     "livemode",
@@ -669,16 +682,7 @@ class LedgerStore:
     def receipts_where(self, scope: Scope, filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode}
         clauses = ["tenant_id = {t:String}", "livemode = {m:Bool}"]
-        for name in (
-            "operator_id",
-            "outcome",
-            "decision",
-            "entity_key",
-            "correlation_id",
-            "plan_id",
-            "action_id",
-            "event_id",
-        ):
+        for name in RECEIPT_EQ_FILTERS:
             if filters.get(name) is not None:
                 params[name] = filters[name]
                 clauses.append(f"{name} = {{{name}:String}}")

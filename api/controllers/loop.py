@@ -24,6 +24,7 @@ from api.controllers.events import parse_time
 from api.pagination import decode_cursor, list_body, parse_limit
 from api.state import ApiState
 from connectors.marketplace import CATALOGUE_FILE
+from ledger.store import RECEIPT_EQ_FILTERS
 from schemas.errors import ErrorCode, FibricError
 from schemas.plan import PUBLIC_PLAN_STATUS, ActionRecord, Plan, Receipt
 
@@ -33,18 +34,7 @@ PLAN_STATUSES = ("proposed", "executed", "vetoed", "expired")
 PAGE_PARAMS = ("limit", "cursor")
 PLAN_FILTERS = ("status", "operator_id", "event_id")
 ACTION_FILTERS = ("plan_id", "operator_id", "entity_key", "tool")
-RECEIPT_FILTERS = (
-    "operator_id",
-    "outcome",
-    "decision",
-    "entity_key",
-    "correlation_id",
-    "plan_id",
-    "action_id",
-    "event_id",
-    "since",
-    "until",
-)
+RECEIPT_FILTERS = (*RECEIPT_EQ_FILTERS, "since", "until")
 OUTCOMES = (
     "applied",
     "refused",
