@@ -21,6 +21,8 @@ from api.controllers.exports import ExportsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
+from api.controllers.webhooks import WebhooksController
+from api.deliveries import WebhookDispatcher
 from api.errors import handle_exception
 from api.idempotency import Idempotency
 from api.middleware import ConventionsMiddleware
@@ -86,11 +88,18 @@ def create_app(settings: Settings) -> Litestar:
         sink.listeners.append(pending.confirm)
         reads = ReadCache(settings.read_cache_ttl_s)
         sink.on_insert.append(reads.invalidate)
+        box = SecretBox(settings.load_secret_key())
+        # Webhook deliveries are derived from each stored batch before its commit (decisions
+        # §32); pending ones are read back from ClickHouse first, so a restart loses none.
+        webhooks = WebhookDispatcher(settings, store, view, box, commands=None)
+        await webhooks.start()
+        sink.before_commit.append(webhooks.on_batch)
         await sink.start()
         # Handlers and commands produce through the bounded wrapper: broker down -> 503 fast.
         bounded_producer = BoundedProducer(producer)
         commands = CommandClient(settings.kafka_bootstrap, bounded_producer)  # type: ignore[arg-type]
         await commands.start()
+        webhooks.commands = commands  # suspensions are control-plane commands
         runtime = ConnectorRuntime(state_dir=settings.resolved_home / "api" / "connectors")
         app.state["fibric"] = ApiState(
             settings=settings,
@@ -102,10 +111,11 @@ def create_app(settings: Settings) -> Litestar:
             idempotency=Idempotency(store),
             limiter=RateLimiter(settings.rate_limit_per_minute),
             commands=commands,
-            box=SecretBox(settings.load_secret_key()),
+            box=box,
             runtime=runtime,
             reads=reads,
         )
+        app.state["fibric"].extra["webhooks"] = webhooks
         try:
             yield
         finally:
@@ -122,6 +132,7 @@ def create_app(settings: Settings) -> Litestar:
             await runtime.close()
             await commands.stop()
             await sink.stop()
+            await webhooks.stop()
             await view.stop()
             await producer.stop()
             store.close()
@@ -139,6 +150,7 @@ def create_app(settings: Settings) -> Litestar:
             ReceiptsController,
             ExportsController,
             ApiKeysController,
+            WebhooksController,
         ],
         guards=[require_scope],
     )

@@ -9,6 +9,7 @@ Order per batch, written down because exactly-once rows depend on it:
    worker that re-derived rows after a crash) and drop those — within a time range that holds
    every stored copy, see ``_id_check_range``;
 4. insert each table's rows (retrying with backoff until ClickHouse takes them);
+   4b. run the before-commit hooks (webhook deliveries are derived and stored here);
 5. commit the consumer offsets;
 6. tell listeners which events are now readable (the read-your-writes overlay).
 """
@@ -87,6 +88,11 @@ class LedgerSink:
         # Called after each insert with the table and the tenants whose rows it held (read caches
         # drop what those rows make stale).
         self.on_insert: list[Callable[[str, set[str]], None]] = []
+        # Awaited after a batch is stored and before its offsets are committed (step 4b), with
+        # every decoded row by kind — stored now or already (a replay) — so what they derive
+        # (webhook deliveries) survives a crash between insert and commit. Must be idempotent;
+        # a hook that fails is logged and skipped, never allowed to stall the ledger.
+        self.before_commit: list[Callable[[dict[str, dict[str, Any]]], Awaitable[None]]] = []
         self.inserted = {"events": 0, "dead_letters": 0, "config_log": 0, "duplicates": 0}
         self.healthy = True
         # next offset per partition whose records are inserted *and* committed (for ``drain``)
@@ -299,6 +305,13 @@ class LedgerSink:
             await self._insert_isolating(insert_new, objs, table)
             if kind == "event":
                 stored_events = list(objs.keys())
+        for hook in self.before_commit:  # 4b.
+            try:
+                await hook(by_kind)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a derived output must not stop the ledger
+                log.exception("ledger before-commit hook failed")
         return stored_events
 
     async def _store_vault(self, records: list[ConfigRecord]) -> None:

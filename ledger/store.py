@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -22,6 +22,7 @@ import orjson
 from agents.globs import glob_to_regex, is_glob
 from schemas.envelope import DeadLetter, Event
 from schemas.plan import ActionRecord, Plan, Receipt
+from schemas.webhook import Attempt, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,64 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
         d[k] = orjson.loads(d[k]) if d[k] is not None else None
     return Receipt.model_validate(d)
 
+
+DELIVERY_COLUMNS = (
+    "tenant_id",
+    "livemode",
+    "endpoint_id",
+    "created_at",
+    "id",
+    "version",
+    "type",
+    "lane",
+    "object_id",
+    "occurred_at",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "window_start",
+    "last_status_code",
+    "last_error",
+    "last_attempt_at",
+    "body",
+)
+ATTEMPT_COLUMNS = (
+    "tenant_id",
+    "livemode",
+    "endpoint_id",
+    "delivery_id",
+    "attempt",
+    "at",
+    "status_code",
+    "latency_ms",
+    "error",
+    "response_excerpt",
+)
+# A delivery's created_at is its source row's time, which replays keep: this margin only covers
+# clocks of the roles that wrote the rows.
+DELIVERY_ID_SKEW = timedelta(minutes=5)
+
+
+def delivery_row(d: Delivery) -> list[Any]:
+    return [getattr(d, c) for c in DELIVERY_COLUMNS]
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    d = dict(zip(DELIVERY_COLUMNS, row, strict=True))
+    for k in ("created_at", "occurred_at", "window_start", "next_attempt_at", "last_attempt_at"):
+        if d[k] is not None:
+            d[k] = _utc(d[k])
+    return Delivery.model_validate(d)
+
+
+def attempt_row(a: Attempt) -> list[Any]:
+    return [getattr(a, c) for c in ATTEMPT_COLUMNS]
+
+
+def attempt_from_row(row: Sequence[Any]) -> Attempt:
+    d = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
+    d["at"] = _utc(d["at"])
+    return Attempt.model_validate(d)
 
 IDEMPOTENCY_COLUMNS = (
     "tenant_id",
@@ -789,6 +848,116 @@ class LedgerStore:
             {"t": scope.tenant_id, "m": scope.livemode, "r": route, "k": key, "nb": not_before},
         )
         return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+
+    # ---- webhook deliveries (api/deliveries.py) ---------------------------------------------
+    async def new_deliveries(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Insert the deliveries not stored yet (ids are derived from what they deliver, so a
+        replayed ledger batch finds its own) and return those."""
+        if not deliveries:
+            return []
+        lo = min(d.created_at for d in deliveries) - DELIVERY_ID_SKEW
+        hi = max(d.created_at for d in deliveries) + DELIVERY_ID_SKEW
+        have = await self.existing_ids(
+            "webhook_deliveries", "created_at", [d.id for d in deliveries], lo, hi
+        )
+        new = [d for d in deliveries if d.id not in have]
+        await self.insert("webhook_deliveries", [delivery_row(d) for d in new], DELIVERY_COLUMNS)
+        return new
+
+    async def save_delivery_states(
+        self, deliveries: list[Delivery], attempts: list[Attempt]
+    ) -> None:
+        await self.insert("webhook_attempts", [attempt_row(a) for a in attempts], ATTEMPT_COLUMNS)
+        await self.insert(
+            "webhook_deliveries", [delivery_row(d) for d in deliveries], DELIVERY_COLUMNS
+        )
+
+    async def pending_deliveries(
+        self, endpoint_id: str | None = None, limit: int = 100_000
+    ) -> list[Delivery]:
+        """Pending deliveries (latest versions), in delivery order: the dispatcher's queue."""
+        clause = "" if endpoint_id is None else "AND endpoint_id = {e:String} "
+        rows = await self.query(
+            f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM webhook_deliveries FINAL "
+            f"WHERE status = 'pending' {clause}ORDER BY occurred_at, id LIMIT {{n:UInt32}}",
+            {"e": endpoint_id or "", "n": limit},
+        )
+        return [delivery_from_row(r) for r in rows]
+
+    async def list_deliveries(
+        self,
+        scope: Scope,
+        endpoint_id: str,
+        status: str | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> Page:
+        params: dict[str, Any] = {
+            "t": scope.tenant_id,
+            "m": scope.livemode,
+            "e": endpoint_id,
+            "n": limit + 1,
+        }
+        clauses = ["tenant_id = {t:String}", "livemode = {m:Bool}", "endpoint_id = {e:String}"]
+        if status is not None:
+            params["s"] = status
+            clauses.append("status = {s:String}")
+        if after is not None:
+            params["at"], params["ai"] = after
+            clauses.append("(created_at, id) < ({at:DateTime64(6, 'UTC')}, {ai:String})")
+        rows = await self.query(
+            f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM webhook_deliveries FINAL WHERE "
+            f"{' AND '.join(clauses)} ORDER BY created_at DESC, id DESC LIMIT {{n:UInt32}}",
+            params,
+        )
+        items = [delivery_from_row(r) for r in rows]
+        more = len(items) > limit
+        items = items[:limit]
+        last = (items[-1].created_at, items[-1].id) if items else None
+        return Page(items, more, last)
+
+    async def get_delivery(
+        self, scope: Scope, endpoint_id: str, delivery_id: str
+    ) -> Delivery | None:
+        rows = await self.query(
+            f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM webhook_deliveries WHERE "
+            "tenant_id = {t:String} AND livemode = {m:Bool} AND endpoint_id = {e:String} "
+            "AND id = {id:String} ORDER BY version DESC LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "e": endpoint_id, "id": delivery_id},
+        )
+        return delivery_from_row(rows[0]) if rows else None
+
+    async def attempts_for(self, scope: Scope, delivery_ids: list[str]) -> list[Attempt]:
+        if not delivery_ids:
+            return []
+        rows = await self.query(
+            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM webhook_attempts FINAL WHERE "
+            "tenant_id = {t:String} AND livemode = {m:Bool} AND delivery_id IN {ids:Array(String)} "
+            "ORDER BY delivery_id, attempt",
+            {"t": scope.tenant_id, "m": scope.livemode, "ids": delivery_ids},
+        )
+        return [attempt_from_row(r) for r in rows]
+
+    async def actions_by_ids(self, scope: Scope, ids: list[str]) -> list[ActionRecord]:
+        if not ids:
+            return []
+        rows = await self.query(
+            "SELECT doc FROM actions WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND id IN {ids:Array(String)} LIMIT 1 BY id",
+            {"t": scope.tenant_id, "m": scope.livemode, "ids": ids},
+        )
+        return [ActionRecord.model_validate_json(r[0]) for r in rows]
+
+    async def plans_by_ids(self, scope: Scope, ids: list[str]) -> list[Plan]:
+        """The latest version of each plan."""
+        if not ids:
+            return []
+        rows = await self.query(
+            "SELECT doc FROM plans WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND id IN {ids:Array(String)} ORDER BY version DESC LIMIT 1 BY id",
+            {"t": scope.tenant_id, "m": scope.livemode, "ids": ids},
+        )
+        return [Plan.model_validate_json(r[0]) for r in rows]
 
 
 def _statements(sql: str) -> list[str]:

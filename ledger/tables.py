@@ -12,13 +12,19 @@ from typing import Any
 
 from ledger.store import (
     ACTION_COLUMNS,
+    ATTEMPT_COLUMNS,
     CONFIG_COLUMNS,
     DEAD_LETTER_COLUMNS,
+    DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     PLAN_COLUMNS,
     RECEIPT_COLUMNS,
     action_row,
+    attempt_from_row,
+    attempt_row,
     dead_letter_row,
+    delivery_from_row,
+    delivery_row,
     event_row,
     plan_row,
     receipt_from_row,
@@ -27,6 +33,7 @@ from ledger.store import (
 from schemas.config import ConfigRecord
 from schemas.envelope import DeadLetter, Event
 from schemas.plan import ActionRecord, Plan, Receipt
+from schemas.webhook import Attempt, Delivery
 
 
 def _config_row(c: ConfigRecord) -> list[Any]:
@@ -106,6 +113,32 @@ TABLES: dict[str, TableSpec] = {
             "created_at",
             _by_id,
             from_row=receipt_from_row,
+        ),
+        # Written by the api's webhook dispatcher (api/deliveries.py), not from a topic: no
+        # LedgerRecord has these kinds, so the sink never decodes into them.
+        TableSpec(
+            "webhook_delivery",
+            "webhook_deliveries",
+            Delivery,
+            DELIVERY_COLUMNS,
+            delivery_row,
+            "created_at",
+            "created_at",
+            _by_version,
+            "concat(id, '#', toString(version))",
+            from_row=delivery_from_row,
+        ),
+        TableSpec(
+            "webhook_attempt",
+            "webhook_attempts",
+            Attempt,
+            ATTEMPT_COLUMNS,
+            attempt_row,
+            "at",
+            "at",
+            lambda a: f"{a.delivery_id}#{a.attempt}",
+            "concat(delivery_id, '#', toString(attempt))",
+            from_row=attempt_from_row,
         ),
     )
 }

@@ -29,6 +29,11 @@ CommandType = Literal[
     "plan.veto",
     "plan.expire",
     "action.undo",
+    "webhook.create",
+    "webhook.update",
+    "webhook.rotate",
+    "webhook.set_status",
+    "webhook.delete",
 ]
 
 # All tenant.create commands share this partition key: one writer sees every slug.

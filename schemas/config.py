@@ -31,6 +31,8 @@ SCOPES: tuple[str, ...] = (
     "receipts:read",
     "keys:read",
     "keys:write",
+    "webhooks:read",
+    "webhooks:write",
 )
 
 _READ = tuple(s for s in SCOPES if s.endswith(":read") and not s.startswith("keys:"))
@@ -139,7 +141,9 @@ class ConfigRecord(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     id: str  # cfg_… unique per change; the ledger deduplicates on it
-    kind: Literal["tenant", "api_key", "operator", "connector", "vault", "pending_plan"]
+    kind: Literal[
+        "tenant", "api_key", "operator", "connector", "vault", "pending_plan", "webhook_endpoint"
+    ]
     tenant_id: str
     version: int = 1
     data: dict[str, Any]

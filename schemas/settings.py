@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     # KIP-345 static membership for workers (group.instance.id = worker id). Safe only with a
     # single worker on this client; see decisions §19.
     kafka_static_membership: bool = False
+    # Webhook deliveries (api/deliveries.py, decisions §32). Retries back off exponentially from
+    # this base (doubling, with jitter) up to the cap; tests use a base of a fraction of a second.
+    webhook_backoff_base_s: float = Field(default=60.0, gt=0.0, le=3600.0)
+    webhook_backoff_max_s: float = Field(default=6 * 3600.0, gt=0.0)
+    # A delivery is retried for this long after it was created (or manually retried): 72 h,
+    # the spec's "over ~3 days", which covers a receiver down over a weekend day.
+    webhook_retry_window_s: float = Field(default=72 * 3600.0, gt=0.0)
+    # An endpoint whose deliveries have failed without a single success for this long is
+    # suspended (its owner re-enables it): 24 h of nothing but failures is a dead receiver.
+    webhook_suspend_after_s: float = Field(default=24 * 3600.0, gt=0.0)
+    # One attempt (connect, send, read the answer's head) may take this long.
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
+    # Attempts in flight at once per endpoint (different lanes only; a lane is sequential).
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)
 
     @field_validator("public_url")
     @classmethod

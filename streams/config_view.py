@@ -22,6 +22,7 @@ from schemas.config import ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
 from schemas.operator import Operator
 from schemas.plan import Plan
+from schemas.webhook import WebhookEndpoint
 from streams.kafka import stop_consuming
 from streams.topics import CONFIG, HEARTBEATS
 
@@ -43,6 +44,7 @@ class ConfigView:
         self.connectors: dict[str, Connector] = {}
         self.vault: dict[str, VaultEntry] = {}
         self.pending_plans: dict[str, Plan] = {}  # plans awaiting approval
+        self.webhooks: dict[str, WebhookEndpoint] = {}  # whk_ id -> endpoint (not deleted)
         self.plan_versions: dict[str, int] = {}
         self.record_ids: set[str] = set()
         self.command_results: dict[str, tuple[list[str], dict[str, Any] | None]] = {}
@@ -147,6 +149,12 @@ class ConfigView:
                 self.pending_plans[plan.id] = plan
             else:
                 self.pending_plans.pop(plan.id, None)
+        elif rec.kind == "webhook_endpoint":
+            ep = WebhookEndpoint.model_validate(rec.data)
+            if ep.deleted:
+                self.webhooks.pop(ep.id, None)
+            else:
+                self.webhooks[ep.id] = ep
         elif rec.kind == "vault":
             entry = VaultEntry.model_validate(rec.data)
             if entry.ciphertext is None:

@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from agents.control import decide
+from agents.webhook_control import decide  # agents.control.decide plus webhook.* commands
 from schemas.commands import Command, Reply, ReplyError
 from schemas.ids import new_id
 from schemas.operator import Operator
