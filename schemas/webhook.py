@@ -39,7 +39,21 @@ DeliveryType = Literal[
 ]
 # Deliveries of one lane (endpoint + entity) go out in this order when they occurred at the same
 # instant: a plan is announced before its actions, and those before their receipts.
-TYPE_RANK = {t: i for i, t in enumerate(DELIVERY_TYPES)}
+# `plan.disposed` shares its instant with the receipt that closed the plan, and comes after it.
+TYPE_RANK = {
+    t: i
+    for i, t in enumerate(
+        (
+            "plan.proposed",
+            "plan.awaiting_approval",
+            "action.needs_approval",
+            "action.disposed",
+            "receipt.written",
+            "connector.status_changed",
+            "plan.disposed",
+        )
+    )
+}
 
 EndpointStatus = Literal["active", "disabled", "suspended"]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
