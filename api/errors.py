@@ -62,8 +62,12 @@ def to_error(exc: BaseException) -> FibricError:
     if isinstance(exc, NotFoundException):
         return FibricError(ErrorCode.NOT_FOUND, "No such route or resource.")
     if isinstance(exc, MethodNotAllowedException):
+        # Litestar's router names the route's methods (RFC 9110: a 405 carries Allow)
+        allow = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
         return FibricError(
-            ErrorCode.METHOD_NOT_ALLOWED, "This method is not allowed on this route."
+            ErrorCode.METHOD_NOT_ALLOWED,
+            "This method is not allowed on this route.",
+            headers={"Allow": allow} if allow else None,
         )
     if isinstance(exc, ValidationException):
         return FibricError(ErrorCode.INVALID_PARAMETER, str(exc.detail or "invalid request"))

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.errors import raw_error, request_id_of, send_error, service_unavailable, to_error
+from api.respond import COMPONENT_HEADERS
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
 
@@ -21,9 +26,58 @@ log = logging.getLogger(__name__)
 MALFORMED_MESSAGE = "The request is not valid HTTP/1.1 (request line or headers malformed)."
 
 
+BEARER = SecurityScheme(
+    type="http", scheme="bearer", description="Authorization: Bearer sk_live_… or sk_test_…"
+)
+
+
+def with_conventions(config: OpenAPIConfig | None) -> OpenAPIConfig:
+    """The OpenAPI config with what every operation refers to: bearer security (the health
+    endpoints opt out) and the response headers (api/respond.py FibricOperation)."""
+    config = config or OpenAPIConfig(title="Fibric API", version="1.0.0")
+    components = config.components
+    if isinstance(components, list):  # Litestar allows a list; ours is one Components
+        components = components[0] if components else Components()
+    components = replace(
+        components,
+        headers={**(components.headers or {}), **COMPONENT_HEADERS},
+        security_schemes={**(components.security_schemes or {}), "bearer": BEARER},
+    )
+    config.components = components
+    config.security = config.security or [{"bearer": []}]
+    return config
+
+
+def rebind_options_handlers(app: Litestar) -> int:
+    """Make each automatic OPTIONS answer list every method of its path (``Allow``).
+
+    Litestar builds a path's route again for each handler registered on it and keeps the OPTIONS
+    handler made for the first one, whose ``Allow`` lists only that first handler's methods
+    (``OPTIONS, POST`` on ``/v1/events``, which also takes GET). The handler reads the route it
+    closes over at request time, so pointing it at the final route is enough."""
+    fixed = 0
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            fn = getattr(handler, "fn", None)
+            if getattr(fn, "__name__", "") != "options_handler" or not fn.__closure__:
+                continue
+            for cell in fn.__closure__:
+                if isinstance(cell.cell_contents, HTTPRoute) and cell.cell_contents is not route:
+                    cell.cell_contents = route
+                    fixed += 1
+    return fixed
+
+
 class FibricLitestar(Litestar):
     """Litestar with a last-resort guard: whatever escapes the app before the response started
-    becomes an envelope (uvicorn would send a plain-text "Internal Server Error")."""
+    becomes an envelope (uvicorn would send a plain-text "Internal Server Error"); its OpenAPI
+    document declares bearer auth and the conventional response headers."""
+
+    def __init__(self, *args: Any, openapi_config: OpenAPIConfig | None = None, **kw: Any) -> None:
+        super().__init__(*args, openapi_config=with_conventions(openapi_config), **kw)
+        rebind_options_handlers(self)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -48,6 +48,7 @@ class Connector(BaseModel):
     def public(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"tenant_id", "deleted", "remote_url"})
         d["tools"] = [{"name": t.name, "side_effect": t.side_effect} for t in self.tools]
+        d["installed_at"] = d["created_at"]  # the spec's name (§2.4)
         if d.get("authorize_url") is None:
             d.pop("authorize_url")
         if d.get("status_detail") is None:

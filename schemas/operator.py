@@ -13,6 +13,12 @@ from schemas.globs import glob_problem
 
 NAME_RE = re.compile(r"^[a-z0-9-]{3,40}$")
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+# The documented forms of what the validators below check, for the JSON schema (OpenAPI) only:
+# an event-type glob (schemas/globs.py: segments of letters, digits, '_', '-' and single '*',
+# or a whole '**'; at most 32 segments) and a cron expression (format "cron").
+_SEG = r"(?:\*\*|\*|\*?(?:[A-Za-z0-9_-]+\*)*[A-Za-z0-9_-]+\*?)"
+GLOB_PATTERN = rf"^{_SEG}(?:\.{_SEG}){{0,31}}$"
+_GLOB = {"type": "string", "pattern": GLOB_PATTERN, "minLength": 1, "maxLength": 200}
 
 
 def default_triggers(capabilities: list[str]) -> list[str]:
@@ -26,7 +32,7 @@ class Guardrail(BaseModel):
 
     connector: str | None = Field(default=None, min_length=1, max_length=100)
     tool: str | None = Field(default=None, min_length=1, max_length=100)
-    max_value: float | None = None
+    max_value: float | None = Field(default=None, json_schema_extra={"minimum": 0})
     decision: Literal["ALLOW", "ALERT"]
 
     @field_validator("max_value", mode="before")
@@ -87,6 +93,13 @@ class Operator(BaseModel):
     def public(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"tenant_id", "deleted", "pause_reason"})
         d["guardrails"] = [g.public() for g in self.guardrails]
+        if d["last_run"] is not None:  # the spec's (inferred) count names, ours kept
+            lr = d["last_run"]
+            lr.update(
+                events_sensed=lr["sensed"],
+                actions_proposed=lr["proposed"],
+                actions_applied=lr["applied"],
+            )
         return d
 
     def summary(self) -> dict[str, Any]:
@@ -104,11 +117,18 @@ class _OperatorFields(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     outcome: str | None = Field(default=None, min_length=1, max_length=4000)
-    capabilities: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    capabilities: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=50,
+        json_schema_extra={"items": {"type": "string", "pattern": CAPABILITY_RE.pattern}},
+    )
     guardrails: list[Guardrail] | None = Field(default=None, max_length=200)
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    schedule: str | None = Field(default=None, max_length=200)
-    triggers: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    schedule: str | None = Field(default=None, max_length=200, json_schema_extra={"format": "cron"})
+    triggers: list[str] | None = Field(
+        default=None, min_length=1, max_length=50, json_schema_extra={"items": _GLOB}
+    )
     playbook: list[dict[str, Any]] | None = Field(default=None, max_length=100)
 
     @field_validator("capabilities")
@@ -159,9 +179,13 @@ class _OperatorFields(BaseModel):
 
 
 class OperatorCreate(_OperatorFields):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern})
     outcome: str = Field(min_length=1, max_length=4000)
-    capabilities: list[str] = Field(min_length=1, max_length=50)
+    capabilities: list[str] = Field(
+        min_length=1,
+        max_length=50,
+        json_schema_extra={"items": {"type": "string", "pattern": CAPABILITY_RE.pattern}},
+    )
     guardrails: list[Guardrail] = Field(default_factory=list, max_length=200)
     status: Literal["active", "draft"] = "active"
 
@@ -174,7 +198,7 @@ class OperatorCreate(_OperatorFields):
 
 
 class OperatorUpdate(_OperatorFields):
-    name: str | None = None
+    name: str | None = None  # immutable: sending it is refused unless it is the current name
     status: Literal["active", "draft"] | None = None
 
     @model_validator(mode="after")

@@ -227,6 +227,7 @@ class ActionObject(BaseModel):
     undo_of: str | None
     proposed_at: datetime
     disposed_at: datetime | None  # the latest receipt with a final outcome; None before
+    undone_at: datetime | None  # when its undo applied (receipt `undone`); None otherwise
 
 
 class PlanObject(BaseModel):

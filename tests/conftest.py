@@ -121,6 +121,8 @@ def make_stack(tmp: Path, **env: str) -> Stack:
         FIBRIC_LOG_LEVEL="info",
         # short approval window so the expiry path is exercised within a test
         FIBRIC_APPROVAL_TTL_S="20",
+        # every response body is validated against its declared model (api/respond.py)
+        FIBRIC_VALIDATE_RESPONSES="1",
     )
     e.update(env)
     return Stack(home=home, env=e)

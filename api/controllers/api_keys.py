@@ -18,6 +18,7 @@ from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.respond import documented, respond
 from api.state import ApiState
 from schemas.config import (
     ApiKey,
@@ -29,13 +30,10 @@ from schemas.config import (
     secret_hint,
 )
 from schemas.errors import ErrorCode, FibricError
+from schemas.objects import ApiKeyCreated, ApiKeyObject, ListOf
 
 STATUSES = ("active", "revoked")
 LIST_PARAMS = frozenset({"limit", "cursor", "status"})
-
-
-def _json(data: Any, status: int = 200) -> Response[bytes]:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def find_key(state: ApiState, auth: AuthContext, key_id: str) -> ApiKey:
@@ -66,8 +64,11 @@ class ApiKeysController(Controller):
         "/",
         opt={"scope": "keys:read", "route_class": "config_read"},
         operation_id="listApiKeys",
+        **documented(),
     )
-    async def list_api_keys(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_api_keys(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ListOf[ApiKeyObject]]:
         """List this tenant's keys of the calling key's mode, newest first, with
         ``last_used_at``; filter ``status`` (``active`` | ``revoked``). Never a secret or hash."""
         state, auth = api_state(request), auth_of(request)
@@ -95,15 +96,19 @@ class ApiKeysController(Controller):
             and (status is None or k.status == status)
         ]
         page, more, last = paginate(keys, lambda k: (k.created_at, k.id), limit, after)
-        return _json(list_body([k.public() for k in page], more, last, raw, "api_keys"))
+        data = list_body([k.public() for k in page], more, last, raw, "api_keys")
+        return respond(ListOf[ApiKeyObject], data)
 
     @post(
         "/",
-        opt={"scope": "keys:write", "route_class": "config_write", "body_model": ApiKeyCreate},
+        opt={"scope": "keys:write", "route_class": "config_write"},
         operation_id="createApiKey",
         status_code=201,
+        **documented(409, 503, body=ApiKeyCreate),
     )
-    async def create_api_key(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def create_api_key(
+        self, request: Request[Any, Any, Any], data: ApiKeyCreate | None = None
+    ) -> Response[ApiKeyCreated]:
         """Create a key from a ``role`` preset or explicit ``scopes`` (expanded now; later preset
         changes never alter it), in the calling key's mode. The response carries the ``secret``,
         the only time it is shown; a key can never grant scopes it does not hold (403
@@ -112,7 +117,7 @@ class ApiKeysController(Controller):
         body = await read_body(request)
         fresh: dict[str, str] = {}
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[ApiKeyCreated]:
             data = validate(ApiKeyCreate, body)
             if data.role is not None and data.scopes is not None:
                 raise FibricError(
@@ -153,43 +158,49 @@ class ApiKeysController(Controller):
             created = await run_command(state, request, auth, "key.create", {"key": draft})
             fresh["secret"] = secret
             # what Idempotency-Key keeps (in ClickHouse) and replays: the key, never its secret
-            return _json({**created, "secret": None}, 201)
+            return respond(ApiKeyCreated, {**created, "secret": None}, 201)
 
         response = await state.idempotency.run(request, auth.scope, body, handle)
         if "secret" not in fresh:
             return response  # a replay: the secret was shown once, to the first request
         created = orjson.loads(response.content)
-        return _json({**created, "secret": fresh["secret"]}, 201)
+        return respond(ApiKeyCreated, {**created, "secret": fresh["secret"]}, 201)
 
     @get(
         "/{key_id:str}",
         opt={"scope": "keys:read", "route_class": "config_read"},
         operation_id="retrieveApiKey",
+        **documented(404),
     )
     async def retrieve_api_key(
         self, request: Request[Any, Any, Any], key_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ApiKeyObject]:
         """Retrieve one key's metadata (``hint``, ``scopes``, ``last_used_at``…); never its
         secret."""
-        return _json(find_key(api_state(request), auth_of(request), key_id).public())
+        return respond(
+            ApiKeyObject, find_key(api_state(request), auth_of(request), key_id).public()
+        )
 
     @post(
         "/{key_id:str}/revoke",
         opt={"scope": "keys:write", "route_class": "config_write"},
         operation_id="revokeApiKey",
         status_code=200,
+        **documented(404, 409, 413, 415, 503),
     )
-    async def revoke_api_key(self, request: Request[Any, Any, Any], key_id: str) -> Response[bytes]:
+    async def revoke_api_key(
+        self, request: Request[Any, Any, Any], key_id: str
+    ) -> Response[ApiKeyObject]:
         """Revoke a key, permanently: it answers 401 ``key_revoked`` from then on. Repeating it
         returns the revoked key. A key cannot revoke a key with scopes it does not hold."""
         state, auth = api_state(request), auth_of(request)
         key = find_key(state, auth, key_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[ApiKeyObject]:
             if key.status == "active":
                 _refuse_escalation(auth, key.scopes, "revoke")
             result = await run_command(state, request, auth, "key.revoke", {"key_id": key_id})
-            return _json(result)
+            return respond(ApiKeyObject, result)
 
         return await state.idempotency.run(request, auth.scope, body, handle)

@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from litestar import Controller, Request, Response, delete, get, post
 
 from agents.secrets import credential_hint
@@ -19,12 +18,20 @@ from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.respond import documented, respond
 from api.state import ApiState
 from connectors.egress import EgressRefused, check_target_async
 from connectors.marketplace import CHECK_TOOL, Listing, load_catalogue
 from schemas.connector import CONNECTOR_NAME_RE, Connector, ConnectorInstall, ConnectorTest
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
+from schemas.objects import (
+    ConnectorDeleted,
+    ConnectorObject,
+    ConnectorSummary,
+    ConnectorTestObject,
+    ListOf,
+)
 from schemas.operator import CAPABILITY_RE
 
 KINDS = ("saas", "hardware")
@@ -32,10 +39,6 @@ STATUSES = ("connected", "pending_auth", "error")
 # Transport-level failures mean the source (or its connector) could not be reached: 502.
 UNREACHABLE = {"upstream_error", "timeout", "connector_crashed"}
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _json(data: Any, status: int = 200) -> Response[bytes]:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def find_connector(state: ApiState, auth: AuthContext, connector_id: str) -> Connector:
@@ -180,8 +183,9 @@ class MarketplaceController(Controller):
         "/",
         opt={"scope": "connectors:read", "route_class": "config_read"},
         operation_id="listListings",
+        **documented(),
     )
-    async def list_listings(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_listings(self, request: Request[Any, Any, Any]) -> Response[ListOf[Listing]]:
         """Browse the marketplace catalogue; filters ``kind``, ``status``, ``capability``."""
         q = request.query_params
         limit = parse_limit(q.get("limit"))
@@ -195,19 +199,21 @@ class MarketplaceController(Controller):
             and (raw["capability"] is None or raw["capability"] in lst.capabilities)
         ]
         page, more, last = paginate(items, lambda lst: (_EPOCH, lst.id), limit, after)
-        return _json(list_body([lst.model_dump(mode="json") for lst in page], more, last, raw))
+        data = [lst.model_dump(mode="json") for lst in page]
+        return respond(ListOf[Listing], list_body(data, more, last, raw))
 
     @get(
         "/{listing_id:str}",
         opt={"scope": "connectors:read", "route_class": "config_read"},
         operation_id="retrieveListing",
+        **documented(404),
     )
-    async def retrieve_listing(self, listing_id: str) -> Response[bytes]:
+    async def retrieve_listing(self, listing_id: str) -> Response[Listing]:
         """One marketplace listing: tools, capabilities, auth type, config keys, price."""
         listing = load_catalogue().get(listing_id)
         if listing is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No marketplace listing {listing_id[:60]!r}.")
-        return _json(listing.model_dump(mode="json"))
+        return respond(Listing, listing.model_dump(mode="json"))
 
 
 class ConnectorsController(Controller):
@@ -218,8 +224,11 @@ class ConnectorsController(Controller):
         "/",
         opt={"scope": "connectors:read", "route_class": "config_read"},
         operation_id="listConnectors",
+        **documented(),
     )
-    async def list_connectors(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_connectors(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ListOf[ConnectorSummary]]:
         """The tenant's installed connectors, newest first; filters ``capability``, ``kind``, ``status``."""
         state, auth = api_state(request), auth_of(request)
         q = request.query_params
@@ -248,24 +257,25 @@ class ConnectorsController(Controller):
             and (raw["status"] is None or c.status == raw["status"])
         ]
         page, more, last = paginate(items, lambda c: (c.created_at, c.id), limit, after)
-        return _json(list_body([c.summary() for c in page], more, last, raw))
+        return respond(
+            ListOf[ConnectorSummary], list_body([c.summary() for c in page], more, last, raw)
+        )
 
     @post(
         "/",
-        opt={
-            "scope": "connectors:write",
-            "route_class": "config_write",
-            "body_model": ConnectorInstall,
-        },
+        opt={"scope": "connectors:write", "route_class": "config_write"},
         operation_id="installConnector",
         status_code=201,
+        **documented(404, 409, 422, 502, 503, body=ConnectorInstall),
     )
-    async def install_connector(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def install_connector(
+        self, request: Request[Any, Any, Any], data: ConnectorInstall | None = None
+    ) -> Response[ConnectorObject]:
         """Install a marketplace listing with its credentials (write-only) and settings."""
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[ConnectorObject]:
             data = validate(ConnectorInstall, body)
             listing = load_catalogue().get(data.listing)
             if listing is None:
@@ -337,7 +347,8 @@ class ConnectorsController(Controller):
                 ),
                 "ciphertext": state.box.seal(data.auth),
             }
-            return _json(await run_command(state, request, auth, "connector.install", args), 201)
+            installed = await run_command(state, request, auth, "connector.install", args)
+            return respond(ConnectorObject, installed, 201)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -386,26 +397,28 @@ class ConnectorsController(Controller):
         "/{connector_id:str}",
         opt={"scope": "connectors:read", "route_class": "config_read"},
         operation_id="retrieveConnector",
+        **documented(404),
     )
     async def retrieve_connector(
         self, request: Request[Any, Any, Any], connector_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ConnectorObject]:
         """The full connector object with tools and health; secrets are never included."""
-        return _json(find_connector(api_state(request), auth_of(request), connector_id).public())
+        cn = find_connector(api_state(request), auth_of(request), connector_id)
+        return respond(ConnectorObject, cn.public())
 
     @post(
         "/{connector_id:str}/test",
-        opt={
-            "scope": "connectors:write",
-            "route_class": "config_write",
-            "body_model": ConnectorTest,
-        },
+        opt={"scope": "connectors:write", "route_class": "config_write"},
         operation_id="testConnector",
         status_code=200,
+        **documented(404, 409, 502, 503, body=ConnectorTest, optional_body=True),
     )
     async def test_connector(
-        self, request: Request[Any, Any, Any], connector_id: str
-    ) -> Response[bytes]:
+        self,
+        request: Request[Any, Any, Any],
+        connector_id: str,
+        data: ConnectorTest | None = None,
+    ) -> Response[ConnectorTestObject]:
         """Connection test: read tools run live, side-effecting tools dry-run (nothing written).
         A failure moves the connector to ``error``; an unreachable source is a 502."""
         state, auth = api_state(request), auth_of(request)
@@ -481,14 +494,15 @@ class ConnectorsController(Controller):
                 "connector.set_status",
                 {"connector_id": cn.id, "status": "connected", "synced": True},
             )
-        return _json(
+        return respond(
+            ConnectorTestObject,
             {
                 "object": "connector_test",
                 "connector_id": cn.id,
                 "status": "failed" if failed else "passed",
                 "results": results,
                 "tested_at": tested_at.isoformat().replace("+00:00", "Z"),
-            }
+            },
         )
 
     @delete(
@@ -496,10 +510,11 @@ class ConnectorsController(Controller):
         opt={"scope": "connectors:write", "route_class": "config_write"},
         operation_id="uninstallConnector",
         status_code=200,
+        **documented(404, 409, 503),
     )
     async def uninstall_connector(
         self, request: Request[Any, Any, Any], connector_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ConnectorDeleted]:
         """Remove the instance and purge its credentials; events and receipts are kept.
         409 ``connector_in_use`` when an active operator depends on a capability only it fulfils."""
         state, auth = api_state(request), auth_of(request)
@@ -509,4 +524,4 @@ class ConnectorsController(Controller):
         )
         if state.runtime is not None:
             await state.runtime.remove(cn.id)
-        return _json(result)
+        return respond(ConnectorDeleted, result)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 from litestar import Controller, Request, Response, get
 
 from api.auth import api_state, auth_of
 from api.pagination import decode_cursor, list_body, parse_limit
+from api.respond import documented, respond
+from schemas.envelope import DeadLetter
 from schemas.errors import ErrorCode, FibricError
+from schemas.objects import ListOf
 
 DL_ID_RE = re.compile(r"^dl_[0-9A-Z]{26}$")
 REASONS = ("invalid_json", "invalid_envelope", "unknown_tenant", "payload_too_large")
@@ -26,8 +28,11 @@ class DeadLettersController(Controller):
         "/",
         opt={"scope": "events:read", "route_class": "events_read"},
         operation_id="listDeadLetters",
+        **documented(),
     )
-    async def list_dead_letters(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_dead_letters(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ListOf[DeadLetter]]:
         """List refusal records newest first; filter ``reason``."""
         state = api_state(request)
         auth = auth_of(request)
@@ -45,16 +50,17 @@ class DeadLettersController(Controller):
         body = list_body(
             [d.model_dump(mode="json") for d in page.items], page.has_more, page.last_key, raw
         )
-        return Response(orjson.dumps(body), media_type="application/json")
+        return respond(ListOf[DeadLetter], body)
 
     @get(
         "/{dead_letter_id:str}",
         opt={"scope": "events:read", "route_class": "events_read"},
         operation_id="retrieveDeadLetter",
+        **documented(404),
     )
     async def retrieve_dead_letter(
         self, request: Request[Any, Any, Any], dead_letter_id: str
-    ) -> Response[bytes]:
+    ) -> Response[DeadLetter]:
         """Retrieve one refusal record."""
         state = api_state(request)
         auth = auth_of(request)
@@ -63,4 +69,4 @@ class DeadLettersController(Controller):
             found = await state.store.get_dead_letter(auth.scope, dead_letter_id)
         if found is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No dead letter {dead_letter_id[:60]!r}.")
-        return Response(orjson.dumps(found.model_dump(mode="json")), media_type="application/json")
+        return respond(DeadLetter, found.model_dump(mode="json"))

@@ -13,11 +13,13 @@ from agents.globs import glob_problem, is_glob
 from api.auth import api_state, auth_of
 from api.body import read_body, validate
 from api.pagination import decode_cursor, list_body, parse_limit
+from api.respond import documented, respond
 from ledger.store import DATETIME_MAX, DATETIME_MIN, EventFilters
 from schemas.envelope import Event, EventEnvelope, EventIn
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
 from schemas.limits import LimitProblem, check_payload
+from schemas.objects import EventObject, ListOf
 from streams.topics import EVENTS, entity_key
 
 EVENT_ID_RE = re.compile(r"^ev_[0-9A-Z]{26}$")
@@ -111,11 +113,14 @@ class EventsController(Controller):
 
     @post(
         "/",
-        opt={"scope": "events:write", "route_class": "events_write", "body_model": EventIn},
+        opt={"scope": "events:write", "route_class": "events_write"},
         operation_id="createEvent",
         status_code=201,
+        **documented(409, 503, body=EventIn),
     )
-    async def create_event(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def create_event(
+        self, request: Request[Any, Any, Any], data: EventIn | None = None
+    ) -> Response[EventObject]:
         """Ingest one event envelope. Tenancy is stamped from the API key; the event is durable
         on the events topic when this returns, and immediately readable by this client."""
         state = api_state(request)
@@ -182,8 +187,13 @@ class EventsController(Controller):
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
-    @get("/", opt={"scope": "events:read", "route_class": "events_read"}, operation_id="listEvents")
-    async def list_events(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    @get(
+        "/",
+        opt={"scope": "events:read", "route_class": "events_read"},
+        operation_id="listEvents",
+        **documented(),
+    )
+    async def list_events(self, request: Request[Any, Any, Any]) -> Response[ListOf[EventObject]]:
         """List events newest first. Filters (AND): ``event_type`` (exact or glob, ``*`` = one
         dot segment, ``**`` = several), ``source``, ``correlation_id``, ``workspace_id``,
         ``entity_key``, ``since``/``until`` (RFC 3339, half-open range)."""
@@ -206,16 +216,17 @@ class EventsController(Controller):
         last = (items[-1].created_at, items[-1].id) if items else None
         plan_ids = await state.store.plan_ids_for_events(auth.scope, [e.id for e in items])
         data = [{**e.model_dump(mode="json"), "plan_ids": plan_ids.get(e.id, [])} for e in items]
-        return _json(list_body(data, has_more, last, raw))
+        return respond(ListOf[EventObject], list_body(data, has_more, last, raw))
 
     @get(
         "/{event_id:str}",
         opt={"scope": "events:read", "route_class": "events_read"},
         operation_id="retrieveEvent",
+        **documented(404),
     )
     async def retrieve_event(
         self, request: Request[Any, Any, Any], event_id: str
-    ) -> Response[bytes]:
+    ) -> Response[EventObject]:
         """Retrieve one event. Ids of another tenant or mode read as 404."""
         state = api_state(request)
         auth = auth_of(request)
@@ -227,4 +238,5 @@ class EventsController(Controller):
         if event is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No event {event_id!r}.")
         plan_ids = await state.store.plan_ids_for_events(auth.scope, [event.id])
-        return _json({**event.model_dump(mode="json"), "plan_ids": plan_ids.get(event.id, [])})
+        data = {**event.model_dump(mode="json"), "plan_ids": plan_ids.get(event.id, [])}
+        return respond(EventObject, data)

@@ -8,22 +8,27 @@ import asyncio
 import csv
 import io
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.controllers.events import parse_time
 from api.controllers.loop import DECISIONS, OUTCOMES, Publisher
+from api.respond import FibricOperation, documented, respond
 from api.state import ApiState
 from ledger.store import Scope
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
+from schemas.objects import ExportObject
 from schemas.plan import ReceiptObject
 
 log = logging.getLogger(__name__)
@@ -46,8 +51,21 @@ class ExportBody(BaseModel):
     entity_key: str | None = Field(default=None, max_length=255)
     correlation_id: str | None = Field(default=None, max_length=255)
     plan_id: str | None = Field(default=None, max_length=255)
-    since: str | None = None
-    until: str | None = None
+    # RFC 3339 with a zone, from 1900 to 2299 (what the ledger holds; api/controllers/events.py)
+    since: str | None = Field(default=None, min_length=1, json_schema_extra={"format": "date-time"})
+    until: str | None = Field(default=None, min_length=1, json_schema_extra={"format": "date-time"})
+
+
+@dataclass
+class DownloadOperation(FibricOperation):
+    """The download's 200 is the file, in the media type of the export's format."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+            ok.content = {m: OpenAPIMediaType(schema=binary) for _, m in FORMATS.values()}
 
 
 def _iso(dt: datetime) -> str:
@@ -220,17 +238,21 @@ class ExportsController(Controller):
 
     @post(
         "/receipts/exports",
-        opt={"scope": "receipts:read", "route_class": "receipts_read", "body_model": ExportBody},
+        opt={"scope": "receipts:read", "route_class": "receipts_read"},
         operation_id="createReceiptExport",
         status_code=202,
+        **documented(409, body=ExportBody),
     )
-    async def create_export(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def create_export(
+        self, request: Request[Any, Any, Any], data: ExportBody | None = None
+    ) -> Response[ExportObject]:
         """Start an export of the receipts matching the filters (CSV, JSONL or Parquet)."""
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
-            data = validate(ExportBody, body, allow_empty=True)
+        async def handle() -> Response[ExportObject]:
+            # a body is required (``{}`` exports every receipt): a missing one is a 400
+            data = validate(ExportBody, body)
             filters = data.model_dump(exclude={"format"})
             filters["since"] = parse_time(data.since, "since")
             filters["until"] = parse_time(data.until, "until")
@@ -250,11 +272,7 @@ class ExportsController(Controller):
             task = asyncio.create_task(_run_export(state, auth.scope, dict(doc), filters, pub))
             state.extra.setdefault("export_tasks", set()).add(task)
             task.add_done_callback(state.extra["export_tasks"].discard)
-            return Response(
-                orjson.dumps(_public(doc, state.settings.public_base_url)),
-                status_code=202,
-                media_type="application/json",
-            )
+            return respond(ExportObject, _public(doc, state.settings.public_base_url), 202)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -262,22 +280,21 @@ class ExportsController(Controller):
         "/exports/{export_id:str}",
         opt={"scope": "receipts:read", "route_class": "receipts_read"},
         operation_id="retrieveExport",
+        **documented(404),
     )
     async def retrieve_export(
         self, request: Request[Any, Any, Any], export_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ExportObject]:
         """An export job: status, row count, and the download link once complete."""
         state, auth = api_state(request), auth_of(request)
         doc = await _find(state, auth, export_id)
-        return Response(
-            orjson.dumps(_public(doc, state.settings.public_base_url)),
-            media_type="application/json",
-        )
+        return respond(ExportObject, _public(doc, state.settings.public_base_url))
 
     @get(
         "/exports/{export_id:str}/download",
         opt={"scope": "receipts:read", "route_class": "receipts_read"},
         operation_id="downloadExport",
+        **{**documented(404, 409), "operation_class": DownloadOperation},
     )
     async def download_export(
         self, request: Request[Any, Any, Any], export_id: str

@@ -8,18 +8,45 @@ from typing import Any
 
 import orjson
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
+from pydantic import BaseModel
 
 from api.auth import api_state
+from api.respond import ERROR_DESCRIPTIONS, FibricOperation, respond
+from schemas.objects import ErrorEnvelope, Health, Readiness
+
+# Health endpoints answer without a key; the envelope covers a Fibric-Version they refuse.
+_HEALTH_ERRORS = {
+    s: ResponseSpec(ErrorEnvelope, description=ERROR_DESCRIPTIONS[s], generate_examples=False)
+    for s in (400, 500)
+}
 
 
-@get("/healthz", operation_id="healthz", include_in_schema=True, tags=["health"])
-async def healthz() -> Response[bytes]:
+@get(
+    "/healthz",
+    operation_id="healthz",
+    tags=["health"],
+    security=[{}],
+    responses=_HEALTH_ERRORS,
+    operation_class=FibricOperation,
+)
+async def healthz() -> Response[Health]:
     """Liveness: the process answers."""
-    return Response(b'{"status":"ok"}', media_type="application/json")
+    return respond(Health, b'{"status":"ok"}')
 
 
-@get("/readyz", operation_id="readyz", tags=["health"])
-async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+@get(
+    "/readyz",
+    operation_id="readyz",
+    tags=["health"],
+    security=[{}],
+    responses={
+        **_HEALTH_ERRORS,
+        503: ResponseSpec(Readiness, description="not ready: the failing checks"),
+    },
+    operation_class=FibricOperation,
+)
+async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     """Readiness: 200 only when the broker answers, a worker heartbeat is fresh and no worker
     agent is stuck retrying a batch, ClickHouse answers and the ledger sink is inserting; 503
     with the failing checks otherwise."""
@@ -52,29 +79,22 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
             for w in workers
         ],
     }
-    return Response(
-        orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
-    )
+    return respond(Readiness, body, 200 if ready else 503)
+
+
+def _jsonable(value: Any) -> Any:
+    """Generated examples may be model instances (a ResponseSpec's generate_examples)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @get("/openapi.json", operation_id="openapi", include_in_schema=False)
 async def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """The OpenAPI 3.1 document, with each route's request body schema added."""
+    """The OpenAPI 3.1 document Litestar generates from the handlers' declared models (the same
+    as ``/schema/openapi.json``), serialised once."""
     cached = request.app.state.get("openapi_doc")
     if cached is None:
-        doc = request.app.openapi_schema.to_schema()
-        for route in request.app.routes:
-            for handler in getattr(route, "route_handlers", []):
-                model = handler.opt.get("body_model")
-                if model is None:
-                    continue
-                for method in handler.http_methods:
-                    op = doc.get("paths", {}).get(route.path, {}).get(method.lower())
-                    if op is not None:
-                        op["requestBody"] = {
-                            "required": True,
-                            "content": {"application/json": {"schema": model.model_json_schema()}},
-                        }
-        cached = orjson.dumps(doc)
+        cached = orjson.dumps(request.app.openapi_schema.to_schema(), default=_jsonable)
         request.app.state["openapi_doc"] = cached
     return Response(cached, media_type="application/json")

@@ -22,11 +22,21 @@ from api.broker import BROKER_WAIT_S, bounded
 from api.commands import run_command
 from api.controllers.events import parse_time
 from api.pagination import decode_cursor, list_body, parse_limit
+from api.respond import documented, respond
 from api.state import ApiState
 from connectors.marketplace import CATALOGUE_FILE
 from ledger.store import RECEIPT_EQ_FILTERS
 from schemas.errors import ErrorCode, FibricError
-from schemas.plan import PUBLIC_PLAN_STATUS, ActionRecord, Plan, Receipt
+from schemas.objects import ListOf
+from schemas.plan import (
+    PUBLIC_PLAN_STATUS,
+    ActionObject,
+    ActionRecord,
+    Plan,
+    PlanObject,
+    Receipt,
+    ReceiptObject,
+)
 
 _ID = {p: re.compile(rf"^{p}_[0-9A-Z]{{26}}$") for p in ("pl", "act", "rc", "exp", "op", "ev")}
 # The documented plan statuses (spec §2.8), the only ones `status` returns and filters on.
@@ -58,10 +68,6 @@ class UndoBody(BaseModel):
     """An undo takes no parameters: the body is empty or ``{}``; anything else is a 400."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _json(data: Any, status: int = 200) -> Response[bytes]:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def _check_id(prefix: str, value: str, what: str) -> None:
@@ -178,7 +184,8 @@ def action_public(
 ) -> dict[str, Any]:
     """The action object (spec §2.8 ``actions[]``, §2.9): the stored action with its latest
     disposition, plus ``connector``, ``verdict.tier``, ``reversible``, ``receipt_id`` and
-    ``disposed_at``."""
+    ``disposed_at``, and ``undone_at`` (when its undo applied: pass the undo's receipts too,
+    :func:`undo_receipts`)."""
     mine = sorted((r for r in receipts if r.action_id == a.id), key=lambda r: (r.created_at, r.id))
     d = a.model_dump(mode="json", exclude={"tenant_id"})
     d["object"] = "action"
@@ -191,7 +198,21 @@ def action_public(
     d["receipt_ids"] = [r.id for r in mine]
     final = [r for r in mine if r.outcome in TERMINAL]
     d["disposed_at"] = _iso(final[-1].created_at) if final else None
+    undo_key = f"{a.idempotency_key}:undo"
+    undone = [
+        r.created_at for r in receipts if r.outcome == "undone" and r.idempotency_key == undo_key
+    ]
+    d["undone_at"] = _iso(min(undone)) if undone else None
     return d
+
+
+async def undo_receipts(
+    state: ApiState, auth: AuthContext, actions: list[ActionRecord]
+) -> list[Receipt]:
+    """The receipts of the undos of ``actions`` (idempotency key ``<original>:undo``), for
+    ``undone_at``."""
+    keys = [f"{a.idempotency_key}:undo" for a in actions if a.compensating_tool and not a.undo_of]
+    return await state.store.receipts_for(auth.scope, "idempotency_key", keys)
 
 
 def plan_status_detail(plan: Plan, actions: list[dict[str, Any]]) -> str:
@@ -259,8 +280,13 @@ class PlansController(Controller):
     path = "/plans"
     tags = ["plans"]
 
-    @get("/", opt={"scope": "plans:read", "route_class": "loop_read"}, operation_id="listPlans")
-    async def list_plans(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    @get(
+        "/",
+        opt={"scope": "plans:read", "route_class": "loop_read"},
+        operation_id="listPlans",
+        **documented(),
+    )
+    async def list_plans(self, request: Request[Any, Any, Any]) -> Response[ListOf[PlanObject]]:
         """Plans newest first; filters ``status``, ``operator_id``, ``event_id``."""
         state, auth = api_state(request), auth_of(request)
         check_params(request, PLAN_FILTERS)
@@ -282,35 +308,39 @@ class PlansController(Controller):
         )
         receipts = await state.store.receipts_for(auth.scope, "plan_id", [p.id for p in page.items])
         pub = Publisher.of(state, auth)
-        return _json(
+        return respond(
+            ListOf[PlanObject],
             list_body(
                 [pub.plan(p, receipts) for p in page.items],
                 page.has_more,
                 page.last_key,
                 raw,
                 "plans",
-            )
+            ),
         )
 
     @get(
         "/{plan_id:str}",
         opt={"scope": "plans:read", "route_class": "loop_read"},
         operation_id="retrievePlan",
+        **documented(404),
     )
-    async def retrieve_plan(self, request: Request[Any, Any, Any], plan_id: str) -> Response[bytes]:
+    async def retrieve_plan(
+        self, request: Request[Any, Any, Any], plan_id: str
+    ) -> Response[PlanObject]:
         """One plan with its actions, their verdicts and outcomes."""
         state, auth = api_state(request), auth_of(request)
         plan = await find_plan(state, auth, plan_id)
         receipts = await state.store.receipts_for(auth.scope, "plan_id", [plan.id])
-        return _json(Publisher.of(state, auth).plan(plan, receipts))
+        return respond(PlanObject, Publisher.of(state, auth).plan(plan, receipts))
 
     async def _decide(
         self, request: Request[Any, Any, Any], plan_id: str, type_: str
-    ) -> Response[bytes]:
+    ) -> Response[PlanObject]:
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[PlanObject]:
             data = validate(DecisionBody, body, allow_empty=True)
             plan = await find_plan(state, auth, plan_id)
             await bounded(state.view.sync(BROKER_WAIT_S))
@@ -326,28 +356,34 @@ class PlansController(Controller):
                 state, request, auth, type_, {"plan_id": plan_id, "approver": approver}
             )
             closed = Plan.model_validate(result)
-            return _json(Publisher.of(state, auth).plan(closed, []))
+            return respond(PlanObject, Publisher.of(state, auth).plan(closed, []))
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
     @post(
         "/{plan_id:str}/approve",
-        opt={"scope": "plans:approve", "route_class": "loop_write", "body_model": DecisionBody},
+        opt={"scope": "plans:approve", "route_class": "loop_write"},
         operation_id="approvePlan",
         status_code=200,
+        **documented(404, 409, 503, body=DecisionBody, optional_body=True),
     )
-    async def approve_plan(self, request: Request[Any, Any, Any], plan_id: str) -> Response[bytes]:
+    async def approve_plan(
+        self, request: Request[Any, Any, Any], plan_id: str, data: DecisionBody | None = None
+    ) -> Response[PlanObject]:
         """Ask the executor to run a plan awaiting approval. Every action is re-vetted against
         the guardrails in force now; approval never runs a BLOCK."""
         return await self._decide(request, plan_id, "plan.approve")
 
     @post(
         "/{plan_id:str}/veto",
-        opt={"scope": "plans:approve", "route_class": "loop_write", "body_model": DecisionBody},
+        opt={"scope": "plans:approve", "route_class": "loop_write"},
         operation_id="vetoPlan",
         status_code=200,
+        **documented(404, 409, 503, body=DecisionBody, optional_body=True),
     )
-    async def veto_plan(self, request: Request[Any, Any, Any], plan_id: str) -> Response[bytes]:
+    async def veto_plan(
+        self, request: Request[Any, Any, Any], plan_id: str, data: DecisionBody | None = None
+    ) -> Response[PlanObject]:
         """Veto a plan awaiting approval: nothing in it runs; the veto is receipted."""
         return await self._decide(request, plan_id, "plan.veto")
 
@@ -356,8 +392,13 @@ class ActionsController(Controller):
     path = "/actions"
     tags = ["actions"]
 
-    @get("/", opt={"scope": "actions:read", "route_class": "loop_read"}, operation_id="listActions")
-    async def list_actions(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    @get(
+        "/",
+        opt={"scope": "actions:read", "route_class": "loop_read"},
+        operation_id="listActions",
+        **documented(),
+    )
+    async def list_actions(self, request: Request[Any, Any, Any]) -> Response[ListOf[ActionObject]]:
         """Actions newest first with their latest disposition; filters ``plan_id``,
         ``operator_id``, ``entity_key``, ``tool``."""
         state, auth = api_state(request), auth_of(request)
@@ -369,25 +410,28 @@ class ActionsController(Controller):
         receipts = await state.store.receipts_for(
             auth.scope, "action_id", [a.id for a in page.items]
         )
+        receipts += await undo_receipts(state, auth, page.items)
         pub = Publisher.of(state, auth)
-        return _json(
+        return respond(
+            ListOf[ActionObject],
             list_body(
                 [pub.action(a, receipts) for a in page.items],
                 page.has_more,
                 page.last_key,
                 raw,
                 "actions",
-            )
+            ),
         )
 
     @get(
         "/{action_id:str}",
         opt={"scope": "actions:read", "route_class": "loop_read"},
         operation_id="retrieveAction",
+        **documented(404),
     )
     async def retrieve_action(
         self, request: Request[Any, Any, Any], action_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ActionObject]:
         """One action with its verdict and receipts."""
         state, auth = api_state(request), auth_of(request)
         _check_id("act", action_id, "action")
@@ -395,21 +439,25 @@ class ActionsController(Controller):
         if action is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No action {action_id!r}.")
         receipts = await state.store.receipts_for(auth.scope, "action_id", [action_id])
-        return _json(Publisher.of(state, auth).action(action, receipts))
+        receipts += await undo_receipts(state, auth, [action])
+        return respond(ActionObject, Publisher.of(state, auth).action(action, receipts))
 
     @post(
         "/{action_id:str}/undo",
-        opt={"scope": "actions:write", "route_class": "loop_write", "body_model": UndoBody},
+        opt={"scope": "actions:write", "route_class": "loop_write"},
         operation_id="undoAction",
         status_code=202,
+        **documented(404, 409, 503, body=UndoBody, optional_body=True),
     )
-    async def undo_action(self, request: Request[Any, Any, Any], action_id: str) -> Response[bytes]:
+    async def undo_action(
+        self, request: Request[Any, Any, Any], action_id: str, data: UndoBody | None = None
+    ) -> Response[ActionObject]:
         """Undo an applied action with its tool's compensating tool. The undo is itself a
         governed action (policy, single-flight, idempotency key ``<original>:undo``)."""
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[ActionObject]:
             validate(UndoBody, body, allow_empty=True)
             _check_id("act", action_id, "action")
             action = await state.store.get_action(auth.scope, action_id)
@@ -430,7 +478,7 @@ class ActionsController(Controller):
                 state, request, auth, "action.undo", {"action": action.model_dump(mode="json")}
             )
             undo = ActionRecord.model_validate(result)
-            return _json(Publisher.of(state, auth).action(undo, []), 202)
+            return respond(ActionObject, Publisher.of(state, auth).action(undo, []), 202)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -463,8 +511,11 @@ class ReceiptsController(Controller):
         "/",
         opt={"scope": "receipts:read", "route_class": "receipts_read"},
         operation_id="listReceipts",
+        **documented(),
     )
-    async def list_receipts(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_receipts(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ListOf[ReceiptObject]]:
         """Receipts newest first; filters ``operator_id``, ``outcome``, ``decision``,
         ``entity_key``, ``correlation_id``, ``plan_id``, ``action_id``, ``event_id``,
         ``since``/``until``."""
@@ -487,23 +538,24 @@ class ReceiptsController(Controller):
             body = await produce()
         else:
             body = await state.reads.read(auth.scope.tenant_id, "receipts", key, produce)
-        return Response(body, media_type="application/json")
+        return respond(ListOf[ReceiptObject], body)
 
     @get(
         "/{receipt_id:str}",
         opt={"scope": "receipts:read", "route_class": "receipts_read"},
         operation_id="retrieveReceipt",
+        **documented(404),
     )
     async def retrieve_receipt(
         self, request: Request[Any, Any, Any], receipt_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ReceiptObject]:
         """One receipt."""
         state, auth = api_state(request), auth_of(request)
         _check_id("rc", receipt_id, "receipt")
         rc = await state.store.get_receipt(auth.scope, receipt_id)
         if rc is None:
             raise FibricError(ErrorCode.NOT_FOUND, f"No receipt {receipt_id!r}.")
-        return _json(Publisher.of(state, auth).receipt(rc))
+        return respond(ReceiptObject, Publisher.of(state, auth).receipt(rc))
 
 
 def now_iso() -> str:

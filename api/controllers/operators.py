@@ -15,9 +15,11 @@ from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.respond import documented, respond
 from api.state import ApiState
 from schemas.envelope import EventEnvelope
 from schemas.errors import ErrorCode, FibricError
+from schemas.objects import ListOf, OperatorObject, OperatorPaused, OperatorResumed
 from schemas.operator import (
     CAPABILITY_RE,
     Operator,
@@ -71,10 +73,6 @@ async def replay_catch_up(
     return len(events)
 
 
-def _json(data: Any, status: int = 200) -> Response[bytes]:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 def find_operator(state: ApiState, auth: AuthContext, operator_id: str) -> Operator:
     op = state.view.operators.get(operator_id)
     if op is None or op.tenant_id != auth.tenant.id or op.livemode != auth.key.livemode:
@@ -90,8 +88,11 @@ class OperatorsController(Controller):
         "/",
         opt={"scope": "operators:read", "route_class": "config_read"},
         operation_id="listOperators",
+        **documented(),
     )
-    async def list_operators(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_operators(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ListOf[OperatorObject]]:
         """List operators newest first; filters ``status`` and ``capability``."""
         state, auth = api_state(request), auth_of(request)
         limit = parse_limit(request.query_params.get("limit"))
@@ -116,29 +117,31 @@ class OperatorsController(Controller):
             and (capability is None or capability in o.capabilities)
         ]
         page, more, last = paginate(ops, lambda o: (o.created_at, o.id), limit, after)
-        return _json(list_body([o.public() for o in page], more, last, raw))
+        return respond(
+            ListOf[OperatorObject], list_body([o.public() for o in page], more, last, raw)
+        )
 
     @post(
         "/",
-        opt={
-            "scope": "operators:write",
-            "route_class": "config_write",
-            "body_model": OperatorCreate,
-        },
+        opt={"scope": "operators:write", "route_class": "config_write"},
         operation_id="createOperator",
         status_code=201,
+        **documented(409, 422, 503, body=OperatorCreate),
     )
-    async def create_operator(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def create_operator(
+        self, request: Request[Any, Any, Any], data: OperatorCreate | None = None
+    ) -> Response[OperatorObject]:
         """Register a named operator with its capabilities, outcome and guardrails."""
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[OperatorObject]:
             data = validate(OperatorCreate, body)
             args = {"operator": data.model_dump(mode="json", exclude_unset=False)}
             if "guardrails" not in data.model_fields_set:
                 args["operator"]["guardrails"] = []
-            return _json(await run_command(state, request, auth, "operator.create", args), 201)
+            created = await run_command(state, request, auth, "operator.create", args)
+            return respond(OperatorObject, created, 201)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
@@ -146,75 +149,81 @@ class OperatorsController(Controller):
         "/{operator_id:str}",
         opt={"scope": "operators:read", "route_class": "config_read"},
         operation_id="retrieveOperator",
+        **documented(404),
     )
     async def retrieve_operator(
         self, request: Request[Any, Any, Any], operator_id: str
-    ) -> Response[bytes]:
+    ) -> Response[OperatorObject]:
         """Retrieve the full operator, guardrails and last run included."""
-        return _json(find_operator(api_state(request), auth_of(request), operator_id).public())
+        op = find_operator(api_state(request), auth_of(request), operator_id)
+        return respond(OperatorObject, op.public())
 
     @patch(
         "/{operator_id:str}",
-        opt={
-            "scope": "operators:write",
-            "route_class": "config_write",
-            "body_model": OperatorUpdate,
-        },
+        opt={"scope": "operators:write", "route_class": "config_write"},
         operation_id="updateOperator",
+        **documented(404, 409, 422, 503, body=OperatorUpdate),
     )
     async def update_operator(
-        self, request: Request[Any, Any, Any], operator_id: str
-    ) -> Response[bytes]:
+        self,
+        request: Request[Any, Any, Any],
+        operator_id: str,
+        data: OperatorUpdate | None = None,
+    ) -> Response[OperatorObject]:
         """Update the fields sent; guardrails are replaced whole; name is immutable."""
         state, auth = api_state(request), auth_of(request)
         find_operator(state, auth, operator_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[OperatorObject]:
             data = validate(OperatorUpdate, body)
             changes = data.model_dump(mode="json", include=data.model_fields_set)
             args = {"operator_id": operator_id, "changes": changes}
-            return _json(await run_command(state, request, auth, "operator.update", args))
+            updated = await run_command(state, request, auth, "operator.update", args)
+            return respond(OperatorObject, updated)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
     @post(
         "/{operator_id:str}/pause",
-        opt={"scope": "operators:write", "route_class": "config_write", "body_model": PauseBody},
+        opt={"scope": "operators:write", "route_class": "config_write"},
         operation_id="pauseOperator",
         status_code=200,
+        **documented(404, 409, 503, body=PauseBody, optional_body=True),
     )
     async def pause_operator(
-        self, request: Request[Any, Any, Any], operator_id: str
-    ) -> Response[bytes]:
+        self, request: Request[Any, Any, Any], operator_id: str, data: PauseBody | None = None
+    ) -> Response[OperatorPaused]:
         """Pause: stop reasoning and proposing (events keep ingesting). Idempotent."""
         state, auth = api_state(request), auth_of(request)
         find_operator(state, auth, operator_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[OperatorPaused]:
             data = validate(PauseBody, body, allow_empty=True)
             args = {"operator_id": operator_id, "reason": data.reason}
-            return _json(await run_command(state, request, auth, "operator.pause", args))
+            paused = await run_command(state, request, auth, "operator.pause", args)
+            return respond(OperatorPaused, paused)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
     @post(
         "/{operator_id:str}/resume",
-        opt={"scope": "operators:write", "route_class": "config_write", "body_model": ResumeBody},
+        opt={"scope": "operators:write", "route_class": "config_write"},
         operation_id="resumeOperator",
         status_code=200,
+        **documented(404, 409, 503, body=ResumeBody, optional_body=True),
     )
     async def resume_operator(
-        self, request: Request[Any, Any, Any], operator_id: str
-    ) -> Response[bytes]:
+        self, request: Request[Any, Any, Any], operator_id: str, data: ResumeBody | None = None
+    ) -> Response[OperatorResumed]:
         """Resume a paused operator; with ``catch_up`` it reasons over the events that arrived
         while it was paused, oldest first, and the response counts them."""
         state, auth = api_state(request), auth_of(request)
         op = find_operator(state, auth, operator_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[OperatorResumed]:
             data = validate(ResumeBody, body, allow_empty=True)
             count = 0
             if data.catch_up and op.status == "paused" and op.paused_at is not None:
@@ -228,6 +237,6 @@ class OperatorsController(Controller):
                 result["catch_up_events"] = replayed
             if result.get("catch_up_window") is None:
                 result.pop("catch_up_window", None)
-            return _json(result)
+            return respond(OperatorResumed, result)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
