@@ -273,7 +273,11 @@ ApiKeyObject = derive(
     "ApiKeyObject",
     ApiKey,
     exclude=("secret_hash",),
-    fields={"livemode": (bool, ...)},
+    fields={
+        "livemode": (bool, ...),
+        # null when created from explicit scopes (spec §2.12)
+        "role": (Literal["read_only", "ingest", "operate", "admin"] | None, None),
+    },
     doc='``object: "api_key"`` (spec §2.12): never the secret or its hash.',
 )
 ApiKeyCreated = derive(

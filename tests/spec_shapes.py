@@ -1,6 +1,8 @@
-"""The documented object tables of ../shared/reference/fibric-spec.md §2.8 (execution_plan),
-§2.9 (action) and §2.11 (receipt), transcribed field by field, and one checker used by the unit
-tests (against the response models and the builders) and the e2e tests (against the running api).
+"""The documented object tables of ../shared/reference/fibric-spec.md §2 (event §2.2, operator
+§2.3, connector §2.4, execution_plan §2.8, action §2.9, receipt §2.11, api_key §2.12, export
+§2.14, list §2.15, error §2.16) and seed 001's connector_test, transcribed field by field, and
+one checker used by the unit tests (against the response models and the builders) and the e2e
+tests (against the running api).
 
 A type is a tuple of JSON kinds: "string", "integer", "number", "boolean", "object", "array",
 "null", "rfc3339" (a string in RFC 3339 UTC). ``enum`` lists the documented values: a returned
@@ -67,7 +69,7 @@ EXECUTION_PLAN = {
 
 # §2.9: "id act_, the PlannedAction fields, verdict", and the (inferred) fields we return:
 # object, plan_id, operator_id, outcome (the receipt outcome enum), reversible, receipt_id,
-# disposed_at, undo_of. (`undone_at` is not returned yet.)
+# disposed_at, undone_at, undo_of.
 RECEIPT_OUTCOMES = ("applied", "refused", "deduplicated", "failed")
 ACTION = {
     **PLAN_ACTION,
@@ -78,6 +80,7 @@ ACTION = {
     "reversible": Field(("boolean",)),
     "receipt_id": Field(N),
     "disposed_at": Field(("rfc3339", "null")),
+    "undone_at": Field(("rfc3339", "null")),
     "undo_of": Field(N),
 }
 
@@ -102,6 +105,129 @@ RECEIPT = {
     "at": Field(("rfc3339",)),
 }
 
+# ---- the other objects (spec §2.2–2.4, §2.12, §2.14–2.16, seed 001) -------------------------------
+# §2.2: the kernel envelope's fields verbatim plus id/object and ingest metadata (created_at).
+EVENT = {
+    "id": Field(S, prefix="ev_"),
+    "object": Field(S, const="event"),
+    "reseller_id": Field(N),
+    "tenant_id": Field(S),
+    "workspace_id": Field(N),
+    "source": Field(S),
+    "event_type": Field(S),
+    "correlation_id": Field(S),
+    "payload": Field(("object",)),
+    "agent_id": Field(N),
+    "session_id": Field(N),
+    "created_at": Field(("rfc3339",)),
+}
+
+# §2.3 (last_run's count names are the spec's inferred ones).
+LAST_RUN = {
+    "run_id": Field(S),
+    "events_sensed": Field(("integer",)),
+    "actions_proposed": Field(("integer",)),
+    "actions_applied": Field(("integer",)),
+    "at": Field(("rfc3339",)),
+}
+GUARDRAIL = {
+    "connector": Field(S, optional=True),
+    "tool": Field(S, optional=True),
+    "max_value": Field(("number",), optional=True),
+    "decision": Field(S, ("ALLOW", "ALERT"), exact=True),
+}
+OPERATOR = {
+    "id": Field(S, prefix="op_"),
+    "object": Field(S, const="operator"),
+    "name": Field(S),
+    "status": Field(S, ("active", "paused", "draft"), exact=True),
+    "outcome": Field(S),
+    "capabilities": Field(("array",)),
+    "guardrails": Field(("array",)),
+    "model": Field(S),
+    "schedule": Field(N),
+    "created_at": Field(("rfc3339",)),
+    "last_run": Field(("object", "null")),
+}
+
+# §2.4 (status: the recommended union with `degraded`; auth types: the SDK union).
+CONNECTOR_TOOL = {"name": Field(S), "side_effect": Field(("boolean",))}
+CONNECTOR_AUTH = {
+    "type": Field(S, ("api_key", "oauth2", "basic", "aws_iam", "mtls", "none")),
+    "hint": Field(S),
+}
+CONNECTOR = {
+    "id": Field(S, prefix="cn_"),
+    "object": Field(S, const="connector"),
+    "listing": Field(S),
+    "name": Field(S),
+    "kind": Field(S, ("saas", "hardware"), exact=True),
+    "transport": Field(S, const="mcp"),
+    "capabilities": Field(("array",)),
+    "tools": Field(("array",)),
+    "auth": Field(("object",)),
+    "status": Field(S, ("connected", "degraded", "pending_auth", "error")),
+    "installed_at": Field(("rfc3339",)),
+    "last_synced_at": Field(("rfc3339", "null")),
+}
+# seed 001's connection-test response
+CONNECTOR_TEST_RESULT = {
+    "tool": Field(S),
+    "mode": Field(S, ("live", "dry_run"), exact=True),
+    "ok": Field(("boolean",)),
+    "latency_ms": Field(("integer",)),
+}
+CONNECTOR_TEST = {
+    "object": Field(S, const="connector_test"),
+    "connector_id": Field(S, prefix="cn_"),
+    "status": Field(S, ("passed", "failed"), exact=True),
+    "results": Field(("array",)),
+    "tested_at": Field(("rfc3339",)),
+}
+
+# §2.12
+API_KEY = {
+    "id": Field(S, prefix="key_"),
+    "object": Field(S, const="api_key"),
+    "name": Field(S),
+    "mode": Field(S, ("live", "test"), exact=True),
+    "role": Field(N, ("read_only", "ingest", "operate", "admin"), exact=True),
+    "scopes": Field(("array",)),
+    "workspace_id": Field(N),
+    "hint": Field(S),
+    "status": Field(S, ("active", "revoked"), exact=True),
+    "last_used_at": Field(("rfc3339", "null")),
+    "created_at": Field(("rfc3339",)),
+}
+
+# §2.14 (an inferred design; `url` is null until the job is complete)
+EXPORT = {
+    "id": Field(S, prefix="exp_"),
+    "object": Field(S, const="receipt_export"),
+    "status": Field(S, ("pending", "running", "complete", "failed"), exact=True),
+    "filters": Field(("object",)),
+    "format": Field(S, ("jsonl", "csv")),
+    "url": Field(N),
+    "expires_at": Field(("rfc3339",)),
+    "created_at": Field(("rfc3339",)),
+}
+
+# §2.15, §2.16
+LIST = {
+    "object": Field(S, const="list"),
+    "data": Field(("array",)),
+    "has_more": Field(("boolean",)),
+    "next_cursor": Field(N, prefix="cur_"),
+}
+ERROR_BODY = {
+    "type": Field(S),
+    "code": Field(S),
+    "message": Field(S),
+    "doc_url": Field(S),
+    "request_id": Field(S, prefix="req_"),
+}
+ERROR = {"error": Field(("object",))}
+
 # Deliberate deviations (docs/decisions.md §26): a receipt of a plan refused as a
 # whole names no action, connector, tool, entity or idempotency key; a disposition no API request
 # caused (an event published to Kafka, an expiry) has no request_id; an action bound to no
@@ -115,12 +241,26 @@ NULLABLE = {
     ("receipt", "request_id"),
     ("action", "connector"),
     ("plan_action", "connector"),
+    # decisions §29: a guardrail's matchers are omitted when unset (the model also takes null);
+    # a key created by the CLI without --name has none; an oauth2 connector awaiting its
+    # authorization has no credential to hint at.
+    ("guardrail", "connector"),
+    ("guardrail", "tool"),
+    ("guardrail", "max_value"),
+    ("api_key", "name"),
+    ("connector_auth", "hint"),
 }
 NESTED = {
     ("execution_plan", "actions"): ("plan_action", PLAN_ACTION),
     ("plan_action", "verdict"): ("plan_verdict", PLAN_VERDICT),
     ("action", "verdict"): ("plan_verdict", PLAN_VERDICT),
     ("receipt", "verdict"): ("receipt_verdict", RECEIPT_VERDICT),
+    ("operator", "last_run"): ("last_run", LAST_RUN),
+    ("operator", "guardrails"): ("guardrail", GUARDRAIL),
+    ("connector", "tools"): ("connector_tool", CONNECTOR_TOOL),
+    ("connector", "auth"): ("connector_auth", CONNECTOR_AUTH),
+    ("connector_test", "results"): ("connector_test_result", CONNECTOR_TEST_RESULT),
+    ("error", "error"): ("error_body", ERROR_BODY),
 }
 TABLES = {
     "execution_plan": EXECUTION_PLAN,
@@ -129,6 +269,20 @@ TABLES = {
     "plan_action": PLAN_ACTION,
     "plan_verdict": PLAN_VERDICT,
     "receipt_verdict": RECEIPT_VERDICT,
+    "event": EVENT,
+    "operator": OPERATOR,
+    "last_run": LAST_RUN,
+    "guardrail": GUARDRAIL,
+    "connector": CONNECTOR,
+    "connector_tool": CONNECTOR_TOOL,
+    "connector_auth": CONNECTOR_AUTH,
+    "connector_test": CONNECTOR_TEST,
+    "connector_test_result": CONNECTOR_TEST_RESULT,
+    "api_key": API_KEY,
+    "export": EXPORT,
+    "list": LIST,
+    "error": ERROR,
+    "error_body": ERROR_BODY,
 }
 
 
@@ -180,7 +334,7 @@ def problems(obj: dict[str, Any], name: str, where: str = "") -> list[str]:
         if f.enum is not None and f.exact and v is not None and v not in f.enum:
             out.append(f"{where}.{field}: {v!r} not in the documented {f.enum}")
         sub = NESTED.get((name, field))
-        if sub is not None:
+        if sub is not None and v is not None:
             items = v if isinstance(v, list) else [v]
             for i, item in enumerate(items):
                 out += problems(item, sub[0], f"{where}.{field}[{i}]")

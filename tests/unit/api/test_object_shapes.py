@@ -28,7 +28,23 @@ from api.controllers.loop import (
 )
 from api.pagination import decode_cursor, encode_cursor
 from connectors.marketplace import load_catalogue
-from schemas.errors import FibricError
+from schemas.config import ApiKey
+from schemas.connector import Connector
+from schemas.envelope import Event
+from schemas.errors import ErrorCode, FibricError
+from schemas.objects import (
+    ApiKeyCreated,
+    ApiKeyObject,
+    ConnectorObject,
+    ConnectorSummary,
+    ConnectorTestObject,
+    ErrorEnvelope,
+    EventObject,
+    ExportObject,
+    ListOf,
+    OperatorObject,
+)
+from schemas.operator import Guardrail, LastRun, Operator
 from schemas.plan import (
     PUBLIC_PLAN_STATUS,
     ActionObject,
@@ -81,23 +97,45 @@ def _json_types(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[set[str],
     return kinds, enum
 
 
-MODELS = {
+MODELS: dict[str, Any] = {
     "execution_plan": PlanObject,
     "action": ActionObject,
     "receipt": ReceiptObject,
+    "event": EventObject,
+    "operator": OperatorObject,
+    "connector": ConnectorObject,
+    "connector_test": ConnectorTestObject,
+    "api_key": ApiKeyObject,
+    "export": ExportObject,
+    "list": ListOf[ReceiptObject],
+    "error": ErrorEnvelope,
 }
+
+
+def _object_schema(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The object schema a field holds: through ``$ref``, array ``items`` and nullable unions."""
+    if "$ref" in schema:
+        return _object_schema(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+    if schema.get("type") == "array":
+        return _object_schema(schema["items"], defs)
+    for sub in schema.get("anyOf", []):
+        if sub.get("type") != "null":
+            return _object_schema(sub, defs)
+    return schema
 
 
 def _model_schema(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if name in MODELS:
         s = MODELS[name].model_json_schema(mode="serialization")
         return s["properties"], s.get("$defs", {})
-    parent = {"plan_action": "execution_plan", "plan_verdict": "action"}.get(name, "receipt")
+    parent, field = next(k for k, (sub, _) in NESTED.items() if sub == name)
     props, defs = _model_schema(parent)
-    key = "actions" if name == "plan_action" else "verdict"
-    ref = props[key]["items"] if key == "actions" else props[key]
-    sub = defs[ref["$ref"].rsplit("/", 1)[1]]
-    return sub["properties"], defs
+    return _object_schema(props[field], defs)["properties"], defs
+
+
+def test_every_table_has_a_model() -> None:
+    nested = {sub for sub, _ in NESTED.values()}
+    assert set(TABLES) == set(MODELS) | nested
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -382,3 +420,150 @@ def test_the_tier_comes_from_the_actions_connector_listing() -> None:
     gone = Publisher(None, {})  # connector uninstalled since: the tool name decides
     assert action_public(write, [], gone)["verdict"]["tier"] == 3
     assert receipt_public(_receipt(_action()), gone)["verdict"]["tier"] == 1
+
+
+# ---- the other objects: the stored models' public forms are the response models ----------------
+def test_event_object() -> None:
+    ev = Event(
+        id="ev_01J0000000000000000000000A",
+        tenant_id="t_01J0000000000000000000000A",
+        livemode=False,
+        source="magento",
+        event_type="order.updated",
+        correlation_id="co_01J0000000000000000000000A",
+        payload={"increment_id": "SO-10884"},
+        created_at=T0,
+    )
+    out = orjson.loads(orjson.dumps({**ev.model_dump(mode="json"), "plan_ids": []}))
+    EventObject.model_validate(out)
+    assert problems(out, "event") == []
+
+
+def _operator(**kw: Any) -> Operator:
+    base: dict[str, Any] = {
+        "id": "op_01J0000000000000000000000A",
+        "tenant_id": "t_01J0000000000000000000000A",
+        "livemode": False,
+        "name": "order-risk",
+        "status": "active",
+        "outcome": "Hold risky orders.",
+        "capabilities": ["order.hold"],
+        "guardrails": [Guardrail(tool="order.hold", max_value=500, decision="ALLOW")],
+        "triggers": ["order.**"],
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return Operator(**{**base, **kw})
+
+
+def test_operator_object_with_and_without_a_last_run() -> None:
+    for op in (
+        _operator(),
+        _operator(last_run=LastRun(run_id="run_1", sensed=3, proposed=2, applied=1, at=T0)),
+    ):
+        out = op.public()
+        OperatorObject.model_validate(out)
+        assert problems(out, "operator") == []
+        assert not set(out) & {"tenant_id", "deleted", "pause_reason"}
+    last = _operator(last_run=LastRun(run_id="r", sensed=3, proposed=2, applied=1, at=T0))
+    lr = last.public()["last_run"]
+    assert (lr["events_sensed"], lr["actions_proposed"], lr["actions_applied"]) == (3, 2, 1)
+    assert (lr["sensed"], lr["proposed"], lr["applied"]) == (3, 2, 1)  # ours, kept
+
+
+def _connector(**kw: Any) -> Connector:
+    base: dict[str, Any] = {
+        "id": "cn_01J0000000000000000000000A",
+        "tenant_id": "t_01J0000000000000000000000A",
+        "livemode": False,
+        "listing": "cn-magento",
+        "name": "magento-us-store",
+        "kind": "saas",
+        "capabilities": ["order.read", "order.hold"],
+        "tools": [
+            {"name": "order.read", "side_effect": False, "capability": "order.read"},
+            {"name": "order.hold", "side_effect": True, "compensating_tool": "order.release"},
+        ],
+        "auth": {"type": "api_key", "hint": "mg_****41"},
+        "config": {"base_url": "https://shop.example"},
+        "status": "connected",
+        "remote_url": "https://mcp.example/secret-path",
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return Connector(**{**base, **kw})
+
+
+def test_connector_object_and_summary() -> None:
+    cn = _connector()
+    out = cn.public()
+    ConnectorObject.model_validate(out)
+    assert problems(out, "connector") == []
+    assert out["installed_at"] == "2026-06-14T09:02:11Z" and "remote_url" not in out
+    assert out["tools"] == [
+        {"name": "order.read", "side_effect": False},
+        {"name": "order.hold", "side_effect": True},
+    ]
+    ConnectorSummary.model_validate(cn.summary())
+    pending = _connector(status="pending_auth", authorize_url="https://auth.example/?state=x")
+    ConnectorObject.model_validate(pending.public())
+    with pytest.raises(ValueError):  # a field the model does not declare is drift
+        ConnectorObject.model_validate({**out, "remote_url": "https://x"})
+
+
+def test_connector_test_object_from_seed_001() -> None:
+    seed = {
+        "object": "connector_test",
+        "connector_id": "cn_7d2f4a",
+        "status": "passed",
+        "results": [
+            {"tool": "order.read", "mode": "live", "ok": True, "latency_ms": 184},
+            {"tool": "order.hold", "mode": "dry_run", "ok": True, "latency_ms": 211},
+        ],
+        "tested_at": "2026-07-02T15:22:31Z",
+    }
+    ConnectorTestObject.model_validate(seed)
+    assert problems(seed, "connector_test") == []
+
+
+def test_api_key_object_and_created_key() -> None:
+    key = ApiKey(
+        id="key_01J0000000000000000000000A",
+        tenant_id="t_01J0000000000000000000000A",
+        name="ci",
+        mode="test",
+        role="read_only",
+        scopes=["events:read"],
+        hint="sk_test_…a2c9",
+        secret_hash="x" * 64,
+        created_at=T0,
+    )
+    out = key.public()
+    ApiKeyObject.model_validate(out)
+    assert problems(out, "api_key") == [] and "secret_hash" not in out
+    ApiKeyCreated.model_validate({**out, "secret": "sk_test_" + "a" * 32})
+    with pytest.raises(ValueError):
+        ApiKeyObject.model_validate({**out, "secret_hash": "x"})
+
+
+def test_export_object_list_and_error_envelopes() -> None:
+    job = {
+        "id": "exp_01J0000000000000000000000A",
+        "object": "receipt_export",
+        "status": "running",
+        "format": "jsonl",
+        "filters": {"operator_id": "op_1"},
+        "created_at": "2026-06-14T09:02:11Z",
+        "expires_at": "2026-06-15T09:02:11Z",
+        "row_count": None,
+        "url": None,
+    }
+    ExportObject.model_validate(job)
+    assert problems(job, "export") == []
+    page = {"object": "list", "data": [], "has_more": False, "next_cursor": None}
+    ListOf[ReceiptObject].model_validate(page)
+    assert problems(page, "list") == []
+    err = FibricError(ErrorCode.INVALID_PARAMETER, "limit must be…", param="limit")
+    envelope = err.envelope("req_01J0000000000000000000000A")
+    ErrorEnvelope.model_validate(envelope)
+    assert problems(envelope, "error") == []
