@@ -224,7 +224,8 @@ def _ref(name: str) -> Reference:
 @dataclass
 class FibricOperation(Operation):
     """Every documented response carries ``Request-Id`` and ``Fibric-Version``; an
-    authenticated operation's, the ``X-RateLimit-*`` headers; 429 and 503 ``Retry-After``."""
+    authenticated operation's (but its 401 and 415), the ``X-RateLimit-*`` headers; 429 and 503
+    ``Retry-After``."""
 
     def __post_init__(self) -> None:
         for status, response in (self.responses or {}).items():
@@ -232,7 +233,9 @@ class FibricOperation(Operation):
                 continue
             headers: dict[str, Any] = dict(response.headers or {})
             names = list(HEADERS)
-            if "401" in (self.responses or {}):  # an authenticated (/v1) operation
+            # an authenticated (/v1) operation, once the key is known (a 401 has no tenant to
+            # count against; a 415 is refused before authentication)
+            if "401" in (self.responses or {}) and status not in ("401", "415"):
                 names += list(RATE_HEADERS)
             if status in ("429", "503"):
                 names.append("Retry-After")
