@@ -97,7 +97,11 @@ class _EndpointQueue:
         self.client: Any = None
         self.client_url: str | None = None
 
-    def add(self, d: Delivery) -> bool:
+    def add(self, d: Delivery, refill: bool = False) -> bool:
+        """Queue ``d`` (stored already). While older deliveries wait in ClickHouse (overflow),
+        a new one waits there too, behind them: only a refill reads them back, in order."""
+        if self.overflow and not refill and d.id not in self.ids:
+            return False
         lane = self.lanes.setdefault(d.lane, [])
         if d.id in self.ids:
             for i, old in enumerate(lane):
@@ -157,14 +161,17 @@ class WebhookDispatcher:
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        pending = await self.store.pending_deliveries()
-        for d in pending:
-            self._enqueue(d)
-            q = self.queues[d.endpoint_id]
-            if d.attempts and (q.failing_since is None or d.window_start < q.failing_since):
-                q.failing_since = d.window_start  # failing since at least then (approximate)
-        if pending:
-            log.info("webhooks: %d pending deliveries restored", len(pending))
+        restored = 0
+        for endpoint_id in list(self.view.webhooks):
+            # one more than fits: the queue then knows more are waiting (overflow)
+            for d in await self.store.pending_deliveries(endpoint_id, MAX_QUEUED + 1):
+                self._enqueue(d, refill=True)
+                restored += 1
+                q = self.queues[d.endpoint_id]
+                if d.attempts and (q.failing_since is None or d.window_start < q.failing_since):
+                    q.failing_since = d.window_start  # failing since at least then (approximate)
+        if restored:
+            log.info("webhooks: %d pending deliveries restored", restored)
         self._flusher = asyncio.create_task(self._flush_loop(), name="webhook-flush")
 
     async def stop(self) -> None:
@@ -351,11 +358,11 @@ class WebhookDispatcher:
             emit(scope, "connector.status_changed", key, cn.id, rec.at, cn.public())
 
     # ---- 3. queues -------------------------------------------------------------------------
-    def _enqueue(self, d: Delivery) -> None:
+    def _enqueue(self, d: Delivery, refill: bool = False) -> None:
         q = self.queues.get(d.endpoint_id)
         if q is None:
             q = self.queues[d.endpoint_id] = _EndpointQueue(d.endpoint_id)
-        q.add(d)
+        q.add(d, refill)
         if q.task is None or q.task.done():
             q.task = asyncio.create_task(self._run_endpoint(q), name=f"webhook-{q.endpoint_id}")
 
@@ -378,8 +385,9 @@ class WebhookDispatcher:
     async def _refill(self, q: _EndpointQueue) -> None:
         await self.flush()  # what finished must not be read back as pending
         q.overflow = False
-        for d in await self.store.pending_deliveries(q.endpoint_id, MAX_QUEUED):
-            q.add(d)
+        # one more than fits: its add() marks the queue overflowing again if more are waiting
+        for d in await self.store.pending_deliveries(q.endpoint_id, MAX_QUEUED + 1):
+            q.add(d, refill=True)
 
     # ---- 4. sending ------------------------------------------------------------------------
     async def _run_endpoint(self, q: _EndpointQueue) -> None:
