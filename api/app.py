@@ -21,9 +21,15 @@ from api.controllers.exports import ExportsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
+from api.controllers.streams import (
+    EventStreamController,
+    LoopStreamController,
+    PlanStreamController,
+)
 from api.controllers.webhooks import WebhooksController
 from api.deliveries import WebhookDispatcher
 from api.errors import handle_exception
+from api.hub import StreamHub
 from api.idempotency import Idempotency
 from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
@@ -88,6 +94,14 @@ def create_app(settings: Settings) -> Litestar:
         sink.listeners.append(pending.confirm)
         reads = ReadCache(settings.read_cache_ttl_s)
         sink.on_insert.append(reads.invalidate)
+        # Live streams: the hub gets every row the sink has just stored (decisions §33).
+        hub = StreamHub(
+            settings.stream_ring_size,
+            settings.stream_queue_max,
+            settings.stream_max_per_tenant,
+            settings.stream_max_lag_s,
+        )
+        sink.on_rows.append(hub.publish)
         box = SecretBox(settings.load_secret_key())
         # Webhook deliveries are derived from each stored batch before its commit (decisions
         # §32); pending ones are read back from ClickHouse first, so a restart loses none.
@@ -116,6 +130,7 @@ def create_app(settings: Settings) -> Litestar:
             reads=reads,
         )
         app.state["fibric"].extra["webhooks"] = webhooks
+        app.state["fibric"].extra["hub"] = hub
         try:
             yield
         finally:
@@ -126,6 +141,7 @@ def create_app(settings: Settings) -> Litestar:
             #    and the sink has stored what they produced (bounded) — the embedded broker
             #    keeps nothing, so a row not in ClickHouse now would be lost;
             # 3. stop the consumers, the producer and the store.
+            hub.close_all()  # open streams end with a "shutting down" frame
             await producer.flush()
             if not await sink.drain():
                 log.warning("stopping with ledger records not yet stored (drain timed out)")
@@ -140,13 +156,16 @@ def create_app(settings: Settings) -> Litestar:
     v1 = Router(
         path="/v1",
         route_handlers=[
+            EventStreamController,
             EventsController,
             DeadLettersController,
             OperatorsController,
             ConnectorsController,
             MarketplaceController,
+            PlanStreamController,
             PlansController,
             ActionsController,
+            LoopStreamController,
             ReceiptsController,
             ExportsController,
             ApiKeysController,

@@ -88,6 +88,10 @@ class LedgerSink:
         # Called after each insert with the table and the tenants whose rows it held (read caches
         # drop what those rows make stale).
         self.on_insert: list[Callable[[str, set[str]], None]] = []
+        # Called after each insert with the table and the rows it just stored (each row once:
+        # not those a replay found already stored) — the live streams' hub (api/hub.py). Must
+        # be synchronous and never wait.
+        self.on_rows: list[Callable[[str, list[Any]], None]] = []
         # Awaited after a batch is stored and before its offsets are committed (step 4b), with
         # every decoded row by kind — stored now or already (a replay) — so what they derive
         # (webhook deliveries) survives a crash between insert and commit. Must be idempotent;
@@ -299,6 +303,8 @@ class LedgerSink:
                     tenants = {o.tenant_id for o in new}
                     for hook in self.on_insert:
                         hook(table, tenants)
+                    for rows_hook in self.on_rows:
+                        rows_hook(table, new)
                 self.inserted["duplicates"] += len(have)
                 self.inserted[table] = self.inserted.get(table, 0) + len(new)
 

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     VALIDATION_FAILED = "validation_failed"
     RATE_LIMITED = "rate_limited"
+    # a live stream whose client did not keep up was ended (its last frame; decisions §33)
+    SLOW_CONSUMER = "slow_consumer"
     CAPABILITY_UNBOUND = "capability_unbound"
     LISTING_EARLY_ACCESS = "listing_early_access"
     AUTH_FAILED = "auth_failed"
@@ -75,6 +77,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.VALIDATION_FAILED: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SLOW_CONSUMER: 429,
     ErrorCode.CAPABILITY_UNBOUND: 422,
     ErrorCode.LISTING_EARLY_ACCESS: 422,
     ErrorCode.AUTH_FAILED: 422,

@@ -79,6 +79,29 @@ class Settings(BaseSettings):
     # Attempts in flight at once per endpoint (different lanes only; a lane is sequential).
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
 
+    # Live streams (api/hub.py, api/controllers/streams.py, decisions §33). A stream with no
+    # frame for this long gets a ``: keep-alive`` comment (proxies drop connections idle for
+    # 30-60 s; 15 s stays well inside that).
+    stream_keepalive_s: float = Field(default=15.0, gt=0.0, le=300.0)
+    # A stream is a slow consumer, and dropped, when more than ``stream_queue_max`` rows wait
+    # for it and the oldest has waited over ``stream_max_lag_s`` (the sink stores in bursts of
+    # up to thousands of rows, which a client that keeps up drains in milliseconds), or when ten
+    # times that many wait at all (the memory bound: references, never the sink's time).
+    stream_queue_max: int = Field(default=2_000, ge=1, le=1_000_000)
+    stream_max_lag_s: float = Field(default=2.0, gt=0.0, le=300.0)
+    # A frame the client's socket does not take within this long ends the stream (its TCP
+    # window has been full that long: it is not reading).
+    stream_send_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    # Concurrent streams one tenant may hold on one api process (429 beyond it).
+    stream_max_per_tenant: int = Field(default=100, ge=1, le=100_000)
+    # Recent rows kept in memory so a reconnecting stream resumes exactly from its cursor; older
+    # positions are served from ClickHouse by key. 20k rows is seconds of peak load, minutes of
+    # ordinary traffic, and ~20 MB.
+    stream_ring_size: int = Field(default=20_000, ge=1, le=10_000_000)
+    # At most this many stored events are replayed to a stream that starts from a cursor (more
+    # than that is a backfill for GET /v1/events paging, not a live stream).
+    stream_backfill_max: int = Field(default=100_000, ge=1, le=10_000_000)
+
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str) -> str:
