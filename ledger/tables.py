@@ -114,8 +114,14 @@ TABLES: dict[str, TableSpec] = {
             _by_id,
             from_row=receipt_from_row,
         ),
-        # Written by the api's webhook dispatcher (api/deliveries.py), not from a topic: no
-        # LedgerRecord has these kinds, so the sink never decodes into them.
+    )
+}
+
+# Tables the api's webhook dispatcher (api/deliveries.py) writes itself, not the sink from a
+# topic: no LedgerRecord has these kinds. Same spec shape, so columns and codecs sit together.
+WEBHOOK_TABLES: dict[str, TableSpec] = {
+    s.kind: s
+    for s in (
         TableSpec(
             "webhook_delivery",
             "webhook_deliveries",
