@@ -58,7 +58,10 @@ def _order(obj: Any) -> tuple[Any, str, int]:
 
 
 class Subscription:
-    """One stream's view of the hub: a bounded queue of the rows it wants, in ``seq`` order."""
+    """One stream's view of the hub: a bounded queue of the rows of its tenant and mode, in
+    ``seq`` order. The hub hands over whole batches (one append per batch, whatever its size);
+    the stream's own task filters them in ``next`` — so a thousand streams cost the sink a
+    thousand appends per batch, never a filter per row per stream."""
 
     def __init__(
         self,
@@ -76,33 +79,36 @@ class Subscription:
         self.maxsize = maxsize
         self.max_lag_s = max_lag_s
         self.start_seq = hub.seq  # everything after this reaches the queue
-        self._queue: deque[tuple[float, Item]] = deque()
+        # [enqueued at, rows, index of the next row to look at]
+        self._queue: deque[list[Any]] = deque()
+        self._count = 0  # rows waiting (not yet looked at)
         self._wake = asyncio.Event()
         self.ended: str | None = None
 
-    def offer(self, item: Item) -> None:
+    def offer(self, items: list[Item], now: float) -> None:
         """Called by the hub (synchronously, from the sink's task): never waits.
 
         The sink stores in batches (up to thousands of rows at once), so a consumer that keeps
         up still sees bursts: it is slow when more than ``maxsize`` rows wait *and* the oldest
         has waited over ``max_lag_s``, or when ``HARD_FACTOR`` times ``maxsize`` wait at all
         (the memory bound)."""
-        if self.ended is not None:
+        if self.ended is not None or not items:
             return
-        now = time.monotonic()
-        n = len(self._queue)
-        if n >= self.maxsize * HARD_FACTOR or (
+        n = self._count
+        if n + len(items) > self.maxsize * HARD_FACTOR or (
             n >= self.maxsize and now - self._queue[0][0] > self.max_lag_s
         ):
             self.end(SLOW_CONSUMER)
             return
-        self._queue.append((now, item))
+        self._queue.append([now, items, 0])
+        self._count += len(items)
         self._wake.set()
 
     def end(self, reason: str) -> None:
         if self.ended is None:
             self.ended = reason
             self._queue.clear()
+            self._count = 0
             self.hub._remove(self)
             self._wake.set()
 
@@ -111,23 +117,46 @@ class Subscription:
         if self.ended is None:
             self.ended = "closed"
             self._queue.clear()
+            self._count = 0
             self.hub._remove(self)
 
-    async def next(self, timeout: float) -> Item | None:
-        """The next row, or None when ``timeout`` passed without one (time for a keep-alive)
-        or the subscription ended (check ``ended``)."""
-        if not self._queue and self.ended is None:
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                return None
-        if self._queue:
-            return self._queue.popleft()[1]
+    def _pop_wanted(self) -> Item | None:
+        while self._queue:
+            head = self._queue[0]
+            items, i = head[1], head[2]
+            while i < len(items):
+                item = items[i]
+                i += 1
+                self._count -= 1
+                try:
+                    wanted = item.table in self.tables and self.wants(item)
+                except Exception:  # noqa: BLE001 - this stream's fault ends this stream only
+                    log.exception("stream hub: a subscription's filter failed; ending it")
+                    self.end("error")
+                    return None
+                if wanted:
+                    head[2] = i
+                    if i == len(items):
+                        self._queue.popleft()
+                    return item
+            self._queue.popleft()
         return None
 
+    async def next(self, timeout: float) -> Item | None:
+        """The next row it wants, or None when ``timeout`` passed without one (time for a
+        keep-alive) or the subscription ended (check ``ended``)."""
+        item = self._pop_wanted()
+        if item is not None or self.ended is not None:
+            return item
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self._pop_wanted()
+
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._count
 
 
 class StreamHub:
@@ -157,6 +186,7 @@ class StreamHub:
             log.exception("stream hub: publishing %s rows failed", table)
 
     def _publish(self, table: str, rows: list[Any]) -> None:
+        by_scope: dict[Scope, list[Item]] = {}
         for obj in rows:
             self.seq += 1
             item = Item(self.seq, table, obj)
@@ -169,17 +199,13 @@ class StreamHub:
             scope = Scope(obj.tenant_id, obj.livemode)
             if table == "events":
                 self._event_seq[obj.id] = (item.seq, scope)
+            if scope in self._subs:
+                by_scope.setdefault(scope, []).append(item)
+        now = time.monotonic()
+        for scope, items in by_scope.items():
             for sub in tuple(self._subs.get(scope, ())):
-                if table not in sub.tables:
-                    continue
-                try:
-                    wanted = sub.wants(item)
-                except Exception:  # noqa: BLE001 - one stream's fault ends that stream only
-                    log.exception("stream hub: a subscription's filter failed; ending it")
-                    sub.end("error")
-                    continue
-                if wanted:
-                    sub.offer(item)
+                if table in sub.tables:
+                    sub.offer(items, now)
 
     # ---- the streams' side -----------------------------------------------------------------
     def subscribe(

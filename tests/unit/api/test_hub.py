@@ -53,7 +53,7 @@ def test_a_batch_is_published_in_list_order():
     hub = StreamHub(10, 100, 10)
     sub = hub.subscribe(A, ["events"], everything)
     hub.publish("events", [ev(3), ev(1), ev(2)])
-    got = [sub._queue[i][1].obj.payload["i"] for i in range(3)]
+    got = [sub._pop_wanted().obj.payload["i"] for _ in range(3)]
     assert got == [1, 2, 3]
 
 
@@ -132,9 +132,17 @@ async def test_close_all_ends_every_stream():
     assert hub.streams() == 0
 
 
+def test_publish_costs_the_sink_one_append_per_stream_per_batch():
+    hub = StreamHub(10_000, 10_000, 10_000)
+    subs = [hub.subscribe(A, ["events"], lambda item: 1 / 0) for _ in range(100)]
+    hub.publish("events", [ev(i) for i in range(1000)])  # no filter ran (they would raise)
+    assert all(len(s._queue) == 1 and len(s) == 1000 and s.ended is None for s in subs)
+
+
 def test_a_failing_filter_never_fails_the_sink():
     hub = StreamHub(10, 10, 10)
     bad = hub.subscribe(A, ["events"], lambda item: 1 / 0)
     good = hub.subscribe(A, ["events"], everything)
-    hub.publish("events", [ev(1), ev(2)])  # logged, not raised; only that stream ends
-    assert bad.ended == "error" and good.ended is None and len(good) == 2
+    hub.publish("events", [ev(1), ev(2)])  # the sink never runs a stream's filter
+    assert bad._pop_wanted() is None and bad.ended == "error"  # logged; that stream ends
+    assert good.ended is None and len(good) == 2
