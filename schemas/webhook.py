@@ -102,6 +102,8 @@ class WebhookEndpoint(BaseModel):
 class WebhookEndpointObject(BaseModel):
     """``object: "webhook_endpoint"`` (spec §2.13)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
     livemode: bool
@@ -200,6 +202,8 @@ class Attempt(BaseModel):
 
 
 class AttemptObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     attempt: int
     at: datetime
     status_code: int | None
@@ -210,6 +214,8 @@ class AttemptObject(BaseModel):
 
 class DeliveryObject(BaseModel):
     """``object: "webhook_delivery"``: the envelope that was sent plus its delivery state."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str
     object: Literal["webhook_delivery"] = "webhook_delivery"

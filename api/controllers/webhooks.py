@@ -16,17 +16,18 @@ from typing import Any, Literal
 
 import orjson
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.openapi import ResponseSpec
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.respond import documented, respond
 from api.state import ApiState
 from connectors.egress import EgressRefused, check_target_async, parse_target
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
+from schemas.objects import ListOf
 from schemas.webhook import (
     AttemptObject,
     Delivery,
@@ -47,54 +48,12 @@ _WHK = re.compile(r"^whk_[0-9A-Z]{26}$")
 _WHD = re.compile(r"^whd_[0-9A-Z]{26}$")
 
 
-# ---- response models (OpenAPI) ------------------------------------------------------------------
-class ErrorDetail(BaseModel):
-    type: str
-    code: str
-    message: str
-    doc_url: str
-    request_id: str
-    param: str | None = None
-
-
-class ErrorEnvelope(BaseModel):
-    error: ErrorDetail
-
-
-class WebhookEndpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[WebhookEndpointObject]
-    has_more: bool
-    next_cursor: str | None
-
-
-class DeliveryList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[DeliveryObject]
-    has_more: bool
-    next_cursor: str | None
-
-
 class DeletedWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
     deleted: bool
-
-
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
-    base = (400, 401, 403, 429)
-    return {
-        s: ResponseSpec(data_container=ErrorEnvelope, description="An error (the envelope).")
-        for s in (*base, *statuses)
-    }
-
-
-def _ok(model: type[BaseModel], status: int = 200, *more: int) -> dict[int, ResponseSpec]:
-    return {status: ResponseSpec(data_container=model, description="OK"), **_errors(*more)}
-
-
-def _json(data: Any, status: int = 200) -> Response[bytes]:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def find_endpoint(state: ApiState, auth: AuthContext, webhook_id: str) -> WebhookEndpoint:
@@ -142,6 +101,10 @@ def _list_params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> No
         )
 
 
+def _attempt(a: Any) -> AttemptObject:
+    return AttemptObject.model_validate(a.model_dump(include=set(AttemptObject.model_fields)))
+
+
 def delivery_public(d: Delivery, attempts: list[AttemptObject]) -> dict[str, Any]:
     return DeliveryObject(
         id=d.id,
@@ -168,9 +131,11 @@ class WebhooksController(Controller):
         "/",
         opt={"scope": "webhooks:read", "route_class": "config_read"},
         operation_id="listWebhookEndpoints",
-        responses=_ok(WebhookEndpointList),
+        **documented(),
     )
-    async def list_webhooks(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def list_webhooks(
+        self, request: Request[Any, Any, Any]
+    ) -> Response[ListOf[WebhookEndpointObject]]:
         """List this tenant's webhook endpoints (the calling key's mode), newest first; filter
         ``status`` (``active`` | ``disabled`` | ``suspended``). Never a secret."""
         state, auth = api_state(request), auth_of(request)
@@ -193,16 +158,19 @@ class WebhooksController(Controller):
             and (status is None or e.status == status)
         ]
         page, more, last = paginate(eps, lambda e: (e.created_at, e.id), limit, after)
-        return _json(list_body([e.public() for e in page], more, last, raw, "webhooks"))
+        data = list_body([e.public() for e in page], more, last, raw, "webhooks")
+        return respond(ListOf[WebhookEndpointObject], data)
 
     @post(
         "/",
-        opt={"scope": "webhooks:write", "route_class": "config_write", "body_model": WebhookCreate},
+        opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="createWebhookEndpoint",
         status_code=201,
-        responses=_ok(WebhookEndpointObject, 201, 409, 503),
+        **documented(409, 503, body=WebhookCreate),
     )
-    async def create_webhook(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def create_webhook(
+        self, request: Request[Any, Any, Any], data: WebhookCreate | None = None
+    ) -> Response[WebhookEndpointObject]:
         """Create an endpoint for ``types`` of deliveries to ``url`` (HTTPS; test-mode keys may
         use ``http://127.0.0.1``). The response carries the signing ``secret``, the only time it
         is shown."""
@@ -210,7 +178,7 @@ class WebhooksController(Controller):
         body = await read_body(request)
         fresh: dict[str, str] = {}
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[WebhookEndpointObject]:
             data = validate(WebhookCreate, body)
             await check_url(data.url, livemode=auth.key.livemode)
             secret = new_secret()
@@ -224,41 +192,44 @@ class WebhooksController(Controller):
             args = {"webhook": draft, "ciphertext": _sealed(state, [(secret, None)])}
             created = await run_command(state, request, auth, "webhook.create", args)
             fresh["secret"] = secret
-            return _json({**created, "secret": None}, 201)  # what a replay returns
+            # what a replay returns
+            return respond(WebhookEndpointObject, {**created, "secret": None}, 201)
 
         response = await state.idempotency.run(request, auth.scope, body, handle)
         if "secret" not in fresh:
             return response
-        return _json({**orjson.loads(response.content), "secret": fresh["secret"]}, 201)
+        created = {**orjson.loads(response.content), "secret": fresh["secret"]}
+        return respond(WebhookEndpointObject, created, 201)
 
     @get(
         "/{webhook_id:str}",
         opt={"scope": "webhooks:read", "route_class": "config_read"},
         operation_id="retrieveWebhookEndpoint",
-        responses=_ok(WebhookEndpointObject, 200, 404),
+        **documented(404),
     )
     async def retrieve_webhook(
         self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+    ) -> Response[WebhookEndpointObject]:
         """Retrieve one endpoint (``secret`` is null: it was shown once)."""
-        return _json(find_endpoint(api_state(request), auth_of(request), webhook_id).public())
+        ep = find_endpoint(api_state(request), auth_of(request), webhook_id)
+        return respond(WebhookEndpointObject, ep.public())
 
     @patch(
         "/{webhook_id:str}",
-        opt={"scope": "webhooks:write", "route_class": "config_write", "body_model": WebhookUpdate},
+        opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="updateWebhookEndpoint",
-        responses=_ok(WebhookEndpointObject, 200, 404, 503),
+        **documented(404, 503, body=WebhookUpdate),
     )
     async def update_webhook(
-        self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+        self, request: Request[Any, Any, Any], webhook_id: str, data: WebhookUpdate | None = None
+    ) -> Response[WebhookEndpointObject]:
         """Change ``url``, ``types``, ``description`` or ``status`` (``active`` re-enables a
         disabled or suspended endpoint and resumes its pending deliveries)."""
         state, auth = api_state(request), auth_of(request)
         find_endpoint(state, auth, webhook_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[WebhookEndpointObject]:
             data = validate(WebhookUpdate, body)
             if data.url is not None:
                 await check_url(data.url, livemode=auth.key.livemode)
@@ -267,60 +238,62 @@ class WebhooksController(Controller):
                 if k in changes and changes[k] is None:
                     raise FibricError(ErrorCode.INVALID_PARAMETER, f"{k} cannot be null.", param=k)
             args = {"webhook_id": webhook_id, "changes": changes}
-            return _json(await run_command(state, request, auth, "webhook.update", args))
+            result = await run_command(state, request, auth, "webhook.update", args)
+            return respond(WebhookEndpointObject, result)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
     async def _set(
         self, request: Request[Any, Any, Any], webhook_id: str, status: str
-    ) -> Response[bytes]:
+    ) -> Response[WebhookEndpointObject]:
         state, auth = api_state(request), auth_of(request)
         find_endpoint(state, auth, webhook_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[WebhookEndpointObject]:
             validate(EmptyBody, body, allow_empty=True)
             args = {"webhook_id": webhook_id, "changes": {"status": status}}
-            return _json(await run_command(state, request, auth, "webhook.update", args))
+            result = await run_command(state, request, auth, "webhook.update", args)
+            return respond(WebhookEndpointObject, result)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
 
     @post(
         "/{webhook_id:str}/disable",
-        opt={"scope": "webhooks:write", "route_class": "config_write", "body_model": EmptyBody},
+        opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="disableWebhookEndpoint",
         status_code=200,
-        responses=_ok(WebhookEndpointObject, 200, 404, 503),
+        **documented(404, 503, body=EmptyBody, optional_body=True),
     )
     async def disable_webhook(
-        self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+        self, request: Request[Any, Any, Any], webhook_id: str, data: EmptyBody | None = None
+    ) -> Response[WebhookEndpointObject]:
         """Stop deliveries to this endpoint (``status: disabled``); pending ones wait."""
         return await self._set(request, webhook_id, "disabled")
 
     @post(
         "/{webhook_id:str}/enable",
-        opt={"scope": "webhooks:write", "route_class": "config_write", "body_model": EmptyBody},
+        opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="enableWebhookEndpoint",
         status_code=200,
-        responses=_ok(WebhookEndpointObject, 200, 404, 503),
+        **documented(404, 503, body=EmptyBody, optional_body=True),
     )
     async def enable_webhook(
-        self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+        self, request: Request[Any, Any, Any], webhook_id: str, data: EmptyBody | None = None
+    ) -> Response[WebhookEndpointObject]:
         """Re-activate a disabled or suspended endpoint; its pending deliveries resume."""
         return await self._set(request, webhook_id, "active")
 
     @post(
         "/{webhook_id:str}/rotate_secret",
-        opt={"scope": "webhooks:write", "route_class": "config_write", "body_model": WebhookRotate},
+        opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="rotateWebhookSecret",
         status_code=200,
-        responses=_ok(WebhookEndpointObject, 200, 404, 503),
+        **documented(404, 503, body=WebhookRotate, optional_body=True),
     )
     async def rotate_secret(
-        self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+        self, request: Request[Any, Any, Any], webhook_id: str, data: WebhookRotate | None = None
+    ) -> Response[WebhookEndpointObject]:
         """A new signing secret, shown once in this response. The previous one keeps signing
         (a second ``v1=`` in ``Fibric-Signature``) for ``overlap_s`` seconds (default 24 h)."""
         state, auth = api_state(request), auth_of(request)
@@ -328,7 +301,7 @@ class WebhooksController(Controller):
         body = await read_body(request)
         fresh: dict[str, str] = {}
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[WebhookEndpointObject]:
             data = validate(WebhookRotate, body, allow_empty=True)
             now = datetime.now(UTC)
             keep: list[tuple[str, datetime | None]] = []
@@ -347,39 +320,41 @@ class WebhooksController(Controller):
             }
             rotated = await run_command(state, request, auth, "webhook.rotate", args)
             fresh["secret"] = secret
-            return _json({**rotated, "secret": None})
+            return respond(WebhookEndpointObject, {**rotated, "secret": None})
 
         response = await state.idempotency.run(request, auth.scope, body, handle)
         if "secret" not in fresh:
             return response
-        return _json({**orjson.loads(response.content), "secret": fresh["secret"]})
+        rotated = {**orjson.loads(response.content), "secret": fresh["secret"]}
+        return respond(WebhookEndpointObject, rotated)
 
     @delete(
         "/{webhook_id:str}",
         opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="deleteWebhookEndpoint",
         status_code=200,
-        responses=_ok(DeletedWebhook, 200, 404, 503),
+        **documented(404, 503),
     )
     async def delete_webhook(
         self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+    ) -> Response[DeletedWebhook]:
         """Delete an endpoint: nothing more is delivered to it and its secret is purged."""
         state, auth = api_state(request), auth_of(request)
         find_endpoint(state, auth, webhook_id)
         args = {"webhook_id": webhook_id}
-        return _json(await run_command(state, request, auth, "webhook.delete", args))
+        result = await run_command(state, request, auth, "webhook.delete", args)
+        return respond(DeletedWebhook, result)
 
     # ---- deliveries ----------------------------------------------------------------------------
     @get(
         "/{webhook_id:str}/deliveries",
         opt={"scope": "webhooks:read", "route_class": "config_read"},
         operation_id="listWebhookDeliveries",
-        responses=_ok(DeliveryList, 200, 404),
+        **documented(404),
     )
     async def list_deliveries(
         self, request: Request[Any, Any, Any], webhook_id: str
-    ) -> Response[bytes]:
+    ) -> Response[ListOf[DeliveryObject]]:
         """This endpoint's deliveries, newest first, each with its attempts (status code,
         latency, response excerpt); filter ``status`` (``pending`` | ``succeeded`` |
         ``failed``)."""
@@ -400,9 +375,10 @@ class WebhooksController(Controller):
         attempts = await state.store.attempts_for(auth.scope, [d.id for d in page.items])
         by: dict[str, list[AttemptObject]] = {}
         for a in attempts:
-            by.setdefault(a.delivery_id, []).append(AttemptObject(**a.model_dump()))
+            by.setdefault(a.delivery_id, []).append(_attempt(a))
         data = [delivery_public(d, by.get(d.id, [])) for d in page.items]
-        return _json(list_body(data, page.has_more, page.last_key, raw, "webhook_deliveries"))
+        body = list_body(data, page.has_more, page.last_key, raw, "webhook_deliveries")
+        return respond(ListOf[DeliveryObject], body)
 
     async def _delivery(
         self, state: ApiState, auth: AuthContext, ep: WebhookEndpoint, delivery_id: str
@@ -420,35 +396,40 @@ class WebhooksController(Controller):
         "/{webhook_id:str}/deliveries/{delivery_id:str}",
         opt={"scope": "webhooks:read", "route_class": "config_read"},
         operation_id="retrieveWebhookDelivery",
-        responses=_ok(DeliveryObject, 200, 404),
+        **documented(404),
     )
     async def retrieve_delivery(
         self, request: Request[Any, Any, Any], webhook_id: str, delivery_id: str
-    ) -> Response[bytes]:
+    ) -> Response[DeliveryObject]:
         """One delivery with its attempts and the envelope that was sent."""
         state, auth = api_state(request), auth_of(request)
         ep = find_endpoint(state, auth, webhook_id)
         d = await self._delivery(state, auth, ep, delivery_id)
         attempts = await state.store.attempts_for(auth.scope, [d.id])
-        return _json(delivery_public(d, [AttemptObject(**a.model_dump()) for a in attempts]))
+        objs = [_attempt(a) for a in attempts]
+        return respond(DeliveryObject, delivery_public(d, objs))
 
     @post(
         "/{webhook_id:str}/deliveries/{delivery_id:str}/retry",
-        opt={"scope": "webhooks:write", "route_class": "config_write", "body_model": EmptyBody},
+        opt={"scope": "webhooks:write", "route_class": "config_write"},
         operation_id="retryWebhookDelivery",
         status_code=202,
-        responses=_ok(DeliveryObject, 202, 404, 409),
+        **documented(404, 409, 503, body=EmptyBody, optional_body=True),
     )
     async def retry_delivery(
-        self, request: Request[Any, Any, Any], webhook_id: str, delivery_id: str
-    ) -> Response[bytes]:
+        self,
+        request: Request[Any, Any, Any],
+        webhook_id: str,
+        delivery_id: str,
+        data: EmptyBody | None = None,
+    ) -> Response[DeliveryObject]:
         """Send a delivery again now, under the same delivery id and with the same body (a
         fresh retry window). The endpoint must be active (409 ``state_conflict`` otherwise)."""
         state, auth = api_state(request), auth_of(request)
         ep = find_endpoint(state, auth, webhook_id)
         body = await read_body(request)
 
-        async def handle() -> Response[bytes]:
+        async def handle() -> Response[DeliveryObject]:
             validate(EmptyBody, body, allow_empty=True)
             d = await self._delivery(state, auth, ep, delivery_id)
             if ep.status != "active":
@@ -461,7 +442,7 @@ class WebhooksController(Controller):
                 raise FibricError(ErrorCode.SERVICE_UNAVAILABLE, "Deliveries are not running.")
             again = await dispatcher.retry(d)
             attempts = await state.store.attempts_for(auth.scope, [d.id])
-            objs = [AttemptObject(**a.model_dump()) for a in attempts]
-            return _json(delivery_public(again, objs), 202)
+            objs = [_attempt(a) for a in attempts]
+            return respond(DeliveryObject, delivery_public(again, objs), 202)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
