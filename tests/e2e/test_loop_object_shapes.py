@@ -1,5 +1,6 @@
 """Plans, actions, receipts and receipt exports have the documented shape (spec §2.8, §2.9,
-§2.11), through the running stack: events → rules model → cn-magento → the fake Magento."""
+§2.11), and so do events, operators, connectors, API keys, lists and errors, through the
+running stack: events → rules model → cn-magento → the fake Magento."""
 
 from __future__ import annotations
 
@@ -171,3 +172,54 @@ def test_plans_actions_receipts_and_exports_have_the_documented_shape(stack, fak
     assert pt.column_names == header and pt.num_rows == len(by_id)
     first = pt.to_pylist()[0]
     assert first["verdict"]["tier"] == by_id[first["id"]]["verdict"]["tier"]
+
+
+def test_the_other_objects_and_undone_at_through_the_running_api(stack, fake):  # noqa: F811
+    """Event, operator, connector, api_key, export, list and error objects read from the api
+    match the spec tables; an undone action reads ``undone_at`` once its undo applied."""
+    loop = Loop(
+        stack,
+        fake,
+        [{"when": "order.created", "then": [HOLD]}],
+        [
+            {"tool": "order.hold", "decision": "ALLOW", "max_value": 500},
+            {"tool": "order.release", "decision": "ALLOW"},  # the undo is governed too
+        ],
+    )
+    fake.add_order(7)
+    ev = loop.post("order.created", order_id="7", total=10)
+    assert problems(ev, "event") == []
+    assert problems(loop.c.get(f"/v1/events/{ev['id']}").json(), "event") == []
+    page = loop.c.get("/v1/events", params={"limit": 1}).json()
+    assert problems(page, "list") == [] and all(problems(e, "event") == [] for e in page["data"])
+    op = loop.c.get(f"/v1/operators/{loop.op['id']}").json()
+    assert problems(op, "operator") == []
+    cn = loop.c.get(f"/v1/connectors/{loop.cn['id']}").json()
+    assert problems(cn, "connector") == [] and cn["installed_at"] == cn["created_at"]
+    keys = loop.c.get("/v1/api_keys").json()
+    assert keys["data"] and all(problems(k, "api_key") == [] for k in keys["data"])
+    job = loop.c.post("/v1/receipts/exports", json={"format": "csv"}).json()
+    assert problems(job, "export") == []
+    err = assert_error(loop.c.post("/v1/receipts/exports"), 400, "missing_parameter")
+    assert problems({"error": err}, "error") == []
+
+    # undo the applied hold: the original reads undone_at once the undo's receipt is written
+    hold = wait_for(
+        lambda: (p := loop.plan_for(ev["id"]))["actions"][0]["outcome"] == "applied"
+        and p["actions"][0],
+        timeout=30,
+    )
+    assert hold["reversible"] is True and hold["undone_at"] is None
+    r = loop.c.post(f"/v1/actions/{hold['id']}/undo")
+    assert r.status_code == 202, r.text
+    undo = r.json()
+    assert undo["undo_of"] == hold["id"] and problems(undo, "action") == []
+    undone = wait_for(
+        lambda: (a := loop.c.get(f"/v1/actions/{hold['id']}").json())["undone_at"] and a,
+        timeout=30,
+    )
+    assert RFC3339.match(undone["undone_at"]) and undone["undone_at"] >= hold["disposed_at"]
+    listed = _all(loop, "/v1/actions", plan_id=hold["plan_id"])
+    assert next(a for a in listed if a["id"] == hold["id"])["undone_at"] == undone["undone_at"]
+    plan = loop.c.get(f"/v1/plans/{hold['plan_id']}").json()
+    assert plan["actions"][0]["undone_at"] == undone["undone_at"]
