@@ -20,6 +20,7 @@ from schemas.config import (
     LAST_USED_RESOLUTION_S,
     SLUG_RE,
     ApiKey,
+    ConfigKind,
     ConfigRecord,
     Tenant,
     expand_scopes,
@@ -87,7 +88,7 @@ def decide(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory) -
 
 def _record(
     cmd: Command,
-    kind: str,
+    kind: ConfigKind,
     tenant_id: str,
     data: dict[str, Any],
     version: int,
@@ -100,7 +101,7 @@ def _record(
         kind=kind,
         tenant_id=tenant_id,
         version=version,
-        data=data,  # type: ignore[arg-type]
+        data=data,
         actor=cmd.actor,
         note=note or cmd.type,
         request_id=cmd.request_id,
@@ -109,7 +110,12 @@ def _record(
 
 
 def _save(
-    cmd: Command, kind: str, obj: Any, now: datetime, new_id: IdFactory, note: str | None = None
+    cmd: Command,
+    kind: ConfigKind,
+    obj: Any,
+    now: datetime,
+    new_id: IdFactory,
+    note: str | None = None,
 ) -> ConfigRecord:
     """The config record of ``obj``'s new state, at ``obj``'s own version."""
     return _record(

@@ -92,7 +92,8 @@ def admit(
         return _refuse(raw, at, "invalid_json", f"value is not JSON: {exc}")
     if not isinstance(doc, dict):
         return _refuse(raw, at, "invalid_envelope", "envelope must be a JSON object")
-    claimed_tenant = doc.get("tenant_id") if isinstance(doc.get("tenant_id"), str) else ""
+    tenant_field = doc.get("tenant_id")
+    claimed_tenant = tenant_field if isinstance(tenant_field, str) else ""
     livemode = doc.get("livemode") is True
     known = bool(claimed_tenant) and tenant_exists(claimed_tenant)
     tenant_for_record = claimed_tenant if known else ""

@@ -226,7 +226,7 @@ def _pinned_transport(
     """A transport of ``lib`` (httpx or httpx2) that only sends to ``target``'s origin and
     connects to a checked address (TLS still verifies, and SNI names, the host)."""
 
-    class PinnedTransport(lib.AsyncBaseTransport):  # type: ignore[name-defined,misc]
+    class PinnedTransport(lib.AsyncBaseTransport):  # type: ignore[name-defined]
         def __init__(self) -> None:
             self._checked: CheckedTarget | None = None
             self._checked_until = 0.0

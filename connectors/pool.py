@@ -50,6 +50,7 @@ from mcp_types import (
     EmptyResult,
     PingRequest,
     RequestParams,
+    TextContent,
 )
 from mcp_types import Tool as MCPTool
 
@@ -852,7 +853,7 @@ class ConnectorRuntime:
             return _fail(
                 ConnectorErrorCode.CONNECTOR_CRASHED, f"transport error: {type(exc).__name__}", t0
             )
-        texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+        texts = [c.text for c in result.content if isinstance(c, TextContent)]
         payload = result_payload(result.structured_content, texts)
         if result.is_error:
             code, message, status = classify_tool_error(payload)

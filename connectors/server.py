@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -41,7 +42,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -81,7 +82,7 @@ BATCH_MAX_CALLS = 256
 DEFAULT_BATCH_CONCURRENCY = 1
 
 # MCPServer logs every tool failure at INFO on stderr; warnings are enough for a connector.
-SERVER_LOG_LEVEL = "WARNING"
+SERVER_LOG_LEVEL: Final = "WARNING"
 
 log = logging.getLogger("fibric.connector")
 
@@ -513,7 +514,7 @@ class FibricServer:
         async def run_plain(i: int, entry: _Entry, kwargs: dict[str, Any]) -> None:
             results[i] = (await self._run_plain(entry, kwargs)).item()
 
-        await self._each([lambda a=args: run_plain(*a) for args in plain])
+        await self._each([functools.partial(run_plain, *args) for args in plain])
         for effects in rounds:
             await self._run_round(effects, results)
         structured = {"results": results}
@@ -552,7 +553,7 @@ class FibricServer:
                 results[eff.index] = outcome.item()
 
             try:
-                await self._each([lambda e=e: attempt(e) for e in effects])
+                await self._each([functools.partial(attempt, e) for e in effects])
             except BaseException:
                 # cancelled mid-batch: what ended is recorded, what started is an unknown outcome
                 records = [(e.key, *ends.get(e.key, (Finish.UNKNOWN, None))) for e in started]

@@ -847,7 +847,7 @@ class LedgerStore:
             "ORDER BY created_at LIMIT 1",
             {"t": scope.tenant_id, "m": scope.livemode, "r": route, "k": key, "nb": not_before},
         )
-        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+        return tuple(rows[0]) if rows else None
 
     # ---- webhook deliveries (api/deliveries.py) ---------------------------------------------
     async def new_deliveries(self, deliveries: list[Delivery]) -> list[Delivery]:

@@ -136,14 +136,18 @@ class ApiKeyCreate(BaseModel):
     workspace_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+# what a config record holds (ConfigRecord.kind)
+ConfigKind = Literal[
+    "tenant", "api_key", "operator", "connector", "vault", "pending_plan", "webhook_endpoint"
+]
+
+
 class ConfigRecord(BaseModel):
     """One change in the config log. ``kind`` names the object type, ``data`` its full new state."""
 
     schema_version: int = SCHEMA_VERSION
     id: str  # cfg_… unique per change; the ledger deduplicates on it
-    kind: Literal[
-        "tenant", "api_key", "operator", "connector", "vault", "pending_plan", "webhook_endpoint"
-    ]
+    kind: ConfigKind
     tenant_id: str
     version: int = 1
     data: dict[str, Any]

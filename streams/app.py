@@ -72,11 +72,14 @@ SCHEDULE_SCAN_S = 30.0
 FETCH_MAX_WAIT_MS = 20
 
 
+_PATCHED: set[type] = set()  # consumer thread classes whose factory is patched (once each)
+
+
 def _patch_faust_fetch_wait() -> None:
     from faust.transport.drivers import aiokafka as faust_aiokafka
 
     thread_cls = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(thread_cls, "_fibric_patched", False):
+    if thread_cls in _PATCHED:
         return
     original = thread_cls._create_worker_consumer
 
@@ -85,8 +88,9 @@ def _patch_faust_fetch_wait() -> None:
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the fetcher at start()
         return consumer
 
-    thread_cls._create_worker_consumer = create
-    thread_cls._fibric_patched = True
+    # a monkeypatch of Faust's consumer factory is the point here (no hook for fetch_max_wait)
+    thread_cls._create_worker_consumer = create  # type: ignore[method-assign]
+    _PATCHED.add(thread_cls)
 
 
 def default_worker_id() -> str:
@@ -121,11 +125,14 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     )
     state = WorkerState(settings, worker_id)
     app.fibric_state = state  # type: ignore[attr-defined]
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(EVENTS, **raw)
-    commands_topic = app.topic(COMMANDS, **raw)
-    actions_topic = app.topic(ACTIONS, **raw)
-    offers_topic = app.topic(OFFERS, **raw)
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    events_topic = raw_topic(EVENTS)
+    commands_topic = raw_topic(COMMANDS)
+    actions_topic = raw_topic(ACTIONS)
+    offers_topic = raw_topic(OFFERS)
 
     @app.task
     async def start_state() -> None:
@@ -155,23 +162,24 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
         for ev in batch:
             await apply_command(state, ev.message.value)
 
+    # (faust-streaming's StreamT protocol lacks take_events, which Stream has: hence the ignores)
     @app.agent(events_topic)
     async def ingest_events(stream: faust.StreamT) -> None:
         await state.ready.wait()
-        async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN_S):
+        async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN_S):  # type: ignore[attr-defined]
             await guarded("ingest", state.health, batch, ingest, dead_letter)
 
     @app.agent(offers_topic)
     async def reason_offers(stream: faust.StreamT) -> None:
         """External models: plan each offer; offers of one partition are reasoned concurrently."""
         await state.ready.wait()
-        async for batch in stream.take_events(OFFERS_BATCH, within=INGEST_WITHIN_S):
+        async for batch in stream.take_events(OFFERS_BATCH, within=INGEST_WITHIN_S):  # type: ignore[attr-defined]
             await guarded("reason", state.health, batch, reason, dead_letter)
 
     @app.agent(actions_topic)
     async def execute_actions(stream: faust.StreamT) -> None:
         await state.ready.wait()
-        async for batch in stream.take_events(EXECUTE_BATCH, within=EXECUTE_WITHIN_S):
+        async for batch in stream.take_events(EXECUTE_BATCH, within=EXECUTE_WITHIN_S):  # type: ignore[attr-defined]
             await guarded("execute", state.health, batch, execute, dead_letter)
 
     @app.agent(commands_topic)
@@ -182,7 +190,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
             await guarded("control", state.health, [ev], command, dead_letter)
 
     @app.on_partitions_revoked.connect
-    async def _revoked(app: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
+    async def _revoked(app: Any, /, *args: Any, **kwargs: Any) -> None:  # noqa: ARG001
         if state.executor is not None:
             state.executor.forget_partitions()
 
@@ -198,7 +206,9 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
             recorded["member_id"] = current
 
     @app.on_partitions_assigned.connect
-    async def _assigned(app: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
+    async def _assigned(app: Any, /, *args: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        # mode's handler type is (sender, *args, signal=..., **kwargs); Faust sends one argument
+        (assigned,) = args
         note_member_id()
         # announce the new assignment now (readiness, /readyz) rather than at the next beat
         beat_task = asyncio.ensure_future(send_heartbeat())
@@ -291,7 +301,7 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
                 )
 
     @app.on_after_configured.connect
-    def _quiet(app: Any, **kwargs: Any) -> None:  # noqa: ARG001
+    def _quiet(app: Any, /, *args: Any, **kwargs: Any) -> None:  # noqa: ARG001
         # aiokafka's per-fetch debug records cost ~5% of the worker's CPU when enabled
         for name in ("faust", "aiokafka", "mode"):
             logging.getLogger(name).setLevel(logging.WARNING)

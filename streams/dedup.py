@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
@@ -27,7 +28,8 @@ class DedupStore:
         if not keys:
             return set()
         now = time.time() if now is None else now
-        found = self._db.get([k.encode() for k in keys])
+        # a list key returns a list (rocksdict's stub says Any | None for every form)
+        found = cast("list[bytes | None]", self._db.get([k.encode() for k in keys]))
         out = set()
         for k, v in zip(keys, found, strict=True):
             if v is not None and now - float(v.decode()) < RETENTION_S:

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
 import orjson
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
@@ -80,7 +81,8 @@ class ExecStateStore:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        found = self._db.get([_state_key(p, k) for p, k in wanted])
+        # a list key returns a list (rocksdict's stub says Any | None for every form)
+        found = cast("list[bytes | None]", self._db.get([_state_key(p, k) for p, k in wanted]))
         return {
             k: KeyState.from_json(orjson.loads(v))
             for (_, k), v in zip(wanted, found, strict=True)

@@ -37,7 +37,6 @@ from aiokafka.errors import KafkaConnectionError
 
 from agents.executor import (
     CallResult,
-    Decision,
     Dispose,
     Invoke,
     KeyState,
@@ -388,14 +387,16 @@ class Executor:
 
     async def _dispose(
         self, a: ActionRecord, partition: int, key: str, prior: KeyState | None
-    ) -> Decision:
+    ) -> Dispose | Reemit:
         now = datetime.now(UTC)
         d = decide(a, prior, now, reinvoke_safe=self.reinvoke_safe(a.connector_id))
         if not isinstance(d, Invoke):
             return d
         problem = await self.ensure_connector(a.connector_id or "")
         if problem:
-            return decide(a, prior, now, connector_problem=problem)
+            refused = decide(a, prior, now, connector_problem=problem)
+            assert not isinstance(refused, Invoke)  # a connector problem never invokes
+            return refused
         # 4. intent durable before the tool is called
         if d.intent is not None:
             await self.intents.write(partition, key, d.intent)

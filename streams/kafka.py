@@ -90,7 +90,7 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
         "max_batch_size": 1024 * 1024,
     }
     opts.update(overrides)
-    return AIOKafkaProducer(**opts)  # type: ignore[arg-type]
+    return AIOKafkaProducer(**opts)
 
 
 def partition_for(key: str, partitions: int) -> int:

@@ -49,6 +49,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -212,6 +213,10 @@ def parse_search_criteria(query: list[tuple[str, str]]) -> dict[str, Any] | None
     return out
 
 
+def _sort_key(fld: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda o: _cmp_value(o.get(fld))
+
+
 def _cmp_value(x: Any) -> Any:
     try:
         return float(x)
@@ -252,10 +257,7 @@ def search_orders(orders: list[dict[str, Any]], criteria: dict[str, Any]) -> dic
         )
     ]
     for s in reversed(criteria.get("sort_orders", [])):
-        hits.sort(
-            key=lambda o, fld=s["field"]: _cmp_value(o.get(fld)),
-            reverse=str(s["direction"]).upper() == "DESC",
-        )
+        hits.sort(key=_sort_key(s["field"]), reverse=str(s["direction"]).upper() == "DESC")
     total = len(hits)
     size = criteria.get("page_size")
     if size:
@@ -642,8 +644,8 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.match(r"^/__fake__/orders/(\d+)$", path)
         if method == "GET" and m:
             with fake.lock:
-                order = fake.orders.get(int(m[1]))
-                return self._send(200 if order else 404, copy.deepcopy(order))
+                found = fake.orders.get(int(m[1]))
+                return self._send(200 if found else 404, copy.deepcopy(found))
         self._send(404, {"message": "unknown fake control route"})
 
 

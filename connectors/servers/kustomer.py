@@ -59,7 +59,7 @@ def build(env: ConnectorEnv) -> FibricServer:
     token = credential_secret(env.credentials)
     valid_url = isinstance(base_url, str) and base_url.startswith(("http://", "https://"))
     http = Upstream(
-        base_url if valid_url else "http://invalid.invalid",
+        str(base_url) if valid_url else "http://invalid.invalid",
         {"Authorization": f"Bearer {token}"} if token else {},
         livemode=env.livemode,
     )
