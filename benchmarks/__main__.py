@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
 
-    doc = {
+    doc: dict[str, Any] = {
         "meta": {
             **meta0,
             "loadavg_at_end": round(os.getloadavg()[0], 2),

@@ -75,7 +75,7 @@ def _us_per_match(p: str, event_type: str, *, cached: bool = False) -> float:
 
 def run_globs() -> dict[str, Any]:
     t0 = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in range(1, MAX_SEGMENTS + 1):
         mixed, wide = pattern(n), all_many(n)
         shaped = shaped_for(mixed)

@@ -134,7 +134,7 @@ def build(args: argparse.Namespace) -> faust.App:
                 tmp.rename(result)
 
     @app.on_after_configured.connect
-    def _quiet(app: faust.App, **kwargs: object) -> None:  # noqa: ARG001
+    def _quiet(app: faust.App, /, *args: object, **kwargs: object) -> None:  # noqa: ARG001
         logging.getLogger("faust").setLevel(logging.WARNING)
 
     return app

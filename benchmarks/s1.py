@@ -197,7 +197,7 @@ def run_s1(
         stack.create_tenant()
     prof = None
     if profile and Profiler.available():
-        roles = {k: stack.pids[k] for k in ("worker", "api") if k in stack.pids}
+        roles: dict[str, int] = {k: stack.pids[k] for k in ("worker", "api") if k in stack.pids}
         prof = Profiler(workdir / "profiles", roles, "S1")
     result = asyncio.run(_measure(stack, n, warmup, prof))
     result["stack_start_s"] = round(stack.started_s, 1)
