@@ -205,16 +205,15 @@ class WebhookDispatcher:
         subs = self._subscriptions()
         if not subs:
             return
-        deliveries = await self.derive(by_kind, subs)
-        if not deliveries:
-            return
         for attempt in range(INSERT_ATTEMPTS):
             try:
+                # derive reads ClickHouse for some types; both steps are safe to repeat
+                deliveries = await self.derive(by_kind, subs)
                 new = await self.store.new_deliveries(deliveries)
                 break
-            except Exception:  # noqa: BLE001 - retried, then logged with what was not stored
+            except Exception:  # noqa: BLE001 - retried, then logged: the batch's are lost
                 if attempt == INSERT_ATTEMPTS - 1:
-                    log.exception("webhooks: %d deliveries could not be stored", len(deliveries))
+                    log.exception("webhooks: a batch's deliveries could not be stored")
                     return
                 await asyncio.sleep(0.2 * (attempt + 1))
         self.stats["created"] += len(new)
@@ -398,6 +397,8 @@ class WebhookDispatcher:
                 return
             if not q.ids and q.overflow:
                 await self._refill(q)
+            if not q.ids and not q.busy and not q.overflow:
+                return  # idle: _enqueue starts the task again (no await since the check)
             wait = IDLE_RECHECK_S
             if ep.status == "active":
                 now = self.clock()

@@ -354,3 +354,39 @@ def test_kill_9_of_the_api_mid_retry_loses_no_delivery(hooks, receiver):
         return ds if len(ds) == 5 and all(d["status"] == "succeeded" for d in ds) else None
 
     assert wait_for(all_succeeded, timeout=60)
+
+
+def test_a_held_plan_is_announced_for_approval_and_its_veto_disposes_it(hooks, receiver):
+    tenant = new_tenant(hooks, f"whalert-{uuid.uuid4().hex[:6]}")
+    c = client(hooks, tenant.keys["admin"])
+    install_sandbox(c)
+    create_operator(
+        c,
+        "careful",
+        ["order.hold"],
+        [{"tool": "order.hold", "decision": "ALERT"}],
+        [{"when": "order.created", "then": [HOLD]}],
+    )
+    types = ["plan.proposed", "plan.awaiting_approval", "action.needs_approval", "plan.disposed"]
+    r = c.post("/v1/webhooks", json={"url": f"{receiver.url}/alert", "types": types})
+    assert r.status_code == 201, r.text
+    ep = r.json()
+    c.post(
+        "/v1/events",
+        json={"source": "shop", "event_type": "order.created", "payload": {"order_id": "SO-9"}},
+    )
+    wait_for(lambda: len(receiver.at("/alert")) >= 3, timeout=60)
+    by_type = {b["type"]: b for b in receiver.bodies("/alert")}
+    assert [b["type"] for b in receiver.bodies("/alert")][:3] == types[:3]  # in order
+    held = by_type["plan.awaiting_approval"]["data"]
+    assert held["status"] == "proposed" and held == by_type["plan.proposed"]["data"]
+    action = by_type["action.needs_approval"]["data"]
+    assert action["object"] == "action" and action["plan_id"] == held["id"]
+    assert action["verdict"]["decision"] == "ALERT"
+    r = c.post(f"/v1/plans/{held['id']}/veto", json={"approver": "ops@example.com"})
+    assert r.status_code == 200, r.text
+    wait_for(lambda: any(b["type"] == "plan.disposed" for b in receiver.bodies("/alert")), 60)
+    disposed = next(b for b in receiver.bodies("/alert") if b["type"] == "plan.disposed")
+    assert disposed["data"]["id"] == held["id"] and disposed["data"]["status"] == "vetoed"
+    for req in receiver.at("/alert"):
+        assert verify(ep["secret"], req["body"], req["headers"]["Fibric-Signature"])

@@ -264,3 +264,46 @@ async def test_sustained_failures_suspend_the_endpoint_and_pause_it(store, recei
     view.webhooks[ep.id] = ep  # re-enabled
     await until(lambda: d.stats["succeeded"] == 1)
     await d.stop()
+
+
+async def test_a_connector_status_change_is_delivered_as_the_connector_object(store, receiver):
+    from schemas.config import ConfigRecord
+    from schemas.connector import Connector
+
+    view = View()
+    ep = endpoint(view, f"{receiver.url}/cn", types=("connector.status_changed",))
+    d = dispatcher(store, view)
+    await d.start()
+    cn = Connector(
+        id=new_id("cn"),
+        tenant_id="t_1",
+        livemode=False,
+        listing="cn-sandbox-orders",
+        name="sandbox",
+        kind="saas",
+        capabilities=["order.hold"],
+        tools=[],
+        auth={"type": "api_key", "hint": "san****ox"},
+        config={},
+        status="error",
+        status_detail="upstream refused the key",
+        created_at=T0,
+        updated_at=T0,
+        version=2,
+    )
+
+    def record(note: str) -> ConfigRecord:
+        data = cn.model_dump(mode="json")
+        return ConfigRecord(
+            id=new_id("cfg"), kind="connector", tenant_id="t_1", data=data, note=note, at=T0
+        )
+
+    installed, changed = record("connector.install"), record("connector.set_status: error")
+    await d.on_batch({"config": {installed.id: installed, changed.id: changed}})
+    (req,) = await until(lambda: receiver.at("/cn"))
+    body = json.loads(req["body"])
+    assert body["type"] == "connector.status_changed" and body["webhook_id"] == ep.id
+    assert body["data"] == cn.public() and body["data"]["status"] == "error"
+    await until(lambda: d.stats["succeeded"] == 1)
+    assert d.stats["created"] == 1  # the install is not a status change
+    await d.stop()
