@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,7 +110,26 @@ def start_store() -> tuple[subprocess.Popen[bytes], str]:
     raise CliError("the demo store did not start")
 
 
-def populate(settings: Settings, store_url: str) -> dict[str, Any]:
+# What the demo's webhook endpoint hears: the plans held for a person, and their actions.
+DEMO_WEBHOOK_TYPES = ["plan.awaiting_approval", "action.needs_approval"]
+
+
+def start_receiver(settings: Settings) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """The demo's webhook receiver (fibric/demo_receiver.py); it prints to this terminal."""
+    port = _free_port()
+    secret_file = settings.ensure_home() / "demo-webhook.secret"
+    secret_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fibric.demo_receiver", "--port", str(port)]
+        + ["--secret-file", str(secret_file)],
+        process_group=0,
+    )
+    return proc, f"http://127.0.0.1:{port}/fibric-webhooks", secret_file
+
+
+def populate(
+    settings: Settings, store_url: str, receiver: tuple[str, Path] | None = None
+) -> dict[str, Any]:
     async def tenant_and_key() -> str:
         async with Admin(settings) as admin:
             if admin.view.resolve_tenant(DEMO_TENANT) is None:
@@ -140,6 +160,13 @@ def populate(settings: Settings, store_url: str) -> dict[str, Any]:
         op = c.post("/v1/operators", json=ORDER_RISK)
         if op.status_code not in (201, 409):
             raise CliError(f"demo: creating order-risk failed: {op.text[:200]}")
+        if receiver is not None:
+            url, secret_file = receiver
+            hook = c.post("/v1/webhooks", json={"url": url, "types": DEMO_WEBHOOK_TYPES})
+            if hook.status_code != 201:
+                raise CliError(f"demo: creating the webhook endpoint failed: {hook.text[:200]}")
+            secret_file.write_text(hook.json()["secret"])
+            secret_file.chmod(0o600)
         held: list[int] = []
         for _ in range(DEMO_EVENTS):
             order = 100 + rng.randint(1, DEMO_ORDERS)
@@ -196,6 +223,7 @@ def populate(settings: Settings, store_url: str) -> dict[str, Any]:
         "outcomes": outcomes,
         "awaiting_approval": [p["id"] for p in proposed],
         "store": store_url,
+        "webhook": receiver[0] if receiver else None,
     }
 
 
@@ -207,6 +235,11 @@ def summary(result: dict[str, Any], base_url: str) -> str:
         f"fibric: try:  export FIBRIC_KEY={result['key']}",
         f'fibric:       curl -s {base_url}/v1/receipts?limit=5 -H "Authorization: Bearer $FIBRIC_KEY"',
     ]
+    if result.get("webhook"):
+        lines.append(
+            f"fibric: webhooks: held plans are delivered, signed, to {result['webhook']}; "
+            "each prints as 'fibric: webhook …'"
+        )
     if result["awaiting_approval"]:
         pid = result["awaiting_approval"][0]
         lines.append(

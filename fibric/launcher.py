@@ -140,6 +140,8 @@ class Stack:
             FIBRIC_PARTITIONS=str(self.settings.partitions),
             FIBRIC_SECRET_KEY=self.settings.load_secret_key(),
         )
+        if self.broker is not None:  # we started the memory-only broker: the api drains
+            env["FIBRIC_KAFKA_MEMORY_ONLY"] = "1"
         env.update(extra)
         return env
 
@@ -351,11 +353,14 @@ def up(settings: Settings, workers: int = 1, demo: bool = False) -> int:
                 flush=True,
             )
         if demo and not stack._stop:
-            from fibric.demo import populate, start_store, summary
+            from fibric.demo import populate, start_receiver, start_store, summary
 
             store, url = start_store()
             stack.extras.append(store)
-            print(summary(populate(settings, url), settings.api_base_url), flush=True)
+            hooks, hook_url, secret_file = start_receiver(settings)
+            stack.extras.append(hooks)
+            result = populate(settings, url, (hook_url, secret_file))
+            print(summary(result, settings.api_base_url), flush=True)
         code = stack.supervise()
     finally:
         stack.stop_all()

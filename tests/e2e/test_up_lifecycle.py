@@ -139,6 +139,14 @@ def test_demo_populates_a_tenant_and_stops_cleanly(tmp_path):
     with client(stack, key) as c:
         assert c.get("/v1/plans", params={"status": "proposed"}).json()["data"]
         assert c.get("/v1/operators").json()["data"][0]["name"] == "order-risk"
+    # the demo's receiver prints the held plans' signed webhook deliveries
+    while time.monotonic() < deadline and "fibric: webhook plan.awaiting_approval" not in (
+        out_path.read_text()
+    ):
+        time.sleep(0.5)
+    hooks = [ln for ln in out_path.read_text().splitlines() if ln.startswith("fibric: webhook ")]
+    assert any("plan.awaiting_approval" in ln for ln in hooks), hooks
+    assert all(ln.endswith("signature ok") for ln in hooks), hooks
     assert stack.stop() == 0
     deadline = time.monotonic() + 10
     while stack.pids() and time.monotonic() < deadline:
