@@ -62,7 +62,7 @@ async def restore_config(store: LedgerStore, producer: object, bootstrap: str) -
     if not raw:
         return 0
     records = [ConfigRecord.model_validate_json(r) for r in raw]
-    await publish(producer, records)  # type: ignore[arg-type]
+    await publish(producer, records)
     log.info("restored %d config records from the ledger into %s", len(records), CONFIG)
     return len(records)
 
@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> Litestar:
         await sink.start()
         # Handlers and commands produce through the bounded wrapper: broker down -> 503 fast.
         bounded_producer = BoundedProducer(producer)
-        commands = CommandClient(settings.kafka_bootstrap, bounded_producer)  # type: ignore[arg-type]
+        commands = CommandClient(settings.kafka_bootstrap, bounded_producer)
         await commands.start()
         webhooks.commands = commands  # suspensions are control-plane commands
         runtime = ConnectorRuntime(state_dir=settings.resolved_home / "api" / "connectors")
@@ -119,7 +119,7 @@ def create_app(settings: Settings) -> Litestar:
             settings=settings,
             store=store,
             view=view,
-            producer=bounded_producer,  # type: ignore[arg-type]
+            producer=bounded_producer,
             sink=sink,
             pending=pending,
             idempotency=Idempotency(store),
@@ -137,14 +137,20 @@ def create_app(settings: Settings) -> Litestar:
             # Shutdown order (uvicorn has stopped accepting requests and finished those in
             # flight; `fibric up` stops the workers only after this process exits):
             # 1. flush the producer: every event that got its 201 is in the broker;
-            # 2. drain the ledger sink: wait until the workers have processed what was accepted
-            #    and the sink has stored what they produced (bounded) — the embedded broker
-            #    keeps nothing, so a row not in ClickHouse now would be lost;
+            # 2. on the embedded memory-only broker only (a durable Kafka keeps the rest for
+            #    the next sink), drain the ledger sink: wait until the workers have processed
+            #    what was accepted and the sink has stored what they produced (bounded, and no
+            #    longer than some worker's heartbeat is fresh) — a row not in ClickHouse now
+            #    would be lost;
             # 3. stop the consumers, the producer and the store.
             hub.close_all()  # open streams end with a "shutting down" frame
             await producer.flush()
-            if not await sink.drain():
-                log.warning("stopping with ledger records not yet stored (drain timed out)")
+            if settings.kafka_memory_only and not await sink.drain(
+                workers_alive=lambda: bool(view.live_workers(settings.heartbeat_stale_s))
+            ):
+                log.warning("stopping with ledger records not yet stored (drain incomplete)")
+            elif not settings.kafka_memory_only:
+                log.info("durable broker: no ledger drain at shutdown")
             await runtime.close()
             await commands.stop()
             await sink.stop()

@@ -125,6 +125,7 @@ class LedgerSink:
         upstream_group: str = INGEST_GROUP,
         stages: Sequence[Sequence[str]] = UPSTREAM_STAGES,
         timeout_s: float = DRAIN_TIMEOUT_S,
+        workers_alive: Callable[[], bool] | None = None,
     ) -> bool:
         """Keep storing until everything accepted before this call is in ClickHouse; call it at
         shutdown, after the api stopped accepting and flushed its producer, while the workers
@@ -138,7 +139,11 @@ class LedgerSink:
            inserted and committed up to them.
 
         Returns False when ``timeout_s`` passed first (what was left is logged): a dead worker
-        must not hang shutdown forever."""
+        must not hang shutdown forever. ``workers_alive`` (the api: a fresh worker heartbeat)
+        ends the wait for the workers at once when it says none is left to do the work.
+
+        Only the embedded memory-only broker needs this (the api calls it only then): a durable
+        Kafka keeps what is not stored yet, and the next sink stores it."""
         if self._consumer is None or self._task is None or self._task.done():
             return True
         loop = asyncio.get_running_loop()
@@ -167,9 +172,11 @@ class LedgerSink:
                         for tp, end in targets.items()
                     )
 
-                if not await _wait_until_zero(behind, deadline, f"workers' input {topics}"):
+                what = f"workers' input {topics}"
+                if not await _wait_until_zero(behind, deadline, what, workers_alive):
                     return False
-            own = sorted(self._consumer.assignment())
+            consumer = self._consumer
+            own = sorted(consumer.assignment())
             targets = await offsets.end_offsets(own) if own else {}
 
             async def unstored() -> int:
@@ -177,7 +184,7 @@ class LedgerSink:
                 for tp, end in targets.items():
                     if tp not in self._stored_upto:
                         # nothing stored from it in this process: start from its commit
-                        self._stored_upto[tp] = (await self._consumer.committed(tp)) or 0
+                        self._stored_upto[tp] = (await consumer.committed(tp)) or 0
                     left += max(0, end - self._stored_upto[tp])
                 return left
 
@@ -389,12 +396,20 @@ async def _partitions(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> list
     ]
 
 
-async def _wait_until_zero(left: Callable[[], Awaitable[int]], deadline: float, what: str) -> bool:
+async def _wait_until_zero(
+    left: Callable[[], Awaitable[int]],
+    deadline: float,
+    what: str,
+    alive: Callable[[], bool] | None = None,
+) -> bool:
     loop = asyncio.get_running_loop()
     while True:
         n = await left()
         if n == 0:
             return True
+        if alive is not None and not alive():
+            log.warning("ledger drain stopped: no worker alive, %d records of %s left", n, what)
+            return False
         if loop.time() >= deadline:
             log.warning("ledger drain timed out with %d records of %s left", n, what)
             return False

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # KIP-345 static membership for workers (group.instance.id = worker id). Safe only with a
     # single worker on this client; see decisions §19.
     kafka_static_membership: bool = False
+    # The broker keeps nothing when it stops (the embedded Tansu broker, memory://): the api
+    # then drains the ledger at shutdown (ledger/sink.py ``drain``). `fibric up` sets it when it
+    # started that broker itself; against a durable Kafka it stays off and nothing waits.
+    kafka_memory_only: bool = False
     # Webhook deliveries (api/deliveries.py, decisions §32). Retries back off exponentially from
     # this base (doubling, with jitter) up to the cap; tests use a base of a fraction of a second.
     webhook_backoff_base_s: float = Field(default=60.0, gt=0.0, le=3600.0)
