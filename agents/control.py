@@ -27,6 +27,7 @@ from schemas.config import (
     missing_scopes,
 )
 from schemas.connector import Connector, VaultEntry
+from schemas.errors import ErrorCode
 from schemas.operator import Guardrail, LastRun, Operator, default_triggers
 from schemas.plan import ActionRecord, Plan
 
@@ -54,7 +55,7 @@ class Decision:
 
 
 class Refusal(Exception):
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+    def __init__(self, status: int, code: ErrorCode, message: str, **details: Any) -> None:
         super().__init__(message)
         self.error = ReplyError(status=status, code=code, message=message, details=details)
 
@@ -66,7 +67,7 @@ def decide(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory) -
     handler = _HANDLERS.get(cmd.type)
     try:
         if handler is None:
-            raise Refusal(400, "invalid_parameter", f"unknown command {cmd.type!r}")
+            raise Refusal(400, ErrorCode.INVALID_PARAMETER, f"unknown command {cmd.type!r}")
         out = handler(state, cmd, now, new_id)
     except Refusal as r:
         return Decision(Reply(id=cmd.id, reply_to=cmd.reply_to, ok=False, error=r.error))
@@ -129,13 +130,13 @@ def _tenant_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFa
     if not SLUG_RE.match(slug):
         raise Refusal(
             400,
-            "invalid_parameter",
+            ErrorCode.INVALID_PARAMETER,
             f"invalid slug {slug!r}: 3–40 lowercase letters, digits and hyphens",
         )
     if slug in state.tenant_by_slug:
         raise Refusal(
             409,
-            "state_conflict",
+            ErrorCode.STATE_CONFLICT,
             f"tenant slug {slug!r} already exists ({state.tenant_by_slug[slug].id})",
         )
     tenant = Tenant(id=new_id("t"), slug=slug, name=cmd.args.get("name") or slug, created_at=now)
@@ -151,9 +152,9 @@ def _issuer(state: ConfigState, cmd: Command, tenant_id: str) -> ApiKey | None:
         return None
     issuer = state.keys.get(cmd.actor)
     if issuer is None or issuer.tenant_id != tenant_id:
-        raise Refusal(401, "key_invalid", "The API key is invalid.")
+        raise Refusal(401, ErrorCode.KEY_INVALID, "The API key is invalid.")
     if issuer.status != "active":
-        raise Refusal(401, "key_revoked", "The API key has been revoked.")
+        raise Refusal(401, ErrorCode.KEY_REVOKED, "The API key has been revoked.")
     return issuer
 
 
@@ -164,7 +165,7 @@ def _no_escalation(issuer: ApiKey | None, scopes: list[str], what: str) -> None:
     if missing:
         raise Refusal(
             403,
-            "insufficient_scope",
+            ErrorCode.INSUFFICIENT_SCOPE,
             f"A key can only {what} keys within its own scopes; this key lacks "
             f"{', '.join(missing)}.",
             missing_scopes=missing,
@@ -178,22 +179,22 @@ def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFacto
     mode = draft.get("mode") or (issuer.mode if issuer else "test")
     role = draft.get("role")
     if not role and not draft.get("scopes"):
-        raise Refusal(400, "missing_parameter", "Send a role or scopes.", param="role")
+        raise Refusal(400, ErrorCode.MISSING_PARAMETER, "Send a role or scopes.", param="role")
     try:
         # the role is expanded here, once: later preset changes never alter existing keys
         scopes = expand_scopes(role, None) if role else expand_scopes(None, draft.get("scopes"))
     except ValueError as exc:
         raise Refusal(
-            400, "invalid_parameter", str(exc), param="role" if role else "scopes"
+            400, ErrorCode.INVALID_PARAMETER, str(exc), param="role" if role else "scopes"
         ) from None
     secret_hash, hint = str(draft.get("secret_hash") or ""), str(draft.get("hint") or "")
     if len(secret_hash) != 64 or not hint:
-        raise Refusal(400, "invalid_parameter", "key.create needs secret_hash and hint.")
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, "key.create needs secret_hash and hint.")
     if issuer is not None:
         if mode != issuer.mode:
             raise Refusal(
                 400,
-                "invalid_parameter",
+                ErrorCode.INVALID_PARAMETER,
                 f"A {issuer.mode} key creates {issuer.mode} keys only.",
                 param="mode",
             )
@@ -201,7 +202,7 @@ def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFacto
         if issuer.workspace_id and draft.get("workspace_id") != issuer.workspace_id:
             raise Refusal(
                 403,
-                "insufficient_scope",
+                ErrorCode.INSUFFICIENT_SCOPE,
                 f"This key is pinned to workspace {issuer.workspace_id}; so are the keys it creates.",
             )
     name = draft.get("name")
@@ -216,9 +217,9 @@ def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFacto
             for k in state.keys.values()
         )
     ):
-        raise Refusal(409, "state_conflict", f"An active key named {name!r} already exists.")
+        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"An active key named {name!r} already exists.")
     if any(k.secret_hash == secret_hash for k in state.keys.values()):
-        raise Refusal(409, "state_conflict", "This secret is already in use; make a new one.")
+        raise Refusal(409, ErrorCode.STATE_CONFLICT, "This secret is already in use; make a new one.")
     key = ApiKey(
         id=new_id("key"),
         tenant_id=tenant.id,
@@ -247,7 +248,7 @@ def _key(state: ConfigState, cmd: Command, issuer: ApiKey | None) -> ApiKey:
         or (cmd.tenant_id and key.tenant_id != cmd.tenant_id)
         or (issuer is not None and key.mode != issuer.mode)
     ):
-        raise Refusal(404, "not_found", f"No API key {str(cmd.args.get('key_id'))[:60]!r}.")
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"No API key {str(cmd.args.get('key_id'))[:60]!r}.")
     return key
 
 
@@ -294,7 +295,7 @@ def _key_touch(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactor
 def _tenant(state: ConfigState, cmd: Command) -> Tenant:
     tenant = state.tenants.get(cmd.tenant_id or "")
     if tenant is None:
-        raise Refusal(404, "not_found", f"no tenant {cmd.tenant_id!r}")
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"no tenant {cmd.tenant_id!r}")
     return tenant
 
 
@@ -307,7 +308,7 @@ def _unbound(state: ConfigState, cmd: Command, capabilities: list[str]) -> None:
     if missing:
         raise Refusal(
             422,
-            "capability_unbound",
+            ErrorCode.CAPABILITY_UNBOUND,
             f"{missing[0]} is fulfilled by no installed connector; install one first.",
             capability=missing[0],
             capabilities=missing,
@@ -317,7 +318,7 @@ def _unbound(state: ConfigState, cmd: Command, capabilities: list[str]) -> None:
 def _operator(state: ConfigState, cmd: Command) -> Operator:
     op = state.operators.get(str(cmd.args.get("operator_id")))
     if op is None or op.tenant_id != cmd.tenant_id or op.livemode != cmd.livemode:
-        raise Refusal(404, "not_found", f"No operator {cmd.args.get('operator_id')!r}.")
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"No operator {cmd.args.get('operator_id')!r}.")
     return op
 
 
@@ -327,7 +328,7 @@ def _operator_create(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     name = body["name"]
     if any(o.name == name for o in state.operators_of(cmd.tenant_id or "", cmd.livemode)):
         raise Refusal(
-            409, "state_conflict", f"An operator named {name!r} already exists in this tenant."
+            409, ErrorCode.STATE_CONFLICT, f"An operator named {name!r} already exists in this tenant."
         )
     _unbound(state, cmd, body["capabilities"])
     op = Operator(
@@ -357,14 +358,14 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     if "name" in changes:
         if changes["name"] != op.name:
             raise Refusal(
-                400, "invalid_parameter", "name is immutable after creation.", param="name"
+                400, ErrorCode.INVALID_PARAMETER, "name is immutable after creation.", param="name"
             )
         del changes["name"]
     if "capabilities" in changes:
         _unbound(state, cmd, changes["capabilities"])
     if "status" in changes and changes["status"] != op.status:
         if op.status == "paused":
-            raise Refusal(409, "state_conflict", "Use /resume to reactivate a paused operator.")
+            raise Refusal(409, ErrorCode.STATE_CONFLICT, "Use /resume to reactivate a paused operator.")
     if "guardrails" in changes:
         changes["guardrails"] = [Guardrail.model_validate(g) for g in changes["guardrails"]]
     if not changes:
@@ -378,7 +379,7 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
 def _operator_pause(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     op = _operator(state, cmd)
     if op.status == "draft":
-        raise Refusal(409, "state_conflict", f"Operator {op.id} is a draft; it is not running.")
+        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"Operator {op.id} is a draft; it is not running.")
     if op.status == "paused":
         return [], {
             "id": op.id,
@@ -412,7 +413,7 @@ def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     op = _operator(state, cmd)
     if op.status == "draft":
         raise Refusal(
-            409, "state_conflict", f"Operator {op.id} is a draft; activate it with PATCH first."
+            409, ErrorCode.STATE_CONFLICT, f"Operator {op.id} is a draft; activate it with PATCH first."
         )
     catch_up = bool(cmd.args.get("catch_up"))
     if op.status == "active":
@@ -456,7 +457,7 @@ def _operator_record_run(state: ConfigState, cmd: Command, now: datetime, new_id
 def _connector(state: ConfigState, cmd: Command) -> Connector:
     cn = state.connectors.get(str(cmd.args.get("connector_id")))
     if cn is None or cn.tenant_id != cmd.tenant_id or cn.livemode != cmd.livemode:
-        raise Refusal(404, "not_found", f"No connector {cmd.args.get('connector_id')!r}.")
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"No connector {cmd.args.get('connector_id')!r}.")
     return cn
 
 
@@ -466,7 +467,7 @@ def _connector_install(state: ConfigState, cmd: Command, now: datetime, new_id: 
     if any(c.name == draft["name"] for c in state.connectors_of(cmd.tenant_id or "", cmd.livemode)):
         raise Refusal(
             409,
-            "state_conflict",
+            ErrorCode.STATE_CONFLICT,
             f"A connector named {draft['name']!r} already exists in this tenant.",
         )
     cn = Connector.model_validate(
@@ -525,7 +526,7 @@ def _connector_uninstall(state: ConfigState, cmd: Command, now: datetime, new_id
         ids = ", ".join(op.id for op in dependents)
         raise Refusal(
             409,
-            "connector_in_use",
+            ErrorCode.CONNECTOR_IN_USE,
             f"{', '.join(caps)} {'is' if len(caps) == 1 else 'are'} fulfilled only by {cn.id}; "
             f"operators {ids} depend on it.",
             operators=[{"id": op.id, "name": op.name} for op in dependents],
@@ -570,7 +571,7 @@ def _pending(state: ConfigState, cmd: Command) -> Plan:
     if plan is None or plan.tenant_id != cmd.tenant_id or plan.livemode != cmd.livemode:
         raise Refusal(
             409,
-            "state_conflict",
+            ErrorCode.STATE_CONFLICT,
             f"Plan {cmd.args.get('plan_id')} is not awaiting approval and cannot be "
             f"{'approved' if cmd.type == 'plan.approve' else 'vetoed'}.",
         )
@@ -658,7 +659,7 @@ def _plan_veto(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactor
 def _plan_expire(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     plan = _pending(state, cmd)
     if plan.expires_at is None or plan.expires_at > now:
-        raise Refusal(409, "state_conflict", f"Plan {plan.id} has not expired yet.")
+        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"Plan {plan.id} has not expired yet.")
     closed, rec = _close_plan(cmd, plan, "expired", now, new_id, None)
     outputs: list[tuple[str, Any]] = [("plan", closed)]
     for a in plan.actions:
@@ -677,11 +678,11 @@ def _plan_expire(state: ConfigState, cmd: Command, now: datetime, new_id: IdFact
 def _action_undo(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     original = ActionRecord.model_validate(cmd.args["action"])
     if original.tenant_id != cmd.tenant_id or original.livemode != cmd.livemode:
-        raise Refusal(404, "not_found", f"No action {original.id!r}.")
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"No action {original.id!r}.")
     if not original.compensating_tool:
         raise Refusal(
             409,
-            "state_conflict",
+            ErrorCode.STATE_CONFLICT,
             f"{original.tool} declares no compensating tool; it cannot be undone.",
         )
     operator = state.operators.get(original.operator_id)

@@ -26,6 +26,7 @@ from agents.control import (
 )
 from schemas.commands import Command, Reply
 from schemas.connector import VaultEntry
+from schemas.errors import ErrorCode
 from schemas.webhook import DELIVERY_TYPES, WebhookEndpoint
 
 # Endpoints per tenant and mode: a receiver per integration, not one per object.
@@ -39,7 +40,7 @@ def is_webhook_command(cmd: Command) -> bool:
 def _endpoint(state: Any, cmd: Command) -> WebhookEndpoint:
     ep = state.webhooks.get(str(cmd.args.get("webhook_id")))
     if ep is None or ep.tenant_id != cmd.tenant_id or ep.livemode != cmd.livemode:
-        raise Refusal(404, "not_found", f"No webhook endpoint {cmd.args.get('webhook_id')!r}.")
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"No webhook endpoint {cmd.args.get('webhook_id')!r}.")
     return ep
 
 
@@ -49,7 +50,7 @@ def _types(raw: Any) -> list[str]:
     if not types or bad:
         raise Refusal(
             400,
-            "invalid_parameter",
+            ErrorCode.INVALID_PARAMETER,
             f"types must name delivery types ({', '.join(DELIVERY_TYPES)}).",
             param="types",
         )
@@ -66,7 +67,7 @@ def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     draft = dict(cmd.args.get("webhook") or {})
     ciphertext = cmd.args.get("ciphertext")
     if not ciphertext or not draft.get("secret_hint"):
-        raise Refusal(400, "invalid_parameter", "webhook.create needs a sealed secret.")
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, "webhook.create needs a sealed secret.")
     mine = [
         e
         for e in state.webhooks.values()
@@ -74,7 +75,7 @@ def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     ]
     if len(mine) >= MAX_ENDPOINTS:
         raise Refusal(
-            409, "state_conflict", f"A tenant has at most {MAX_ENDPOINTS} webhook endpoints."
+            409, ErrorCode.STATE_CONFLICT, f"A tenant has at most {MAX_ENDPOINTS} webhook endpoints."
         )
     ep = WebhookEndpoint(
         id=str(draft.get("id") or new_id("whk")),
@@ -88,7 +89,7 @@ def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
         updated_at=now,
     )
     if ep.id in state.webhooks:
-        raise Refusal(409, "state_conflict", f"Webhook endpoint {ep.id} already exists.")
+        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"Webhook endpoint {ep.id} already exists.")
     note = f"webhook.create: {ep.id} {ep.url[:200]}"
     records = [
         _save(cmd, "webhook_endpoint", ep, now, new_id, note),
@@ -107,7 +108,7 @@ def _update(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     status = changes.get("status")
     if status is not None and status not in ("active", "disabled"):
         raise Refusal(
-            400, "invalid_parameter", "status must be active or disabled.", param="status"
+            400, ErrorCode.INVALID_PARAMETER, "status must be active or disabled.", param="status"
         )
     if status == "active":
         changes["status_reason"] = None  # re-activating clears a suspension
@@ -125,7 +126,7 @@ def _rotate(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     ep = _endpoint(state, cmd)
     ciphertext, hint = cmd.args.get("ciphertext"), cmd.args.get("secret_hint")
     if not ciphertext or not hint:
-        raise Refusal(400, "invalid_parameter", "webhook.rotate needs a sealed secret.")
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, "webhook.rotate needs a sealed secret.")
     updated = ep.model_copy(
         update={
             "secret_hint": hint,
@@ -146,7 +147,7 @@ def _set_status(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     ep = _endpoint(state, cmd)
     status = str(cmd.args.get("status"))
     if status not in ("active", "disabled", "suspended"):
-        raise Refusal(400, "invalid_parameter", "unknown endpoint status.", param="status")
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, "unknown endpoint status.", param="status")
     if ep.status == status:
         return [], ep.public()
     if status == "suspended" and ep.status == "disabled":

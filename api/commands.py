@@ -13,7 +13,7 @@ from api.auth import AuthContext
 from api.errors import service_unavailable
 from api.state import ApiState
 from schemas.commands import CommandType
-from schemas.errors import ErrorCode, FibricError
+from schemas.errors import FibricError
 from streams.commands import CommandTimeout
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,10 @@ async def run_command(
     if not reply.ok:
         assert reply.error is not None
         err = reply.error
-        try:
-            code = ErrorCode(err.code)
-        except ValueError:
-            code = ErrorCode.INTERNAL_ERROR
         param = err.details.pop("param", None)
-        raise FibricError(code, err.message, status=err.status, param=param, details=err.details)
+        raise FibricError(
+            err.code, err.message, status=err.status, param=param, details=err.details
+        )
     try:
         await state.view.wait_for_records(reply.record_ids)
     except TimeoutError:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from schemas.errors import ErrorCode
+
 CommandType = Literal[
     "tenant.create",
     "key.create",
@@ -54,7 +56,7 @@ class Command(BaseModel):
 
 class ReplyError(BaseModel):
     status: int
-    code: str
+    code: ErrorCode  # the enum itself end to end: the api raises it as is, never parses a string
     message: str
     details: dict[str, Any] = {}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from agents.webhook_control import decide  # agents.control.decide plus webhook.* commands
 from schemas.commands import Command, Reply, ReplyError
+from schemas.errors import ErrorCode
 from schemas.ids import new_id
 from schemas.operator import Operator
 from streams.guard import TRANSIENT
@@ -63,7 +64,7 @@ async def apply_command(state: WorkerState, raw: bytes | None) -> None:
             ok=False,
             error=ReplyError(
                 status=500,
-                code="internal_error",
+                code=ErrorCode.INTERNAL_ERROR,
                 message=f"control agent error: {type(exc).__name__}",
             ),
         )
