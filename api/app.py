@@ -3,6 +3,7 @@ ClickHouse store, the Kafka producer, the config view and the ledger sink."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -102,6 +103,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.stream_max_lag_s,
         )
         sink.on_rows.append(hub.publish)
+        sweeps = asyncio.create_task(hub.run_sweeps(), name="stream-sweeps")
         box = SecretBox(settings.load_secret_key())
         # Webhook deliveries are derived from each stored batch before its commit (decisions
         # §32); pending ones are read back from ClickHouse first, so a restart loses none.
@@ -143,6 +145,7 @@ def create_app(settings: Settings) -> Litestar:
             #    longer than some worker's heartbeat is fresh) — a row not in ClickHouse now
             #    would be lost;
             # 3. stop the consumers, the producer and the store.
+            sweeps.cancel()
             hub.close_all()  # open streams end with a "shutting down" frame
             await producer.flush()
             if settings.kafka_memory_only and not await sink.drain(

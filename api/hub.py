@@ -22,7 +22,7 @@ import time
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.store import Scope
@@ -44,6 +44,9 @@ class Item:
     seq: int
     table: str
     obj: Any
+    # frames built from this row, keyed by what they depend on (the stream's filters): streams
+    # with the same filters serialise a row once, not once each
+    frames: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -95,14 +98,15 @@ class Subscription:
         if self.ended is not None or not items:
             return
         n = self._count
-        if n + len(items) > self.maxsize * HARD_FACTOR or (
-            n >= self.maxsize and now - self._queue[0][0] > self.max_lag_s
-        ):
+        if n + len(items) > self.maxsize * HARD_FACTOR or (n and self.lagging(now)):
             self.end(SLOW_CONSUMER)
             return
         self._queue.append([now, items, 0])
         self._count += len(items)
         self._wake.set()
+
+    def lagging(self, now: float) -> bool:
+        return self._count >= self.maxsize and now - self._queue[0][0] > self.max_lag_s
 
     def end(self, reason: str) -> None:
         if self.ended is None:
@@ -281,6 +285,23 @@ class StreamHub:
         if tenant_id is None:
             return sum(self._per_tenant.values())
         return self._per_tenant.get(tenant_id, 0)
+
+    def sweep(self) -> int:
+        """Drop the subscriptions that lag now (``offer`` only checks when a row arrives, and
+        a stalled client's backlog must not wait for the next row); returns how many."""
+        now = time.monotonic()
+        lagging = [
+            sub for subs in self._subs.values() for sub in subs if sub._queue and sub.lagging(now)
+        ]
+        for sub in lagging:
+            sub.end(SLOW_CONSUMER)
+        return len(lagging)
+
+    async def run_sweeps(self) -> None:
+        """``sweep`` every half lag bound, until cancelled (the api's lifespan runs it)."""
+        while True:
+            await asyncio.sleep(self.max_lag_s / 2)
+            self.sweep()
 
     def close_all(self, reason: str = SHUTDOWN) -> None:
         for subs in list(self._subs.values()):

@@ -260,14 +260,25 @@ class EventSession:
             }
         return cls(state, auth.scope, filters, raw, start, sub, tail, seen, request_id)
 
-    def _frame(self, ev: Event, pos: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _frame(self, ev: Event, pos: dict[str, Any]) -> tuple[str, bytes]:
         data = ev.model_dump(mode="json")
         data["cursor"] = frame_cursor(_key(ev), self.raw, "", pos)
-        return ev.id, data
+        return ev.id, orjson.dumps(data)
 
-    async def frames(self, keepalive_s: float) -> AsyncIterator[tuple[str, dict[str, Any]] | None]:
-        """``(event id, data)`` per frame, ``None`` when a keep-alive is due; returns when the
-        subscription ended (``self.sub.ended`` says why)."""
+    def _live_frame(self, item: Item) -> tuple[str, bytes]:
+        # a live frame depends only on the row and the filters: shared by every stream with
+        # the same filters (1,000 streams of one tenant serialise a row once)
+        key = ("event", fingerprint(self.raw))
+        frame = item.frames.get(key)
+        if frame is None:
+            frame = item.frames[key] = self._frame(
+                item.obj, {"h": self.sub.hub.epoch, "p": item.seq, "r": 0}
+            )
+        return frame
+
+    async def frames(self, keepalive_s: float) -> AsyncIterator[tuple[str, bytes] | None]:
+        """``(event id, data as JSON)`` per frame, ``None`` when a keep-alive is due; returns
+        when the subscription ended (``self.sub.ended`` says why)."""
         hub, start, sub = self.sub.hub, self.start, self.sub
         replayed: set[str] = set()
         try:
@@ -296,7 +307,7 @@ class EventSession:
             # 5. what the ring held between the start's position and the subscription;
             for item in self.tail:
                 if item.id not in replayed:
-                    yield self._frame(item.obj, {"h": hub.epoch, "p": item.seq, "r": 0})
+                    yield self._live_frame(item)
             # 6. live, until the client leaves or is dropped.
             while True:
                 item = await sub.next(keepalive_s)
@@ -315,7 +326,7 @@ class EventSession:
                 ):
                     self.overlay_seen.discard(item.id)
                     continue
-                yield self._frame(item.obj, {"h": hub.epoch, "p": item.seq, "r": 0})
+                yield self._live_frame(item)
         finally:
             sub.close()
 
@@ -349,8 +360,10 @@ def ended_error(reason: str | None, request_id: str) -> dict[str, Any] | None:
 
 # ---- SSE wire format ---------------------------------------------------------------------------
 def sse(event: str, data: Any, id_: str | None = None) -> bytes:
+    """One SSE frame; ``data`` is an object or its JSON already serialised."""
     head = f"id: {id_}\n" if id_ is not None else ""
-    return f"{head}event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+    body = data if isinstance(data, bytes) else orjson.dumps(data)
+    return f"{head}event: {event}\n".encode() + b"data: " + body + b"\n\n"
 
 
 class _Frames:
@@ -493,9 +506,9 @@ class EventStreamController(Controller):
                 except StopAsyncIteration:
                     break
                 msg = (
-                    {"type": "keep-alive"}
+                    b'{"type":"keep-alive"}'
                     if frame is None
-                    else {"type": ENVELOPE, "id": frame[0], "data": frame[1]}
+                    else b'{"type":"envelope","id":%s,"data":%s}' % (orjson.dumps(frame[0]), frame[1])
                 )
                 if not await _ws_send(socket, msg, timeout):
                     session.sub.end(SLOW_CONSUMER)
@@ -525,9 +538,12 @@ async def _ws_until_closed(socket: WebSocket[Any, Any, Any]) -> None:
         return
 
 
-async def _ws_send(socket: WebSocket[Any, Any, Any], msg: dict[str, Any], timeout: float) -> bool:
+async def _ws_send(
+    socket: WebSocket[Any, Any, Any], msg: dict[str, Any] | bytes, timeout: float
+) -> bool:
+    text = (msg if isinstance(msg, bytes) else orjson.dumps(msg)).decode()
     try:
-        await asyncio.wait_for(socket.send_data(orjson.dumps(msg).decode(), mode="text"), timeout)
+        await asyncio.wait_for(socket.send_data(text, mode="text"), timeout)
         return True
     except TimeoutError:
         return False

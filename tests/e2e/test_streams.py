@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from schemas.streams import StreamedEvent, StreamedPlan
@@ -321,7 +321,7 @@ def test_slow_consumer_is_dropped_while_another_stream_keeps_flowing(sstack):
     while b": keep-alive" not in head:
         head += slow.recv(1)
     assert head.startswith(b"HTTP/1.1 200")
-    n = 160  # ~10 MB of frames: more than socket buffers and the queue of 50 can hold
+    n = 200  # ~12 MB of frames: more than socket buffers and the queue of 50 can hold
     with client(sstack, t.keys["admin"]) as c, SSE(
         sstack, t.keys["read_only"], params={"source": source}
     ) as fast:
@@ -413,6 +413,17 @@ def test_websocket_same_frames_and_auth(sstack, tenant):
                 assert msg["id"] == msg["data"]["id"]
                 got.append(msg["id"])
         assert got == posted
+    # a refused stream: the error envelope as the last message, then close 1008 with its code
+    with connect(
+        url + "&cursor=cur_nope",
+        additional_headers={"Authorization": f"Bearer {tenant.keys['read_only']}"},
+        open_timeout=WAIT_S,
+    ) as ws:
+        msg = json.loads(ws.recv(timeout=WAIT_S))
+        assert msg["type"] == "error" and msg["error"]["code"] == "invalid_cursor"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=WAIT_S)
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "invalid_cursor")
 
 
 def test_plan_stream_ends_at_disposition_and_loop_stream(sstack):

@@ -99,6 +99,19 @@ def test_bursts_are_absorbed_but_a_lagging_consumer_is_dropped():
     assert len(sub) == 0
 
 
+def test_a_stalled_backlog_is_swept_without_new_rows():
+    hub = StreamHub(1000, queue_max=3, max_per_tenant=10, max_lag_s=60)
+    sub = hub.subscribe(A, ["events"], everything)
+    keeps_up = hub.subscribe(A, ["events"], everything)
+    hub.publish("events", [ev(i) for i in range(5)])
+    while keeps_up._pop_wanted() is not None:
+        pass
+    assert hub.sweep() == 0  # fresh
+    sub.max_lag_s = keeps_up.max_lag_s = 0.0
+    time.sleep(0.001)
+    assert hub.sweep() == 1 and sub.ended == SLOW_CONSUMER and keeps_up.ended is None
+
+
 def test_the_hard_bound_drops_whatever_the_lag():
     hub = StreamHub(10_000, queue_max=2, max_per_tenant=10, max_lag_s=3600)
     sub = hub.subscribe(A, ["events"], everything)
