@@ -13,9 +13,9 @@ import hmac
 import random
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # The v1.0 delivery types (spec §6.1) plus the v0.9 alias `plan.awaiting_approval`, which fires
 # for the same plans `plan.proposed` does when the plan is held for a person.
@@ -61,6 +61,9 @@ DeliveryStatus = Literal["pending", "succeeded", "failed"]
 SECRET_PREFIX = "whsec_"
 # Longest URL an endpoint may have (a receiver's address, not a document).
 MAX_URL_CHARS = 2048
+# The shape a URL must have; whether it may be reached (HTTPS, a public address, or loopback for
+# test-mode keys) is the egress policy's decision, made at creation (api/controllers/webhooks.py).
+URL_PATTERN = r"^https?://"
 MAX_DESCRIPTION_CHARS = 500
 # Signatures older (or newer) than this are refused by a verifier: Stripe's default tolerance,
 # spec §6.3 (|now - t| > 300 s).
@@ -125,18 +128,20 @@ class WebhookCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    url: str = Field(min_length=1, max_length=MAX_URL_CHARS, pattern=URL_PATTERN)
     types: list[DeliveryType] = Field(min_length=1, max_length=len(DELIVERY_TYPES))
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
 
 
 class WebhookUpdate(BaseModel):
-    """Body of ``PATCH /v1/webhooks/{id}``: any subset; ``status`` only active or disabled (a
-    suspension is Fibric's; re-activating clears it)."""
+    """Body of ``PATCH /v1/webhooks/{id}``: any subset; a field sent as null is left as it is.
+    ``status`` only active or disabled (a suspension is Fibric's; re-activating clears it)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
+    url: str | None = Field(
+        default=None, min_length=1, max_length=MAX_URL_CHARS, pattern=URL_PATTERN
+    )
     types: list[DeliveryType] | None = Field(
         default=None, min_length=1, max_length=len(DELIVERY_TYPES)
     )
@@ -144,13 +149,20 @@ class WebhookUpdate(BaseModel):
     status: Literal["active", "disabled"] | None = None
 
 
+def _whole(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 class WebhookRotate(BaseModel):
     """Body of ``POST /v1/webhooks/{id}/rotate_secret``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    # how long the previous secret keeps signing deliveries (0 = retire it now)
-    overlap_s: int = Field(default=DEFAULT_ROTATION_OVERLAP_S, ge=0, le=MAX_ROTATION_OVERLAP_S)
+    # how long the previous secret keeps signing deliveries (0 = retire it now); a JSON number
+    # with no fraction (651.0) is an integer, as JSON Schema says
+    overlap_s: Annotated[int, BeforeValidator(_whole)] = Field(
+        default=DEFAULT_ROTATION_OVERLAP_S, ge=0, le=MAX_ROTATION_OVERLAP_S
+    )
 
 
 class EmptyBody(BaseModel):

@@ -233,10 +233,8 @@ class WebhooksController(Controller):
             data = validate(WebhookUpdate, body)
             if data.url is not None:
                 await check_url(data.url, livemode=auth.key.livemode)
-            changes = data.model_dump(exclude_unset=True)
-            for k in ("url", "types", "status"):
-                if k in changes and changes[k] is None:
-                    raise FibricError(ErrorCode.INVALID_PARAMETER, f"{k} cannot be null.", param=k)
+            # null means "leave it as it is" (the control agent ignores nulls)
+            changes = data.model_dump(exclude_unset=True, exclude_none=True)
             args = {"webhook_id": webhook_id, "changes": changes}
             result = await run_command(state, request, auth, "webhook.update", args)
             return respond(WebhookEndpointObject, result)
