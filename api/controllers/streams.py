@@ -65,6 +65,7 @@ KEEP_ALIVE = b": keep-alive\n\n"
 # Stored events read per replay query: large enough that a backfill of thousands is a few
 # queries, small enough that one query never holds chDB (one query at a time) for long.
 REPLAY_CHUNK = 1_000
+BACKFILL_TOO_LARGE = "backfill_too_large"
 # The cursor binding of the loop stream's frames (their cursors resume only that stream).
 LOOP_BIND = "loop-stream"
 LOOP_TYPES = {"plan": "plans", "action": "actions", "receipt": "receipts"}
@@ -291,8 +292,9 @@ class EventSession:
                 after = start.key
                 top = start.p if start.exact else sub.start_seq
                 while limit > 0:
+                    n = min(REPLAY_CHUNK, limit)
                     chunk = await stored_events_after(
-                        self.state, self.scope, self.filters, after, min(REPLAY_CHUNK, limit)
+                        self.state, self.scope, self.filters, after, n
                     )
                     for ev in chunk:
                         seq = hub.event_seq(self.scope, ev.id)
@@ -300,10 +302,14 @@ class EventSession:
                             continue
                         replayed.add(ev.id)
                         yield self._frame(ev, {"h": hub.epoch, "p": top, "r": 1, "x": start.upto})
-                    if len(chunk) < REPLAY_CHUNK or sub.ended is not None:
+                    if len(chunk) < n or sub.ended is not None:
                         break
                     limit -= len(chunk)
                     after = _key(chunk[-1])
+                    if limit <= 0:
+                        # more stored events than one start replays: never go live with a gap
+                        sub.end(BACKFILL_TOO_LARGE)
+                        return
             # 5. what the ring held between the start's position and the subscription;
             for item in self.tail:
                 if item.id not in replayed:
@@ -347,6 +353,16 @@ def ended_error(reason: str | None, request_id: str) -> dict[str, Any] | None:
             ErrorCode.SERVICE_UNAVAILABLE,
             "The server is shutting down; reconnect with the cursor of the last frame.",
             request_id,
+        )
+    if reason == BACKFILL_TOO_LARGE:
+        return error_envelope(
+            400,
+            ErrorCode.INVALID_CURSOR,
+            "More events follow this cursor than a stream replays "
+            "(FIBRIC_STREAM_BACKFILL_MAX); page GET /v1/events and start from a newer cursor, or "
+            "reconnect with the cursor of the last frame to continue.",
+            request_id,
+            param="cursor",
         )
     if reason == "error":
         return error_envelope(

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 QUEUE_MAX = 50
 MAX_STREAMS = 5
 WAIT_S = 30.0
+BACKFILL_MAX = 250
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def sstack(tmp_path_factory: pytest.TempPathFactory):
         FIBRIC_STREAM_MAX_PER_TENANT=str(MAX_STREAMS),
         # long enough that the slow consumer below is dropped by its queue, not its socket
         FIBRIC_STREAM_SEND_TIMEOUT_S="120",
+        FIBRIC_STREAM_BACKFILL_MAX=str(BACKFILL_MAX),
         FIBRIC_VALIDATE_RESPONSES="1",
     )
     s.start()
@@ -303,6 +305,30 @@ def test_resume_with_last_event_id_and_cursor(sstack, tenant):
         got = [f["id"] for f in part1]
         collect_until(s, set(ids), got)
     assert len(got) == len(set(got)) == len(ids)
+
+
+def test_a_backfill_larger_than_the_bound_ends_with_a_reason_and_resumes(sstack, tenant):
+    source = f"big-{uuid.uuid4().hex[:6]}"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    ids = Writer(sstack, tenant.keys["admin"], source, BACKFILL_MAX + 10).start().join()
+    with client(sstack, tenant.keys["admin"]) as c:  # all stored (the list shows them)
+        deadline = time.monotonic() + WAIT_S
+        while len(listed(c, {"source": source})) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    with SSE(sstack, tenant.keys["read_only"], params={"source": source, "since": since}) as s:
+        frames = []
+        while (f := s.next()) is not None:
+            frames.append(f)
+    *replayed, last = frames
+    assert len(replayed) == BACKFILL_MAX and {f["event"] for f in replayed} == {"envelope"}
+    assert last["event"] == "error" and last["data"]["error"]["code"] == "invalid_cursor"
+    with SSE(
+        sstack, tenant.keys["read_only"],
+        params={"source": source, "since": since, "cursor": replayed[-1]["data"]["cursor"]},
+    ) as s:
+        rest = s.take(len(ids) - BACKFILL_MAX)
+    got = [f["id"] for f in replayed + rest]
+    assert len(got) == len(set(got)) and set(got) == set(ids)
 
 
 def test_slow_consumer_is_dropped_while_another_stream_keeps_flowing(sstack):
