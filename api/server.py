@@ -61,9 +61,10 @@ def rebind_options_handlers(app: Litestar) -> int:
             continue
         for handler in route.route_handlers:
             fn = getattr(handler, "fn", None)
-            if getattr(fn, "__name__", "") != "options_handler" or not fn.__closure__:
+            closure = getattr(fn, "__closure__", None)
+            if getattr(fn, "__name__", "") != "options_handler" or not closure:
                 continue
-            for cell in fn.__closure__:
+            for cell in closure:
                 if isinstance(cell.cell_contents, HTTPRoute) and cell.cell_contents is not route:
                     cell.cell_contents = route
                     fixed += 1

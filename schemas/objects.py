@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -96,35 +96,44 @@ class ErrorEnvelope(BaseModel):
 
 
 # ---- event (§2.2) -------------------------------------------------------------------------------
-EventObject = derive(
-    "EventObject",
-    Event,
-    fields={"plan_ids": (list[str], ...)},
-    doc='``object: "event"`` (spec §2.2): the envelope fields, ingest metadata, and the ids of '
-    "the plans it caused so far.",
-)
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    EventObject = BaseModel
+else:
+    EventObject = derive(
+        "EventObject",
+        Event,
+        fields={"plan_ids": (list[str], ...)},
+        doc='``object: "event"`` (spec §2.2): the envelope fields, ingest metadata, and the ids of '
+        "the plans it caused so far.",
+    )
 
 
 # ---- operator (§2.3) ----------------------------------------------------------------------------
-LastRunObject = derive(
-    "LastRunObject",
-    LastRun,
-    fields={
-        # the spec's (inferred) names for the counts; ``sensed``/``proposed``/``applied`` kept
-        "events_sensed": (int, ...),
-        "actions_proposed": (int, ...),
-        "actions_applied": (int, ...),
-    },
-    doc="``last_run`` of an operator: the latest run's counts and time.",
-)
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    LastRunObject = BaseModel
+else:
+    LastRunObject = derive(
+        "LastRunObject",
+        LastRun,
+        fields={
+            # the spec's (inferred) names for the counts; ``sensed``/``proposed``/``applied`` kept
+            "events_sensed": (int, ...),
+            "actions_proposed": (int, ...),
+            "actions_applied": (int, ...),
+        },
+        doc="``last_run`` of an operator: the latest run's counts and time.",
+    )
 OPERATOR_INTERNAL = ("tenant_id", "deleted", "pause_reason")
-OperatorObject = derive(
-    "OperatorObject",
-    Operator,
-    exclude=OPERATOR_INTERNAL,
-    fields={"guardrails": (list[Guardrail], ...), "last_run": (LastRunObject | None, None)},
-    doc='``object: "operator"`` (spec §2.3, seed 002).',
-)
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    OperatorObject = BaseModel
+else:
+    OperatorObject = derive(
+        "OperatorObject",
+        Operator,
+        exclude=OPERATOR_INTERNAL,
+        fields={"guardrails": (list[Guardrail], ...), "last_run": (LastRunObject | None, None)},
+        doc='``object: "operator"`` (spec §2.3, seed 002).',
+    )
 
 
 class OperatorPaused(BaseModel):
@@ -181,28 +190,34 @@ class ConnectorAuth(BaseModel):
 
 
 CONNECTOR_INTERNAL = ("tenant_id", "deleted", "remote_url")
-ConnectorObject = derive(
-    "ConnectorObject",
-    Connector,
-    exclude=CONNECTOR_INTERNAL,
-    fields={
-        "tools": (list[ToolObject], ...),
-        "auth": (ConnectorAuth, ...),
-        # `degraded` is documented (webhook connector.status_changed) but never set by this build
-        "status": (Literal["connected", "degraded", "pending_auth", "error"], ...),
-        "installed_at": (datetime, ...),
-    },
-    doc='``object: "connector"``, an installed instance (spec §2.4, seed 001). '
-    "``status_detail`` and ``authorize_url`` are present only when set.",
-)
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    ConnectorObject = BaseModel
+else:
+    ConnectorObject = derive(
+        "ConnectorObject",
+        Connector,
+        exclude=CONNECTOR_INTERNAL,
+        fields={
+            "tools": (list[ToolObject], ...),
+            "auth": (ConnectorAuth, ...),
+            # `degraded` is documented (webhook connector.status_changed) but never set by this build
+            "status": (Literal["connected", "degraded", "pending_auth", "error"], ...),
+            "installed_at": (datetime, ...),
+        },
+        doc='``object: "connector"``, an installed instance (spec §2.4, seed 001). '
+        "``status_detail`` and ``authorize_url`` are present only when set.",
+    )
 
 
-ConnectorSummary = derive(
-    "ConnectorSummary",
-    ConnectorObject,
-    include=("id", "object", "listing", "name", "kind", "capabilities", "status"),
-    doc="A connector as ``GET /v1/connectors`` lists it (seed 001); retrieve it for the rest.",
-)
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    ConnectorSummary = BaseModel
+else:
+    ConnectorSummary = derive(
+        "ConnectorSummary",
+        ConnectorObject,
+        include=("id", "object", "listing", "name", "kind", "capabilities", "status"),
+        doc="A connector as ``GET /v1/connectors`` lists it (seed 001); retrieve it for the rest.",
+    )
 
 
 class ConnectorDeleted(BaseModel):
@@ -269,24 +284,30 @@ class ExportObject(BaseModel):
 
 
 # ---- api key (§2.12) ----------------------------------------------------------------------------
-ApiKeyObject = derive(
-    "ApiKeyObject",
-    ApiKey,
-    exclude=("secret_hash",),
-    fields={
-        "livemode": (bool, ...),
-        # null when created from explicit scopes (spec §2.12)
-        "role": (Literal["read_only", "ingest", "operate", "admin"] | None, None),
-    },
-    doc='``object: "api_key"`` (spec §2.12): never the secret or its hash.',
-)
-ApiKeyCreated = derive(
-    "ApiKeyCreated",
-    ApiKeyObject,
-    fields={"secret": (str | None, ...)},
-    doc="The created ``api_key`` with its ``secret``, shown this once (null in an "
-    "Idempotency-Key replay).",
-)
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    ApiKeyObject = BaseModel
+else:
+    ApiKeyObject = derive(
+        "ApiKeyObject",
+        ApiKey,
+        exclude=("secret_hash",),
+        fields={
+            "livemode": (bool, ...),
+            # null when created from explicit scopes (spec §2.12)
+            "role": (Literal["read_only", "ingest", "operate", "admin"] | None, None),
+        },
+        doc='``object: "api_key"`` (spec §2.12): never the secret or its hash.',
+    )
+if TYPE_CHECKING:  # derived at import time; mypy sees the base model
+    ApiKeyCreated = BaseModel
+else:
+    ApiKeyCreated = derive(
+        "ApiKeyCreated",
+        ApiKeyObject,
+        fields={"secret": (str | None, ...)},
+        doc="The created ``api_key`` with its ``secret``, shown this once (null in an "
+        "Idempotency-Key replay).",
+    )
 
 
 # ---- health -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 # or a whole '**'; at most 32 segments) and a cron expression (format "cron").
 _SEG = r"(?:\*\*|\*|\*?(?:[A-Za-z0-9_-]+\*)*[A-Za-z0-9_-]+\*?)"
 GLOB_PATTERN = rf"^{_SEG}(?:\.{_SEG}){{0,31}}$"
-_GLOB = {"type": "string", "pattern": GLOB_PATTERN, "minLength": 1, "maxLength": 200}
+_GLOB: dict[str, Any] = {"type": "string", "pattern": GLOB_PATTERN, "minLength": 1, "maxLength": 200}
 
 
 def default_triggers(capabilities: list[str]) -> list[str]:

@@ -22,7 +22,13 @@ from api.respond import documented, respond
 from api.state import ApiState
 from connectors.egress import EgressRefused, check_target_async
 from connectors.marketplace import CHECK_TOOL, Listing, load_catalogue
-from schemas.connector import CONNECTOR_NAME_RE, Connector, ConnectorInstall, ConnectorTest
+from schemas.connector import (
+    CONNECTOR_NAME_RE,
+    Connector,
+    ConnectorInstall,
+    ConnectorTest,
+    ConnectorTool,
+)
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
 from schemas.objects import (
@@ -318,12 +324,12 @@ class ConnectorsController(Controller):
                 kind=listing.kind,
                 capabilities=list(listing.capabilities),
                 tools=[
-                    {
-                        "name": t.name,
-                        "side_effect": t.side_effect,
-                        "capability": t.capability,
-                        "compensating_tool": t.compensating_tool,
-                    }
+                    ConnectorTool(
+                        name=t.name,
+                        side_effect=t.side_effect,
+                        capability=t.capability,
+                        compensating_tool=t.compensating_tool,
+                    )
                     for t in listing.tools
                 ],
                 auth={"type": listing.auth_type, "hint": credential_hint(data.auth)},

@@ -26,6 +26,7 @@ from api.respond import documented, respond
 from api.state import ApiState
 from connectors.marketplace import CATALOGUE_FILE
 from ledger.store import RECEIPT_EQ_FILTERS
+from schemas.commands import CommandType
 from schemas.errors import ErrorCode, FibricError
 from schemas.objects import ListOf
 from schemas.plan import (
@@ -335,7 +336,7 @@ class PlansController(Controller):
         return respond(PlanObject, Publisher.of(state, auth).plan(plan, receipts))
 
     async def _decide(
-        self, request: Request[Any, Any, Any], plan_id: str, type_: str
+        self, request: Request[Any, Any, Any], plan_id: str, type_: CommandType
     ) -> Response[PlanObject]:
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
