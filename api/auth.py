@@ -1,11 +1,13 @@
 """Bearer-key authentication, scope guards and the tenant scope every handler works within.
 
 The tenant is derived from the key and nothing else. An unknown key triggers one catch-up of the
-config view (a key created a moment ago by ``fibric admin`` is then found) before a 401.
+config view (a key created a moment ago by ``fibric admin`` is then found) before a 401,
+bounded in all by :data:`UNKNOWN_KEY_SYNC_TIMEOUT_S` so a stalled broker never delays it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +20,12 @@ from ledger.store import Scope
 from schemas.config import ApiKey, Tenant, hash_secret
 from schemas.errors import ErrorCode, FibricError
 
-# An unknown key waits at most this long for the config view to catch up before 401.
-UNKNOWN_KEY_SYNC_TIMEOUT_S = 2.0
+# An unknown key waits at most this long, in all, for the config view to catch up before 401:
+# the broker's end offsets and the view's progress together (a healthy broker answers both in
+# milliseconds; a stalled one must not hold a 401 back).
+UNKNOWN_KEY_SYNC_TIMEOUT_S = 1.0
+# Unauthenticated requests are counted in this budget (tenant "") so a 401 carries X-RateLimit-*.
+UNAUTHENTICATED = ("", "unauthenticated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +46,37 @@ async def _lookup(state: ApiState, secret: str) -> ApiKey | None:
     digest = hash_secret(secret)
     key = state.view.keys_by_hash.get(digest)
     if key is None:
-        try:
-            await state.view.sync(timeout=UNKNOWN_KEY_SYNC_TIMEOUT_S)
-        except (TimeoutError, Exception):  # noqa: BLE001 - fall through to 401
-            return None
+        await _catch_up(state)
         key = state.view.keys_by_hash.get(digest)
     return key
+
+
+async def _catch_up(state: ApiState) -> None:
+    """One bounded catch-up of the config view, shared by every unknown key that arrives while
+    it runs (a flood of bad keys costs one end-offsets request, not one each)."""
+    task: asyncio.Task[None] | None = state.extra.get("key_sync")
+    if task is None or task.done():
+        task = asyncio.ensure_future(state.view.sync(timeout=UNKNOWN_KEY_SYNC_TIMEOUT_S))
+        task.add_done_callback(_retrieve)
+        state.extra["key_sync"] = task
+    try:
+        # the whole catch-up is bounded: ConfigView.sync bounds only its wait for progress, not
+        # the end-offsets request before it, which a stalled broker never answers
+        await asyncio.wait_for(asyncio.shield(task), UNKNOWN_KEY_SYNC_TIMEOUT_S)
+    except (TimeoutError, Exception):  # noqa: BLE001 - fall through to 401
+        return
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # consumed: a failed catch-up is a 401, not an unhandled error
+
+
+def _unauthenticated(connection: ASGIConnection[Any, Any, Any, Any], state: ApiState) -> None:
+    verdict = state.limiter.hit(*UNAUTHENTICATED)
+    headers = verdict.headers()
+    headers.pop("Retry-After", None)  # a 401 is never a 429: nothing to wait for
+    connection.scope["state"].setdefault("response_headers", {}).update(headers)
 
 
 async def require_scope(
@@ -61,16 +92,20 @@ async def require_scope(
         or not secret.startswith(("sk_live_", "sk_test_"))
         or len(secret) > 200
     ):
+        _unauthenticated(connection, state)
         raise FibricError(
             ErrorCode.KEY_INVALID, "Send a valid secret API key as 'Authorization: Bearer sk_…'."
         )
     key = await _lookup(state, secret)
     if key is None:
+        _unauthenticated(connection, state)
         raise FibricError(ErrorCode.KEY_INVALID, "The API key is invalid.")
     if key.status != "active":
+        _unauthenticated(connection, state)
         raise FibricError(ErrorCode.KEY_REVOKED, "The API key has been revoked.")
     tenant = state.view.tenants.get(key.tenant_id)
     if tenant is None:
+        _unauthenticated(connection, state)
         raise FibricError(ErrorCode.KEY_INVALID, "The API key's tenant does not exist.")
     key_usage(state).note(state, key)  # last_used_at: in memory; a background touch when due
     needed = handler.opt.get("scope")

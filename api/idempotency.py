@@ -6,6 +6,12 @@ route and kept 24 h in ClickHouse, so they survive API restarts and are shared b
 instances. Only successful (2xx) results are stored: a failed request changed nothing, so the
 client may fix it and retry with the same key. Concurrent requests with one key are serialised
 in-process; the second receives the first's result.
+
+``POST /v1/events`` uses :meth:`Idempotency.run_recorded` instead: its effect (a record on the
+events topic) may land even when the request fails (a 503 after the broker got the record), so
+the validated answer — the event id — is recorded *before* the record is produced, and a retry
+with the key re-delivers that same event rather than minting a new id the worker's ingest dedup
+would drop (docs/decisions.md §30).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from litestar import Request, Response
@@ -28,6 +34,8 @@ RETENTION = timedelta(hours=24)
 MAX_KEY_LEN = 255
 # Records this process wrote recently, answered from memory without a ClickHouse round trip.
 CACHE_SIZE = 50_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,76 @@ class Idempotency:
         key = request.headers.get("idempotency-key")
         if key is None:
             return await handler()
+        ident, route, digest = self._ident(request, scope, key, body)
+        lock = self._locks.setdefault(ident, asyncio.Lock())
+        try:
+            async with lock:
+                stored = await self._lookup(ident, scope, route, key)
+                if stored is not None:
+                    self._check(stored, digest)
+                    return self._replayed(stored)
+                response = await handler()
+                if 200 <= response.status_code < 300:
+                    content = response.content
+                    data = content if isinstance(content, bytes) else orjson.dumps(content)
+                    response.content = data
+                    await self._record(
+                        ident,
+                        scope,
+                        route,
+                        key,
+                        digest,
+                        response.status_code,
+                        data,
+                        _request_id(request),
+                    )
+                return response
+        finally:
+            self._release(ident, lock)
+
+    async def run_recorded(
+        self,
+        request: Request[Any, Any, Any],
+        scope: Scope,
+        body: bytes,
+        prepare: Callable[[], tuple[int, bytes, T]],
+        deliver: Callable[[T], Awaitable[None]],
+        replay: Callable[[bytes], Awaitable[None]],
+    ) -> Response[Any]:
+        """For writes whose effect leaves the process (``POST /v1/events``: a record on the
+        events topic) and may land even when the request fails (a 503 after the broker got the
+        record). ``prepare`` validates and builds the whole answer — status, body and what to
+        deliver — without side effects; with an Idempotency-Key that answer is recorded
+        *before* ``deliver`` runs, so the attempt (the event id) is the same across retries.
+        A retry with the key finds the record and runs ``replay`` on the recorded body (deliver
+        it again: the worker's ingest dedup drops a second copy) before answering 200 with it,
+        so a replayed answer also means delivered. A failure in ``prepare`` records nothing."""
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            status, content, item = prepare()
+            await deliver(item)
+            return Response(content, status_code=status, media_type="application/json")
+        ident, route, digest = self._ident(request, scope, key, body)
+        lock = self._locks.setdefault(ident, asyncio.Lock())
+        try:
+            async with lock:
+                stored = await self._lookup(ident, scope, route, key)
+                if stored is not None:
+                    self._check(stored, digest)
+                    await replay(stored.response)
+                    return self._replayed(stored)
+                status, content, item = prepare()
+                await self._record(
+                    ident, scope, route, key, digest, status, content, _request_id(request)
+                )
+                await deliver(item)
+                return Response(content, status_code=status, media_type="application/json")
+        finally:
+            self._release(ident, lock)
+
+    def _ident(
+        self, request: Request[Any, Any, Any], scope: Scope, key: str, body: bytes
+    ) -> tuple[tuple, str, str]:
         if not 1 <= len(key) <= MAX_KEY_LEN:
             raise FibricError(
                 ErrorCode.INVALID_PARAMETER,
@@ -108,35 +186,29 @@ class Idempotency:
                 param="Idempotency-Key",
             )
         route = f"{request.method} {request.url.path}"
-        ident = (scope.tenant_id, scope.livemode, route, key)
-        digest = body_hash(body)
-        lock = self._locks.setdefault(ident, asyncio.Lock())
-        try:
-            async with lock:
-                stored = await self._lookup(ident, scope, route, key)
-                if stored is not None:
-                    if stored.body_hash != digest:
-                        raise FibricError(
-                            ErrorCode.IDEMPOTENCY_CONFLICT,
-                            "This Idempotency-Key was already used with a different request body.",
-                            param="Idempotency-Key",
-                        )
-                    return Response(
-                        stored.response,
-                        status_code=200,
-                        media_type="application/json",
-                        headers={
-                            "Idempotent-Replayed": "true",
-                            "Original-Request-Id": stored.request_id,
-                        },
-                    )
-                response = await handler()
-                if 200 <= response.status_code < 300:
-                    await self._remember(ident, scope, route, key, digest, response, request)
-                return response
-        finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._locks.pop(ident, None)
+        return (scope.tenant_id, scope.livemode, route, key), route, body_hash(body)
+
+    @staticmethod
+    def _check(stored: Stored, digest: str) -> None:
+        if stored.body_hash != digest:
+            raise FibricError(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                "This Idempotency-Key was already used with a different request body.",
+                param="Idempotency-Key",
+            )
+
+    @staticmethod
+    def _replayed(stored: Stored) -> Response[Any]:
+        return Response(
+            stored.response,
+            status_code=200,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true", "Original-Request-Id": stored.request_id},
+        )
+
+    def _release(self, ident: tuple, lock: asyncio.Lock) -> None:
+        if not lock.locked() and not getattr(lock, "_waiters", None):
+            self._locks.pop(ident, None)
 
     async def _lookup(self, ident: tuple, scope: Scope, route: str, key: str) -> Stored | None:
         now = datetime.now(UTC)
@@ -150,34 +222,25 @@ class Idempotency:
             return None
         return Stored(row[0], int(row[1]), row[2].encode(), row[3], now)
 
-    async def _remember(
+    async def _record(
         self,
         ident: tuple,
         scope: Scope,
         route: str,
         key: str,
         digest: str,
-        response: Response[Any],
-        request: Request[Any, Any, Any],
+        status: int,
+        body: bytes,
+        rid: str,
     ) -> None:
-        content = response.content
-        body = content if isinstance(content, bytes) else orjson.dumps(content)
-        response.content = body
-        rid = request.scope["state"]["request_id"]
         now = datetime.now(UTC)
         await self._writer.write(
-            [
-                scope.tenant_id,
-                scope.livemode,
-                route,
-                key,
-                digest,
-                response.status_code,
-                body.decode(),
-                rid,
-                now,
-            ]
+            [scope.tenant_id, scope.livemode, route, key, digest, status, body.decode(), rid, now]
         )
-        self._cache[ident] = Stored(digest, response.status_code, body, rid, now)
+        self._cache[ident] = Stored(digest, status, body, rid, now)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+
+
+def _request_id(request: Request[Any, Any, Any]) -> str:
+    return request.scope["state"]["request_id"]

@@ -163,6 +163,12 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
                 ("non_2xx", r.get("non_2xx")),
                 *_cpu_fields(name, r),
                 ("healthz_cpu_us_per_request", r.get("healthz_cpu_us_per_item")),
+                ("idem_req_per_s", r.get("idem_req_per_s")),
+                ("idem_p50_ms", r.get("idem_p50_ms")),
+                ("idem_p99_ms", r.get("idem_p99_ms")),
+                ("idem_healthz_ratio", r.get("idem_healthz_ratio")),
+                ("idem_non_2xx", r.get("idem_non_2xx")),
+                ("idem_cpu_us_per_request", r.get("idem_cpu_us_per_item")),
             ],
         )
     loop_fields = {
@@ -354,6 +360,9 @@ def markdown(doc: dict[str, Any]) -> str:
         add("S2", "POST p50 ms", s2.get("p50_ms"), "p50_ms")
         add("S2", "POST p99 ms", s2.get("p99_ms"), "p99_ms")
         add("S2", "GET /healthz req/s (framework ceiling)", s2.get("healthz_req_per_s"))
+        add("S2", "POST ÷ /healthz req/s (same run)", s2.get("healthz_ratio"))
+        add("S2", "POST + Idempotency-Key req/s", s2.get("idem_req_per_s"))
+        add("S2", "POST + Idempotency-Key p99 ms", s2.get("idem_p99_ms"))
         add("S2", "load generator CPU (share of its core)", s2.get("loadgen_cpu_share"))
     ok = {
         k: r

@@ -91,9 +91,11 @@ def stack_cpus() -> str | None:
     return ",".join(map(str, cpus[:-1])) if len(cpus) >= 2 else None
 
 
-def _post_lua(secret: str, body: bytes) -> str:
+def _post_lua(secret: str, body: bytes, idempotency_prefix: str | None = None) -> str:
     """POST the ~1 KB body with the entity key varying over 1,024 values (fixed width, so the
-    size is constant): events spread over every partition, as real producers' do."""
+    size is constant): events spread over every partition, as real producers' do. With
+    ``idempotency_prefix`` every request also carries a new ``Idempotency-Key`` (prefix +
+    counter): the second S2 line, where each POST also records its attempt in ClickHouse."""
     marker = b'"order-000000"'
     assert marker in body
     template = body.decode().replace("%", "%%").replace(marker.decode(), '"order-%06d"', 1)
@@ -105,7 +107,12 @@ def _post_lua(secret: str, body: bytes) -> str:
         "local counter = 0\n"
         "request = function()\n"
         "  counter = counter + 1\n"
-        "  return wrk.format(nil, nil, nil, string.format(template, counter % 1024))\n"
+        + (
+            f'  wrk.headers["Idempotency-Key"] = "{idempotency_prefix}" .. counter\n'
+            if idempotency_prefix
+            else ""
+        )
+        + "  return wrk.format(nil, nil, nil, string.format(template, counter % 1024))\n"
         "end\n" + _DONE_LUA
     )
 
@@ -315,6 +322,15 @@ def run_s2(
         result["profile"] = prof.stop()
     events_after = asyncio.run(_events_end(stack.bootstrap))
 
+    # the second line: the same POSTs, each with a new Idempotency-Key
+    idem_lua = workdir / "post_idempotent.lua"
+    idem_lua.write_text(_post_lua(stack.secret, body, f"s2-{os.getpid()}-{time.time_ns()}-"))
+    cpu = CpuMeter(stack.cpu_roles(), tree=True)
+    cpu.start()
+    idem = measure(post_url, idem_lua, hdrs, True, duration_s, "S2 POST + Idempotency-Key")
+    cpu.stop()
+    idem_cpu = cpu.per_item(idem["requests"])["cpu_us_per_item"]
+
     measure(health_url, done_lua, {}, False, warmup_s, "S2 warm-up GET /healthz")
     cpu = CpuMeter(stack.cpu_roles(), tree=True)
     cpu.start()
@@ -329,6 +345,12 @@ def run_s2(
     )  # Tansu end offsets under-count; includes the warm-up
     for k in ("req_per_s", "p50_ms", "p99_ms", "non_2xx", "socket_errors", "loadgen_cpu_share"):
         result[f"healthz_{k}"] = health[k]
+    for k in ("req_per_s", "p50_ms", "p99_ms", "non_2xx", "socket_errors"):
+        result[f"idem_{k}"] = idem[k]
+    result["idem_cpu_us_per_item"] = idem_cpu
+    result["idem_healthz_ratio"] = (
+        round(idem["req_per_s"] / health["req_per_s"], 3) if health["req_per_s"] else None
+    )
     result["healthz_ratio"] = (
         round(post["req_per_s"] / health["req_per_s"], 3) if health["req_per_s"] else None
     )

@@ -90,6 +90,45 @@ class EventEnvelope(BaseModel):
             )
         return v.astimezone(UTC)
 
+    def to_event(self, event_id: str, correlation_id: str, created_at: datetime) -> Event:
+        """The stored event this envelope becomes (the one envelope -> event copy: ingest's
+        ``admit`` and the api use it; ids and times are the caller's, as only it knows them)."""
+        return Event(
+            id=event_id,
+            tenant_id=self.tenant_id,
+            reseller_id=self.reseller_id,
+            livemode=self.livemode,
+            workspace_id=self.workspace_id,
+            source=self.source,
+            event_type=self.event_type,
+            correlation_id=correlation_id,
+            payload=self.payload,
+            agent_id=self.agent_id,
+            session_id=self.session_id,
+            entity_key=self.entity_key,
+            idempotency_key=self.idempotency_key,
+            request_id=self.request_id,
+            created_at=created_at,
+        )
+
+
+# Event fields carried on the wire under the same name (id -> event_id, created_at ->
+# received_at are renamed; object is not carried).
+_WIRE_FIELDS = (
+    "tenant_id",
+    "reseller_id",
+    "livemode",
+    "workspace_id",
+    "source",
+    "event_type",
+    "correlation_id",
+    "payload",
+    "agent_id",
+    "session_id",
+    "entity_key",
+    "idempotency_key",
+)
+
 
 class Event(BaseModel):
     """The stored event and API object (``object: "event"``)."""
@@ -110,6 +149,32 @@ class Event(BaseModel):
     idempotency_key: str | None = None
     request_id: str | None = None
     created_at: datetime
+
+    def envelope_json(self) -> dict[str, Any]:
+        """The ``fibric.events.v1`` envelope of this event as JSON-ready values (the one
+        event -> envelope copy): exactly ``EventEnvelope(...).model_dump(mode="json",
+        exclude_none=True)`` of the same fields, without building a second model. The caller
+        validated every field already (this event was made from a validated ``EventIn``)."""
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "event_id": self.id}
+        for name in _WIRE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out["received_at"] = _rfc3339(self.created_at)
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        return out
+
+    def to_envelope(self) -> EventEnvelope:
+        """The same envelope as a validated model (for callers that need the model)."""
+        return EventEnvelope.model_validate(self.envelope_json())
+
+
+def _rfc3339(value: datetime) -> str:
+    """pydantic's JSON form of an aware datetime (``2026-01-02T03:04:05.123456Z``)."""
+    value = value.astimezone(UTC)
+    text = value.replace(tzinfo=None).isoformat()
+    return text + "Z"
 
 
 class DeadLetter(BaseModel):

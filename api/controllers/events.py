@@ -15,7 +15,7 @@ from api.body import read_body, validate
 from api.pagination import decode_cursor, list_body, parse_limit
 from api.respond import documented, respond
 from ledger.store import DATETIME_MAX, DATETIME_MIN, EventFilters
-from schemas.envelope import Event, EventEnvelope, EventIn
+from schemas.envelope import Event, EventIn
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
 from schemas.limits import LimitProblem, check_payload
@@ -126,16 +126,19 @@ class EventsController(Controller):
         state = api_state(request)
         auth = auth_of(request)
         body = await read_body(request)
+        headers = request.headers
 
-        async def handle() -> Response[bytes]:
+        def prepare() -> tuple[int, bytes, Event]:
+            # one validation of the body; the event is the one model built from it
             data = validate(EventIn, body)
-            if data.tenant_id is not None and data.tenant_id != auth.tenant.id:
+            tenant = auth.tenant
+            if data.tenant_id is not None and data.tenant_id != tenant.id:
                 raise FibricError(
                     ErrorCode.TENANT_MISMATCH,
                     "tenant_id in the body does not match the API key's tenant.",
                     param="tenant_id",
                 )
-            if data.reseller_id is not None and data.reseller_id != auth.tenant.reseller_id:
+            if data.reseller_id is not None and data.reseller_id != tenant.reseller_id:
                 raise FibricError(
                     ErrorCode.TENANT_MISMATCH,
                     "reseller_id in the body does not match the API key's tenant.",
@@ -146,46 +149,43 @@ class EventsController(Controller):
             if problems:
                 raise limit_error(problems)
             now = datetime.now(UTC)
-            event_id = new_id("ev", int(now.timestamp() * 1000))
+            ms = int(now.timestamp() * 1000)
             event = Event(
-                id=event_id,
-                tenant_id=auth.tenant.id,
-                reseller_id=auth.tenant.reseller_id,
+                id=new_id("ev", ms),
+                tenant_id=tenant.id,
+                reseller_id=tenant.reseller_id,
                 livemode=auth.key.livemode,
                 workspace_id=data.workspace_id,
                 source=data.source,
                 event_type=data.event_type,
-                correlation_id=data.correlation_id or new_id("co", int(now.timestamp() * 1000)),
+                correlation_id=data.correlation_id or new_id("co", ms),
                 payload=data.payload,
                 entity_key=data.entity_key,
-                idempotency_key=request.headers.get("idempotency-key"),
+                idempotency_key=headers.get("idempotency-key"),
                 request_id=request.scope["state"]["request_id"],
                 created_at=now,
             )
-            envelope = EventEnvelope(
-                event_id=event.id,
-                tenant_id=event.tenant_id,
-                reseller_id=event.reseller_id,
-                livemode=event.livemode,
-                workspace_id=event.workspace_id,
-                source=event.source,
-                event_type=event.event_type,
-                correlation_id=event.correlation_id,
-                payload=event.payload,
-                entity_key=event.entity_key,
-                idempotency_key=event.idempotency_key,
-                received_at=now,
-                request_id=event.request_id,
-            )
+            doc = event.model_dump(mode="json")
+            doc["plan_ids"] = []
+            return 201, orjson.dumps(doc), event
+
+        async def deliver(event: Event) -> None:
+            # the 201 means durable on the events topic: wait for the broker's acknowledgement
             await state.producer.send_and_wait(
                 EVENTS,
-                orjson.dumps(envelope.model_dump(mode="json", exclude_none=True)),
+                orjson.dumps(event.envelope_json()),
                 key=entity_key(event.tenant_id, event.entity_key or event.id),
             )
             state.pending.add(auth.scope, event)
-            return _json({**event.model_dump(mode="json"), "plan_ids": []}, 201)
 
-        return await state.idempotency.run(request, auth.scope, body, handle)
+        async def replay(recorded: bytes) -> None:
+            # the recorded attempt (a 503 may still have reached the broker): deliver the same
+            # event again, the worker's ingest dedup keeps one
+            await deliver(Event.model_validate_json(recorded))
+
+        return await state.idempotency.run_recorded(
+            request, auth.scope, body, prepare, deliver, replay
+        )
 
     @get(
         "/",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -21,11 +22,16 @@ pytestmark = pytest.mark.e2e
 # Bounds each request of this test; a stalled write must answer well before (api.broker:
 # BROKER_WAIT_S), and aiokafka's own 15 s timeout would surface as a 500, not a 503.
 CLIENT_TIMEOUT_S = 60
+# A 401 while the broker is stalled answers within api.auth.UNKNOWN_KEY_SYNC_TIMEOUT_S; this
+# client gives up far sooner than the old hang (aiokafka's 40 s request timeout).
+UNKNOWN_KEY_CLIENT_TIMEOUT_S = 10
 
 
 @pytest.fixture(scope="module")
 def paused(tmp_path_factory):
-    stack = make_stack(tmp_path_factory.mktemp("broker-down"))
+    # no read-your-writes overlay: a GET answers from ClickHouse only, so "the event exists"
+    # below means the worker admitted it and the ledger stored it
+    stack = make_stack(tmp_path_factory.mktemp("broker-down"), FIBRIC_READ_YOUR_WRITES_TTL_S="0")
     stack.start()
     tenant = new_tenant(stack, "down")
     (broker,) = [p for p in stack.pids() if _argv(p)[1:2] == [b"broker"]]
@@ -63,6 +69,44 @@ def test_writes_fail_fast_with_503_and_recover(paused):
             assert c.get("/v1/operators").status_code == 200
         finally:
             os.kill(broker, signal.SIGCONT)
-        # the 503 stored nothing under the key: the retry is a fresh, successful write
+        # the 503'd attempt may still reach the broker (its record was queued): the retry with
+        # the same key names that attempt's event id, delivered again (the worker keeps one)
         r = c.post("/v1/events", json=event(), headers={"Idempotency-Key": key})
-        assert r.status_code == 201, r.text
+        assert r.status_code == 200 and r.headers["idempotent-replayed"] == "true", r.text
+        event_id = r.json()["id"]
+        again = c.post("/v1/events", json=event(), headers={"Idempotency-Key": key})
+        assert again.status_code == 200 and again.json()["id"] == event_id
+        # the id the client was given exists (before the fix: a fresh id the ingest dedup dropped)
+        assert wait_for_event(c, event_id)["idempotency_key"] == key
+        listed = c.get("/v1/events", params={"limit": 100}).json()["data"]
+        assert [e["id"] for e in listed if e.get("idempotency_key") == key] == [event_id]
+
+
+def test_unknown_key_is_401_at_once_while_the_broker_is_stalled(paused):
+    stack, tenant, broker = paused
+    with client(stack, "sk_test_" + "x" * 40) as c:
+        # an unknown key asks the broker once whether the config view is behind; a stalled
+        # broker must not hold the 401 back (before: aiokafka's 40 s end-offsets request)
+        c.timeout = UNKNOWN_KEY_CLIENT_TIMEOUT_S
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                r = c.get("/v1/events")
+                assert_error(r, 401, "key_invalid")
+                assert int(r.headers["x-ratelimit-limit"]) > 0
+                assert "x-ratelimit-remaining" in r.headers and "x-ratelimit-reset" in r.headers
+        finally:
+            os.kill(broker, signal.SIGCONT)
+    with client(stack, tenant.keys["admin"]) as c:
+        assert c.get("/v1/events").status_code == 200
+
+
+def wait_for_event(c, event_id: str, attempts: int = 300) -> dict:
+    """Poll GET /v1/events/{id} until the ledger has it (at most ``attempts`` tries)."""
+    for _ in range(attempts):
+        r = c.get(f"/v1/events/{event_id}")
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 404, r.text
+        time.sleep(0.2)
+    raise AssertionError(f"{event_id} never became readable")

@@ -157,9 +157,14 @@ def test_authentication_and_scopes(stack, acme):
             401,
             "key_invalid",
         )
-        assert_error(
-            anon.get("/v1/events", headers={"Authorization": "Basic abc"}), 401, "key_invalid"
-        )
+        r = anon.get("/v1/events", headers={"Authorization": "Basic abc"})
+        assert_error(r, 401, "key_invalid")
+        # a 401 carries the budget headers too (unauthenticated requests have their own budget)
+        unknown = anon.get("/v1/events", headers={"Authorization": "Bearer sk_test_nope"})
+        assert int(unknown.headers["x-ratelimit-limit"]) > 0
+        left = int(unknown.headers["x-ratelimit-remaining"])
+        assert int(r.headers["x-ratelimit-remaining"]) > left
+        assert "retry-after" not in unknown.headers
         assert anon.get("/healthz").status_code == 200
     with client(stack, acme.keys["read_only"]) as ro:
         err = assert_error(ro.post("/v1/events", json=event()), 403, "insufficient_scope")
