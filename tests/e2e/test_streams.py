@@ -310,11 +310,10 @@ def test_resume_with_last_event_id_and_cursor(sstack, tenant):
 def test_a_backfill_larger_than_the_bound_ends_with_a_reason_and_resumes(sstack, tenant):
     source = f"big-{uuid.uuid4().hex[:6]}"
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
-    ids = Writer(sstack, tenant.keys["admin"], source, BACKFILL_MAX + 10).start().join()
-    with client(sstack, tenant.keys["admin"]) as c:  # all stored (the list shows them)
-        deadline = time.monotonic() + WAIT_S
-        while len(listed(c, {"source": source})) < len(ids) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    with SSE(sstack, tenant.keys["read_only"], params={"source": source}) as live:
+        live.opened()
+        ids = Writer(sstack, tenant.keys["admin"], source, BACKFILL_MAX + 10).start().join()
+        collect_until(live, set(ids), [])  # streamed = stored (lists also show unstored ones)
     with SSE(sstack, tenant.keys["read_only"], params={"source": source, "since": since}) as s:
         frames = []
         while (f := s.next()) is not None:
