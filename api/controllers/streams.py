@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -277,7 +277,7 @@ class EventSession:
             )
         return frame
 
-    async def frames(self, keepalive_s: float) -> AsyncIterator[tuple[str, bytes] | None]:
+    async def frames(self, keepalive_s: float) -> AsyncGenerator[tuple[str, bytes] | None, None]:
         """``(event id, data as JSON)`` per frame, ``None`` when a keep-alive is due; returns
         when the subscription ended (``self.sub.ended`` says why)."""
         hub, start, sub = self.sub.hub, self.start, self.sub
@@ -311,9 +311,9 @@ class EventSession:
                         sub.end(BACKFILL_TOO_LARGE)
                         return
             # 5. what the ring held between the start's position and the subscription;
-            for item in self.tail:
-                if item.id not in replayed:
-                    yield self._live_frame(item)
+            for held in self.tail:
+                if held.id not in replayed:
+                    yield self._live_frame(held)
             # 6. live, until the client leaves or is dropped.
             while True:
                 item = await sub.next(keepalive_s)
@@ -674,8 +674,8 @@ class LoopStreamController(Controller):
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 yield KEEP_ALIVE
-                for item in tail:
-                    yield frame(item)
+                for held in tail:
+                    yield frame(held)
                 while True:
                     item = await sub.next(keepalive)
                     if item is None:
