@@ -19,8 +19,8 @@ SCOPE = Scope("t_acme", False)
 
 
 class RowStore:
-    """The two LedgerStore calls Idempotency makes, over a list of rows (first row wins, as in
-    the ClickHouse query's ORDER BY created_at LIMIT 1)."""
+    """The two LedgerStore calls Idempotency makes (insert, and the grouped lookup's query),
+    over a list of rows, oldest first as the query's ORDER BY created_at."""
 
     def __init__(self) -> None:
         self.rows: list[list[Any]] = []
@@ -29,11 +29,14 @@ class RowStore:
         assert table == "idempotency_keys"
         self.rows.extend(rows)
 
-    async def get_idempotency(self, scope: Scope, route: str, key: str, not_before: Any):
-        for r in self.rows:
-            if (r[0], r[1], r[2], r[3]) == (scope.tenant_id, scope.livemode, route, key):
-                return (r[4], r[5], r[6], r[7])
-        return None
+    async def query(self, sql: str, params: dict[str, Any]) -> list[tuple]:
+        assert "FROM idempotency_keys" in sql
+        rows = [
+            r
+            for r in self.rows
+            if r[0] in params["t"] and r[3] in params["k"] and r[8] >= params["nb"]
+        ]
+        return [tuple(r[:8]) for r in sorted(rows, key=lambda r: r[8])]
 
 
 def request(key: str | None, rid: str) -> Any:
@@ -127,5 +130,30 @@ def test_a_refused_request_records_nothing():
         with pytest.raises(FibricError):
             await idem.run_recorded(request("k1", "req_1"), SCOPE, b"{}", refuse, never, never)
         assert store.rows == []
+
+    asyncio.run(main())
+
+
+def test_concurrent_new_keys_share_one_lookup_query():
+    async def main() -> None:
+        store, a = RowStore(), Attempts()
+        queries = 0
+        inner = store.query
+
+        async def counting(sql: str, params: dict[str, Any]) -> list[tuple]:
+            nonlocal queries
+            queries += 1
+            await asyncio.sleep(0)  # a query takes a while: others queue behind it
+            return await inner(sql, params)
+
+        store.query = counting  # type: ignore[method-assign]
+        idem = Idempotency(store)  # type: ignore[arg-type]
+        await asyncio.gather(*(run(idem, a, f"k{i}", f"req_{i}") for i in range(50)))
+        assert a.minted == 50 and len(store.rows) == 50
+        assert queries <= 2  # the first key alone, then the 49 that queued behind it
+        # and every one is found again by a fresh process
+        other = Idempotency(store)  # type: ignore[arg-type]
+        r = await run(other, a, "k7", "req_x")
+        assert r.status_code == 200 and a.minted == 50
 
     asyncio.run(main())
