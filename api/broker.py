@@ -31,7 +31,10 @@ async def bounded(aw: Awaitable[T], timeout: float = BROKER_WAIT_S) -> T:
     :class:`BrokerUnavailable`. A record whose send timed out may still be delivered later if
     the broker recovers: the client sees 503 and retries (same Idempotency-Key)."""
     try:
-        return await asyncio.wait_for(aw, timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the awaitable in a new
+        # task (~20 µs per POST /v1/events); the deadline's semantics are the same
+        async with asyncio.timeout(timeout):
+            return await aw
     except (TimeoutError, KafkaError) as exc:
         raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
