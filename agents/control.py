@@ -28,6 +28,7 @@ from schemas.config import (
 )
 from schemas.connector import Connector, VaultEntry
 from schemas.errors import ErrorCode
+from schemas.guardrail import GuardrailPolicy
 from schemas.operator import Guardrail, LastRun, Operator, default_triggers
 from schemas.plan import ActionRecord, Plan
 
@@ -43,6 +44,7 @@ class ConfigState(Protocol):
 
     def operators_of(self, tenant_id: str, livemode: bool) -> list[Operator]: ...
     def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]: ...
+    def guardrails_of(self, tenant_id: str, livemode: bool) -> list[GuardrailPolicy]: ...
 
 
 @dataclass
@@ -598,6 +600,7 @@ def _plan_approve(state: ConfigState, cmd: Command, now: datetime, new_id: IdFac
     approver = str(cmd.args.get("approver") or cmd.actor)
     operator = state.operators.get(plan.operator_id)
     connectors = state.connectors_of(plan.tenant_id, plan.livemode)
+    policies = state.guardrails_of(plan.tenant_id, plan.livemode)
     closed, rec = _close_plan(cmd, plan, "approved", now, new_id, approver)
     outputs: list[tuple[str, Any]] = [("plan", closed)]
     dispatch: list[ActionRecord] = []
@@ -606,7 +609,7 @@ def _plan_approve(state: ConfigState, cmd: Command, now: datetime, new_id: IdFac
         if a.verdict.decision == "BLOCK":
             actions.append(a)
             continue  # approval never runs a BLOCK; its refusal receipt already exists
-        verdict = revet(a, operator, connectors)
+        verdict = revet(a, operator, connectors, policies)
         approved = a.model_copy(
             update={
                 "approver": approver,
@@ -687,7 +690,8 @@ def _action_undo(state: ConfigState, cmd: Command, now: datetime, new_id: IdFact
         )
     operator = state.operators.get(original.operator_id)
     connectors = state.connectors_of(original.tenant_id, original.livemode)
-    undo = undo_action(original, operator, connectors, now, cmd.request_id)
+    policies = state.guardrails_of(original.tenant_id, original.livemode)
+    undo = undo_action(original, operator, connectors, now, cmd.request_id, policies)
     return [], undo.model_dump(mode="json"), [("action", undo)], [undo]
 
 

@@ -1,7 +1,8 @@
 """The deterministic executor's core: pure, no I/O (no Faust, Kafka, ClickHouse or MCP here).
 
-This is the only place that judges an action against policy (:func:`vet`, used by the plan
-builder, approval and undo), builds receipts (:func:`receipt`, :func:`plan_receipt`), builds
+This is the only place that judges an action against policy (:func:`judge` over the operator's
+guardrails and the tenant's guardrail policies; :func:`vet`, used by the plan builder, approval,
+undo and the api's dry-run evaluate), builds receipts (:func:`receipt`, :func:`plan_receipt`), builds
 undo actions (:func:`undo_action`) and decides what happens to an action that reaches the
 executor (:func:`decide` before a tool call, :func:`conclude` after it). The worker's executor
 (``streams/executor.py``) only does the I/O around these functions: it reads the seen-state of a
@@ -26,10 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from agents.globs import matches
 from agents.policy import evaluate
 from schemas.connector import Connector
+from schemas.guardrail import GuardrailPolicy, GuardrailRule
 from schemas.ids import derived_id
-from schemas.operator import Operator
+from schemas.operator import Guardrail, Operator
 from schemas.plan import ActionRecord, Outcome, Plan, Receipt, Verdict
 
 # Connector errors after which the side effect may or may not have happened upstream.
@@ -289,6 +292,98 @@ def _terminal(
 
 
 # ---- policy (the one place an action is judged) -------------------------------------------------
+def _tenant_rule(p: GuardrailPolicy, index: int, r: GuardrailRule) -> dict[str, Any]:
+    """How a verdict cites a tenant rule: the policy (id, name, exact version) and the rule."""
+    return {
+        "guardrail_id": p.id,
+        "guardrail": p.name,
+        "guardrail_version": p.version,
+        "index": index,
+        **r.public(),
+    }
+
+
+def _glob_ok(pattern: str | None, *names: str | None) -> bool:
+    return pattern is None or any(n is not None and matches(pattern, n) for n in names)
+
+
+def judge(
+    guardrails: Sequence[Guardrail],
+    policies: Sequence[GuardrailPolicy],
+    *,
+    operator_name: str,
+    tool: str,
+    side_effect: bool,
+    value: float | None,
+    connector_names: Sequence[str] = (),
+) -> Verdict:
+    """One action against the operator's ``guardrails`` and the tenant's ``policies``
+    (decisions §35). Pure. Precedence, first that applies:
+
+    1. a matching tenant ``BLOCK`` rule → BLOCK (also for read-only tools: it always wins);
+    2. read-only tool → ALLOW (reads are not gated otherwise, spec §4.1);
+    3. a matching tenant rule whose ``max_value`` the action exceeds (or has no value for) → BLOCK;
+    4. the operator's guardrails (agents/policy.py) BLOCK on a ceiling → BLOCK;
+    5. the union of matching rules (operator's and tenant's): any ALERT → ALERT, else any ALLOW
+       → ALLOW, else BLOCK (default closed).
+
+    With no matching tenant rule the verdict is exactly the operator guardrails' verdict."""
+    matching = [
+        (p, i, r)
+        for p in policies
+        if p.status == "active" and not p.deleted
+        for i, r in enumerate(p.rules)
+        if _glob_ok(r.operator, operator_name)
+        and _glob_ok(r.connector, *connector_names)
+        and _glob_ok(r.tool, tool)
+    ]
+    for p, i, r in matching:
+        if r.decision == "BLOCK":
+            why = f"{tool} is blocked by tenant guardrail {p.name!r} v{p.version}"
+            return Verdict(decision="BLOCK", rule=_tenant_rule(p, i, r), reason=why)
+    own = evaluate(
+        guardrails,
+        tool=tool,
+        side_effect=side_effect,
+        value=value,
+        connector_names=connector_names,
+    )
+    if not matching or not side_effect:
+        return own
+    for p, i, r in matching:
+        if r.max_value is not None and (value is None or value > r.max_value):
+            why = (
+                "has no value"
+                if value is None
+                else f"value {value:g} exceeds max_value {r.max_value:g}"
+            )
+            return Verdict(
+                decision="BLOCK",
+                rule=_tenant_rule(p, i, r),
+                reason=f"{tool} {why} (tenant guardrail {p.name!r} v{p.version})",
+            )
+    if own.decision == "BLOCK" and own.rule is not None:
+        return own  # the operator's own ceiling failed
+    if own.decision == "ALERT":
+        return own
+    alert = next(((p, i, r) for p, i, r in matching if r.decision == "ALERT"), None)
+    if alert is not None:
+        p, i, r = alert
+        return Verdict(
+            decision="ALERT",
+            rule=_tenant_rule(p, i, r),
+            reason=f"{tool} requires human approval (tenant guardrail {p.name!r} v{p.version})",
+        )
+    if own.decision == "ALLOW":
+        return own
+    p, i, r = matching[0]  # every matching tenant rule here is an ALLOW
+    return Verdict(
+        decision="ALLOW",
+        rule=_tenant_rule(p, i, r),
+        reason=f"{tool} allowed by tenant guardrail {p.name!r} v{p.version}",
+    )
+
+
 def vet(
     operator: Operator | None,
     connector: Connector | None,
@@ -296,15 +391,18 @@ def vet(
     tool: str,
     side_effect: bool,
     value: float | None,
+    policies: Sequence[GuardrailPolicy] = (),
 ) -> Verdict:
-    """Judge one action with ``operator``'s guardrails in force now. A deleted operator or an
-    uninstalled connector blocks (default closed)."""
+    """Judge one action with ``operator``'s guardrails and the tenant's ``policies`` in force
+    now. A deleted operator or an uninstalled connector blocks (default closed)."""
     if operator is None:
         return Verdict(decision="BLOCK", rule=None, reason="the operator no longer exists")
     if connector is None:
         return Verdict(decision="BLOCK", rule=None, reason="the connector is no longer installed")
-    return evaluate(
+    return judge(
         operator.guardrails,
+        policies,
+        operator_name=operator.name,
         tool=tool,
         side_effect=side_effect,
         value=value,
@@ -312,10 +410,17 @@ def vet(
     )
 
 
-def revet(a: ActionRecord, operator: Operator | None, connectors: Sequence[Connector]) -> Verdict:
+def revet(
+    a: ActionRecord,
+    operator: Operator | None,
+    connectors: Sequence[Connector],
+    policies: Sequence[GuardrailPolicy] = (),
+) -> Verdict:
     """Judge an already planned action again (approval time)."""
     cn = next((c for c in connectors if c.id == a.connector_id), None)
-    return vet(operator, cn, tool=a.tool, side_effect=a.side_effect, value=a.value)
+    return vet(
+        operator, cn, tool=a.tool, side_effect=a.side_effect, value=a.value, policies=policies
+    )
 
 
 def undo_action(
@@ -324,6 +429,7 @@ def undo_action(
     connectors: Sequence[Connector],
     now: datetime,
     request_id: str | None,
+    policies: Sequence[GuardrailPolicy] = (),
 ) -> ActionRecord:
     """The compensating action of ``original``: itself governed (vetted now, single-flight on the
     same entity, idempotency key ``<original>:undo`` so a repeated undo is DEDUP)."""
@@ -350,7 +456,9 @@ def undo_action(
             reason="the operator or connector needed for the undo is gone",
         )
     else:
-        undo.verdict = vet(operator, cn, tool=undo.tool, side_effect=True, value=undo.value)
+        undo.verdict = vet(
+            operator, cn, tool=undo.tool, side_effect=True, value=undo.value, policies=policies
+        )
     return undo
 
 

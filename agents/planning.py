@@ -14,6 +14,7 @@ from agents.executor import plan_receipt, receipt, revet, vet
 from agents.globs import matches
 from schemas.connector import Connector
 from schemas.envelope import Event
+from schemas.guardrail import GuardrailPolicy
 from schemas.ids import derived_id
 from schemas.operator import Operator
 from schemas.plan import ActionRecord, ExecutionPlan, Plan, Receipt
@@ -84,6 +85,7 @@ def build_plan(
     now: datetime,
     run_id: str | None = None,
     approval_ttl: timedelta = APPROVAL_TTL,
+    policies: Sequence[GuardrailPolicy] = (),
 ) -> Built:
     plan_id = derived_id("pl", _ms(event.created_at), event.id, operator.id, operator.version)
     # The plan and its actions are dated by their event, not by the clock: a replay after a crash
@@ -123,7 +125,14 @@ def build_plan(
                 now,
             )
         tool = next(t for t in cn.tools if t.name == pa.tool)
-        verdict = vet(operator, cn, tool=pa.tool, side_effect=tool.side_effect, value=pa.value)
+        verdict = vet(
+            operator,
+            cn,
+            tool=pa.tool,
+            side_effect=tool.side_effect,
+            value=pa.value,
+            policies=policies,
+        )
         actions.append(
             ActionRecord(
                 id=derived_id("act", _ms(event.created_at), plan_id, i),

@@ -36,6 +36,9 @@ CommandType = Literal[
     "webhook.rotate",
     "webhook.set_status",
     "webhook.delete",
+    "guardrail.create",
+    "guardrail.update",
+    "guardrail.delete",
 ]
 
 # All tenant.create commands share this partition key: one writer sees every slug.

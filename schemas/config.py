@@ -33,6 +33,8 @@ SCOPES: tuple[str, ...] = (
     "keys:write",
     "webhooks:read",
     "webhooks:write",
+    "guardrails:read",
+    "guardrails:write",
 )
 
 _READ = tuple(s for s in SCOPES if s.endswith(":read") and not s.startswith("keys:"))
@@ -138,7 +140,14 @@ class ApiKeyCreate(BaseModel):
 
 # what a config record holds (ConfigRecord.kind)
 ConfigKind = Literal[
-    "tenant", "api_key", "operator", "connector", "vault", "pending_plan", "webhook_endpoint"
+    "tenant",
+    "api_key",
+    "operator",
+    "connector",
+    "vault",
+    "pending_plan",
+    "webhook_endpoint",
+    "guardrail_policy",
 ]
 
 

@@ -20,6 +20,7 @@ _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
 PREFIXES = frozenset(
     {"ev", "op", "cn", "pl", "act", "rc", "exp", "req", "co", "t", "key", "dl", "cfg", "run", "cur"}
     | {"whk", "whd"}  # webhook endpoints and deliveries
+    | {"grd"}  # tenant guardrail policies
 )
 
 

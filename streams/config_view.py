@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from schemas.config import ApiKey, ConfigRecord, Tenant
 from schemas.connector import Connector, VaultEntry
+from schemas.guardrail import GuardrailPolicy
 from schemas.operator import Operator
 from schemas.plan import Plan
 from schemas.webhook import WebhookEndpoint
@@ -45,6 +46,11 @@ class ConfigView:
         self.vault: dict[str, VaultEntry] = {}
         self.pending_plans: dict[str, Plan] = {}  # plans awaiting approval
         self.webhooks: dict[str, WebhookEndpoint] = {}  # whk_ id -> endpoint (not deleted)
+        # grd_ id -> the policy's current version (not deleted), and every version it had (the
+        # config log is read from its start, and restored from ClickHouse, so history is whole)
+        self.guardrails: dict[str, GuardrailPolicy] = {}
+        self.guardrail_versions: dict[str, dict[int, GuardrailPolicy]] = {}
+        self._guardrails_index: dict[tuple[str, bool], list[GuardrailPolicy]] | None = None
         self.plan_versions: dict[str, int] = {}
         self.record_ids: set[str] = set()
         self.command_results: dict[str, tuple[list[str], dict[str, Any] | None]] = {}
@@ -155,6 +161,18 @@ class ConfigView:
                 self.webhooks.pop(ep.id, None)
             else:
                 self.webhooks[ep.id] = ep
+        elif rec.kind == "guardrail_policy":
+            gp = GuardrailPolicy.model_validate(rec.data)
+            history = self.guardrail_versions.setdefault(gp.id, {})
+            newest = max(history, default=0)
+            history[gp.version] = gp
+            if newest > gp.version:
+                return  # an older version delivered late never replaces a newer one
+            self._guardrails_index = None
+            if gp.deleted:
+                self.guardrails.pop(gp.id, None)
+            else:
+                self.guardrails[gp.id] = gp
         elif rec.kind == "vault":
             entry = VaultEntry.model_validate(rec.data)
             if entry.ciphertext is None:
@@ -195,6 +213,16 @@ class ConfigView:
                 index.setdefault((o.tenant_id, o.livemode), []).append(o)
             self._operators_index = index
         return self._operators_index.get((tenant_id, livemode), [])
+
+    def guardrails_of(self, tenant_id: str, livemode: bool) -> list[GuardrailPolicy]:
+        """One tenant's guardrail policies in one mode (active and disabled; the judge skips
+        disabled ones), in creation order; indexed, because every plan asks."""
+        if self._guardrails_index is None:
+            index: dict[tuple[str, bool], list[GuardrailPolicy]] = {}
+            for g in sorted(self.guardrails.values(), key=lambda g: (g.created_at, g.id)):
+                index.setdefault((g.tenant_id, g.livemode), []).append(g)
+            self._guardrails_index = index
+        return self._guardrails_index.get((tenant_id, livemode), [])
 
     def connectors_of(self, tenant_id: str, livemode: bool) -> list[Connector]:
         return [

@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from agents.webhook_control import decide  # agents.control.decide plus webhook.* commands
+from agents.guardrail_control import decide  # agents.control.decide + webhook.*, guardrail.*
 from schemas.commands import Command, Reply, ReplyError
 from schemas.errors import ErrorCode
 from schemas.ids import new_id

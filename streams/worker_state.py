@@ -119,4 +119,5 @@ class WorkerState:
             refusal=refusal,
             now=datetime.now(UTC),
             approval_ttl=timedelta(seconds=self.settings.approval_ttl_s),
+            policies=self.view.guardrails_of(event.tenant_id, event.livemode),
         )

@@ -1,0 +1,136 @@
+"""Pure control logic for tenant guardrail policies: what ``guardrail.*`` commands write.
+
+The control agent (single writer of configuration, keyed by tenant) decides these like every
+other config command (``agents/control.py``): records for the config log, a reply. Every change
+is a new version of the policy (one ``guardrail_policy`` record each, so the config log and its
+ClickHouse copy hold every version, audited with actor and note); names are unique per tenant and
+mode, as one writer sees every command of a tenant in order. No Faust, Kafka or ClickHouse here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from agents.control import ConfigState, Decision, IdFactory, Refusal, _save, _tenant
+from agents.webhook_control import decide as decide_webhooks
+from schemas.commands import Command, Reply
+from schemas.errors import ErrorCode
+from schemas.guardrail import MAX_POLICIES, GuardrailPolicy, GuardrailRule
+
+
+def _policy(state: Any, cmd: Command) -> GuardrailPolicy:
+    gp = state.guardrails.get(str(cmd.args.get("guardrail_id")))
+    if gp is None or gp.tenant_id != cmd.tenant_id or gp.livemode != cmd.livemode:
+        raise Refusal(
+            404,
+            ErrorCode.NOT_FOUND,
+            f"No guardrail policy {str(cmd.args.get('guardrail_id'))[:60]!r}.",
+        )
+    return gp
+
+
+def _rules(raw: Any) -> list[GuardrailRule]:
+    try:
+        rules = [GuardrailRule.model_validate(r) for r in raw or []]
+    except ValueError as exc:
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, str(exc)[:300], param="rules") from None
+    if not rules:
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, "rules must not be empty.", param="rules")
+    return rules
+
+
+def _note(gp: GuardrailPolicy, what: str) -> str:
+    return f"{what}: {gp.id} {gp.name} v{gp.version}"
+
+
+def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
+    _tenant(state, cmd)
+    body = dict(cmd.args.get("guardrail") or {})
+    mine = state.guardrails_of(cmd.tenant_id or "", cmd.livemode)
+    if any(g.name == body.get("name") for g in mine):
+        raise Refusal(
+            409,
+            ErrorCode.STATE_CONFLICT,
+            f"A guardrail policy named {str(body.get('name'))[:60]!r} already exists.",
+        )
+    if len(mine) >= MAX_POLICIES:
+        raise Refusal(
+            409,
+            ErrorCode.STATE_CONFLICT,
+            f"A tenant has at most {MAX_POLICIES} guardrail policies.",
+        )
+    gp = GuardrailPolicy(
+        id=new_id("grd"),
+        tenant_id=cmd.tenant_id or "",
+        livemode=cmd.livemode,
+        name=str(body["name"]),
+        description=body.get("description"),
+        status=body.get("status") or "active",
+        rules=_rules(body.get("rules")),
+        created_at=now,
+        updated_at=now,
+    )
+    return [
+        _save(cmd, "guardrail_policy", gp, now, new_id, _note(gp, "guardrail.create"))
+    ], gp.public()
+
+
+def _update(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
+    gp = _policy(state, cmd)
+    changes: dict[str, Any] = {
+        k: v for k, v in dict(cmd.args.get("changes") or {}).items() if v is not None
+    }
+    if "name" in changes:
+        if changes.pop("name") != gp.name:
+            raise Refusal(
+                400, ErrorCode.INVALID_PARAMETER, "name is immutable after creation.", param="name"
+            )
+    if "rules" in changes:
+        changes["rules"] = _rules(changes["rules"])
+    if "status" in changes and changes["status"] not in ("active", "disabled"):
+        raise Refusal(
+            400, ErrorCode.INVALID_PARAMETER, "status must be active or disabled.", param="status"
+        )
+    changes = {k: v for k, v in changes.items() if getattr(gp, k) != v}
+    if not changes:
+        return [], gp.public()  # nothing changed: no new version
+    updated = gp.model_copy(update={**changes, "version": gp.version + 1, "updated_at": now})
+    note = _note(updated, "guardrail.update") + " " + ",".join(sorted(changes))
+    return [_save(cmd, "guardrail_policy", updated, now, new_id, note)], updated.public()
+
+
+def _delete(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
+    gp = _policy(state, cmd)
+    gone = gp.model_copy(update={"deleted": True, "version": gp.version + 1, "updated_at": now})
+    rec = _save(cmd, "guardrail_policy", gone, now, new_id, _note(gone, "guardrail.delete"))
+    return [rec], {"id": gp.id, "object": "guardrail_policy", "deleted": True}
+
+
+_HANDLERS = {
+    "guardrail.create": _create,
+    "guardrail.update": _update,
+    "guardrail.delete": _delete,
+}
+
+
+def decide(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory) -> Decision:
+    """``agents.webhook_control.decide`` (itself ``agents.control.decide`` plus webhooks)
+    extended with the guardrail commands."""
+    handler = _HANDLERS.get(cmd.type)
+    if handler is None:
+        return decide_webhooks(state, cmd, now, new_id)
+    try:
+        records, result = handler(state, cmd, now, new_id)
+    except Refusal as r:
+        return Decision(Reply(id=cmd.id, reply_to=cmd.reply_to, ok=False, error=r.error))
+    return Decision(
+        Reply(
+            id=cmd.id,
+            reply_to=cmd.reply_to,
+            ok=True,
+            result=result,
+            record_ids=[r.id for r in records],
+        ),
+        records,
+    )

@@ -1,0 +1,262 @@
+"""Tenant guardrail policies (spec §2.10 "Guardrail policy", §3.8; ``grd_`` ids).
+
+A policy applies to every operator of its tenant and mode. Its ``rules`` mirror an operator
+guardrail (``connector``, ``tool``, ``max_value``, ``decision``) plus ``BLOCK`` and an
+``operator`` matcher; ``operator``, ``connector`` and ``tool`` are globs (schemas/globs.py: ``*``
+is one dot segment, ``**`` several) over the operator's name, the connector's id, name or listing
+and the tool name. How they combine with an operator's own guardrails is
+``agents/executor.py::judge`` (decisions §35). Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.globs import glob_problem
+from schemas.operator import GLOB_PATTERN, NAME_RE
+
+RuleDecision = Literal["ALLOW", "ALERT", "BLOCK"]
+PolicyStatus = Literal["active", "disabled"]
+# Rules per policy and policies per tenant and mode: every action is judged against all active
+# rules of its tenant, so both are bounded (a policy is a reviewed document, not a data set).
+MAX_RULES = 100
+MAX_POLICIES = 50
+MAX_DESCRIPTION_CHARS = 500
+# Actions one evaluate request may ask about: a plan has at most 50 (schemas/plan.py).
+MAX_EVALUATE_ACTIONS = 50
+
+_GLOB: dict[str, Any] = {"pattern": GLOB_PATTERN}
+
+
+def _check_glob(v: str | None, what: str) -> str | None:
+    if v is None:
+        return v
+    problem = glob_problem(v)
+    if problem:
+        raise ValueError(f"{what} {v[:80]!r} is not a glob (e.g. order.*): {problem}")
+    return v
+
+
+class GuardrailRule(BaseModel):
+    """One rule of a tenant policy. Omitted matchers match anything."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    operator: str | None = Field(
+        default=None, min_length=1, max_length=200, json_schema_extra=_GLOB
+    )
+    connector: str | None = Field(
+        default=None, min_length=1, max_length=200, json_schema_extra=_GLOB
+    )
+    tool: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_GLOB)
+    max_value: float | None = Field(default=None, json_schema_extra={"minimum": 0})
+    decision: RuleDecision
+
+    @field_validator("operator", "connector", "tool")
+    @classmethod
+    def _globs(cls, v: str | None, info: Any) -> str | None:
+        return _check_glob(v, info.field_name)
+
+    @field_validator("max_value", mode="before")
+    @classmethod
+    def _numeric(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError("max_value must be a non-negative number")
+        return float(v)
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in ("operator", "connector", "tool"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        if self.max_value is not None:
+            mv = self.max_value
+            out["max_value"] = int(mv) if float(mv).is_integer() else mv
+        out["decision"] = self.decision
+        return out
+
+
+class GuardrailPolicy(BaseModel):
+    """The stored policy (the config log carries exactly this, one record per version)."""
+
+    id: str  # grd_…
+    object: Literal["guardrail_policy"] = "guardrail_policy"
+    tenant_id: str
+    livemode: bool
+    name: str
+    description: str | None = None
+    status: PolicyStatus = "active"
+    version: int = 1
+    rules: list[GuardrailRule]
+    created_at: datetime
+    updated_at: datetime
+    deleted: bool = False
+
+    def public(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json", exclude={"tenant_id", "deleted"})
+        d["rules"] = [r.public() for r in self.rules]
+        return d
+
+    def ref(self) -> dict[str, Any]:
+        """How a verdict cites this policy."""
+        return {"id": self.id, "name": self.name, "version": self.version}
+
+
+# ---- API objects and bodies ----------------------------------------------------------------------
+class GuardrailRuleObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str | None = None
+    connector: str | None = None
+    tool: str | None = None
+    max_value: float | None = None
+    decision: RuleDecision
+
+
+class GuardrailPolicyObject(BaseModel):
+    """``object: "guardrail_policy"`` (spec §2.10)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    object: Literal["guardrail_policy"] = "guardrail_policy"
+    livemode: bool
+    name: str
+    description: str | None
+    status: PolicyStatus
+    version: int
+    rules: list[GuardrailRuleObject]
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeletedGuardrail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    object: Literal["guardrail_policy"] = "guardrail_policy"
+    deleted: bool
+
+
+class GuardrailCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern})
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
+    status: PolicyStatus = "active"
+    rules: list[GuardrailRule] = Field(min_length=1, max_length=MAX_RULES)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("name must be 3–40 lowercase letters, digits and hyphens")
+        return v
+
+
+class GuardrailUpdate(BaseModel):
+    """PATCH body: the fields sent replace the stored ones (``rules`` as a whole); ``name`` is
+    immutable; null leaves a field as it is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
+    status: PolicyStatus | None = None
+    rules: list[GuardrailRule] | None = Field(default=None, min_length=1, max_length=MAX_RULES)
+
+    @model_validator(mode="after")
+    def _something(self) -> GuardrailUpdate:
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to update")
+        return self
+
+
+class ProposedAction(BaseModel):
+    """One action to judge: what a model would propose (entity and idempotency keys are not
+    needed to judge it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str | None = Field(default=None, min_length=1, max_length=100)
+    tool: str = Field(min_length=3, max_length=100)
+    value: float | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    entity_key: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError("value must be a finite number")
+        return v
+
+
+class EvaluateRequest(BaseModel):
+    """``POST /v1/guardrails/evaluate``: an operator (id or name) and either one ``action`` or a
+    ``plan`` (``{"actions": [...]}``), plus an optional ``envelope`` (accepted for the documented
+    shape; no rule reads it yet)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str = Field(min_length=1, max_length=100)
+    action: ProposedAction | None = None
+    plan: EvaluatePlan | None = None
+    envelope: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EvaluateRequest:
+        if (self.action is None) == (self.plan is None):
+            raise ValueError("send exactly one of action or plan")
+        return self
+
+    def actions(self) -> list[ProposedAction]:
+        return [self.action] if self.action is not None else list(self.plan.actions)  # type: ignore[union-attr]
+
+
+class EvaluatePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reasoning: str | None = Field(default=None, max_length=8000)
+    actions: list[ProposedAction] = Field(min_length=1, max_length=MAX_EVALUATE_ACTIONS)
+
+
+EvaluateRequest.model_rebuild()
+
+
+class EvaluatedAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    connector: str | None  # the cn_ instance the action would be bound to (None: none would)
+    tool: str
+    value: float | None
+    side_effect: bool | None  # None when no installed connector has the tool
+    decision: RuleDecision
+    tier: Literal[0, 1, 2, 3]
+    rule: dict[str, Any] | None
+    reason: str
+    budget: None = None  # budgets are not built yet (decisions §35): always null
+
+
+class Evaluation(BaseModel):
+    """The answer of ``POST /v1/guardrails/evaluate``: nothing ran, no receipt was written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object: Literal["guardrail_evaluation"] = "guardrail_evaluation"
+    livemode: bool
+    operator_id: str
+    operator_name: str
+    guardrail_version: int  # the operator guardrail version that judged
+    policies: list[dict[str, Any]]  # the tenant policies in force: {id, name, version}
+    decision: RuleDecision  # the plan's: BLOCK if any BLOCK, else ALERT if any ALERT, else ALLOW
+    actions: list[EvaluatedAction]
