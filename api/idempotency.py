@@ -173,7 +173,8 @@ class Idempotency:
                     self._check(stored, digest)
                     return self._replayed(stored)
                 response = await handler()
-                if 200 <= response.status_code < 300:
+                status = response.status_code or 200
+                if 200 <= status < 300:
                     content = response.content
                     data = content if isinstance(content, bytes) else orjson.dumps(content)
                     response.content = data
@@ -183,7 +184,7 @@ class Idempotency:
                         route,
                         key,
                         digest,
-                        response.status_code,
+                        status,
                         data,
                         _request_id(request),
                     )

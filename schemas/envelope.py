@@ -24,7 +24,7 @@ from schemas.limits import (
 # Re-exported: every input limit lives in schemas/limits.py (README "Limits" table).
 __all__ = ["MAX_PAYLOAD_BYTES"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 # Raw bytes kept on a dead-letter record so the tenant can see what was refused.
 MAX_DEAD_LETTER_RAW = 16 * 1024
