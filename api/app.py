@@ -19,6 +19,7 @@ from api.controllers.connectors import ConnectorsController, MarketplaceControll
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
+from api.controllers.guardrails import GuardrailsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
@@ -179,6 +180,7 @@ def create_app(settings: Settings) -> Litestar:
             ExportsController,
             ApiKeysController,
             WebhooksController,
+            GuardrailsController,
         ],
         guards=[require_scope],
     )
