@@ -20,6 +20,9 @@ Scenarios implemented so far:
 - ``S3L`` (benchmarks/s3l.py, on the loop stack): governed actions through cn-magento against the
   fake Magento taking 50 ms per write, against 0.8 × (in-flight limit ÷ latency), with the
   store's own check that no entity ever had two requests in flight;
+- ``S3W`` and ``SSE`` (benchmarks/push.py, issue 11): S3 with 0, 1 and 10 webhook endpoints
+  (ratios) and event → delivery latency at half of S3's peak; 1,000 SSE streams on one api
+  process (fan-out latency, api CPU per event against 0 streams);
 - ``globs``: µs per event-type glob match, 1–20 segments, typical and hostile (in-process).
 
 Every throughput scenario (naive, naive_exec, S1, S2, S3, S4, S3L) reports ``cpu_us_per_item``:
@@ -45,6 +48,8 @@ SCENARIOS = (
     "S5",
     "S6",
     "S3L",
+    "S3W",
+    "SSE",
     "S8",
     "S9",
     "S7",

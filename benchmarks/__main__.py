@@ -427,6 +427,54 @@ def main(argv: list[str] | None = None) -> int:
                     add_loop_ratios(results)
                 emit(name)
 
+        if args.existing:  # the receiver and the stream client need the api's pid and host
+            for name in [n for n in ("S3W", "SSE") if n in chosen]:
+                chosen.remove(name)
+                results[name] = {"skipped": "needs an embedded stack (api pid, loopback)"}
+                lines.append(f"{name} status=skipped")
+                print(lines[-1], flush=True)
+        if "S3W" in chosen or "SSE" in chosen:
+            from benchmarks import push
+            from benchmarks.common import line
+
+            def emit_push(name: str, fields: tuple[str, ...]) -> None:
+                r = results[name]
+                status = "error" if "error" in r else None
+                ln = line(name, [("status", status)] if status else [(k, r.get(k)) for k in fields])
+                lines.append(ln)
+                print(ln, flush=True)
+
+            if "S3W" in chosen:
+
+                def s3w() -> dict[str, Any]:
+                    from benchmarks import loop
+
+                    st = stacks.get("loop")
+                    loop.ensure_setup(st)
+                    # capped: 10 endpoints x the actions must drain (the dispatcher's own rate is
+                    # benchmarks/webhooks.py's figure) before the next run is measured
+                    n = min(sizes.s3_actions, 2_000)
+                    return push.run_s3_webhooks(st, n, sizes.s6_seconds, work)
+
+                attempt("S3W", s3w)
+                emit_push("S3W", push.S3W_FIELDS)
+            if "SSE" in chosen:
+                big = not (args.quick or args.tiny)
+                n_streams = 1000 if big else 90 if args.quick else 20
+
+                def sse() -> dict[str, Any]:
+                    if big:  # a fresh stack allowing 1,000 streams for one tenant
+                        stacks.close()
+                        st = push.sse_stack(work, sizes.partitions, n_streams)
+                        try:
+                            return push.run_sse(st, n_streams, 20.0, 15.0)
+                        finally:
+                            st.stop()
+                    return push.run_sse(stacks.get("loop"), n_streams, 10.0, 2.0)
+
+                attempt("SSE", sse)
+                emit_push("SSE", push.SSE_FIELDS)
+
         if "S8" in chosen:
             from benchmarks.s8 import run_s8
 
