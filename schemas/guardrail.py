@@ -77,7 +77,9 @@ class GuardrailRule(BaseModel):
                 out[k] = getattr(self, k)
         if self.max_value is not None:
             mv = self.max_value
-            out["max_value"] = int(mv) if float(mv).is_integer() else mv
+            # whole numbers print as integers, but only where JSON integers are exact (a larger
+            # one, e.g. 1e149, would not even serialise as an int64)
+            out["max_value"] = int(mv) if mv.is_integer() and abs(mv) <= 2**53 else mv
         out["decision"] = self.decision
         return out
 

@@ -295,3 +295,11 @@ def test_invalid_rules_from_a_command_are_a_400_naming_rules():
         guardrail={"name": "bad", "rules": [{"tool": "a..b", "decision": "BLOCK"}]},
     )
     assert r.error.status == 400 and r.error.details.get("param") == "rules"
+
+
+def test_a_huge_whole_max_value_stays_a_float_in_the_public_rule():
+    # 1e149 is a whole number, but as an int it would not serialise (orjson: int64 at most)
+    assert GuardrailRule(max_value=1e149, decision="ALLOW").public()["max_value"] == 1e149
+    assert isinstance(GuardrailRule(max_value=1e149, decision="ALLOW").public()["max_value"], float)
+    assert GuardrailRule(max_value=250.0, decision="ALLOW").public()["max_value"] == 250
+    assert isinstance(GuardrailRule(max_value=250.0, decision="ALLOW").public()["max_value"], int)
