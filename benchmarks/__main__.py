@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                         stacks.close()
                         st = push.sse_stack(work, sizes.partitions, n_streams)
                         try:
-                            return push.run_sse(st, n_streams, 20.0, 15.0)
+                            rate = float(os.environ.get("FIBRIC_BENCH_SSE_RATE", "20"))
+                            return push.run_sse(st, n_streams, rate, 15.0)
                         finally:
                             st.stop()
                     return push.run_sse(stacks.get("loop"), n_streams, 10.0, 2.0)

@@ -389,6 +389,15 @@ def _raise_nofile(want: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's main thread (the api's event loop) has waited for a CPU while
+    runnable (``/proc/PID/schedstat``, field 2): on a shared machine, latency that is not ours."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def sse_stack(work: Path, partitions: int, streams: int) -> Any:
     """A fresh ``fibric up`` allowing ``streams`` live streams for one tenant (the default
     ``FIBRIC_STREAM_MAX_PER_TENANT`` is 100); its processes inherit the raised fd limit."""
@@ -462,6 +471,7 @@ def run_sse(stack: Any, streams: int, rate: float, seconds: float) -> dict[str, 
         row["idle_api_cores"] = round(idle, 3)
         log(f"SSE: {k} stream(s) open; posting {n} events at {rate:g}/s")
         c0 = cpu_seconds(api_pid) or 0.0
+        w0 = runqueue_wait_s(api_pid)
         t0 = time.monotonic()
         posted = asyncio.run(post_all(run))
         if client is not None:
@@ -477,6 +487,7 @@ def run_sse(stack: Any, streams: int, rate: float, seconds: float) -> dict[str, 
         cpu = (cpu_seconds(api_pid) or 0.0) - c0
         row["window_s"] = round(time.monotonic() - t0, 2)
         row["api_cpu_s"] = round(cpu, 3)
+        row["api_runqueue_wait_s"] = round(runqueue_wait_s(api_pid) - w0, 2)
         row["api_cpu_ms_per_event_gross"] = round(cpu / n * 1000, 3)
         # net of the idle rate just measured over the same window: what the events cost
         row["api_cpu_ms_per_event"] = round(max(0.0, cpu - idle * row["window_s"]) / n * 1000, 3)
@@ -508,6 +519,8 @@ def run_sse(stack: Any, streams: int, rate: float, seconds: float) -> dict[str, 
             1,
         ),
         idle_api_cores_0=zero.get("idle_api_cores"),
+        api_runqueue_wait_s=big.get("api_runqueue_wait_s"),
+        window_s=big.get("window_s"),
         idle_api_cores=big.get("idle_api_cores"),
         phases=phases,
     )
@@ -527,6 +540,8 @@ SSE_FIELDS = (
     "api_cpu_us_per_frame",
     "idle_api_cores_0",
     "idle_api_cores",
+    "window_s",
+    "api_runqueue_wait_s",
 )
 
 
