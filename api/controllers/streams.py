@@ -405,7 +405,10 @@ class _PolicedStreamingResponse(ASGIStreamingResponse):
             async for chunk in frames:
                 event = {"type": "http.response.body", "body": chunk, "more_body": True}
                 try:
-                    await asyncio.wait_for(send(event), timeout)
+                    # a timeout scope, not wait_for: no task per frame and stream (measured:
+                    # benchmarks/push.py SSE, decisions §34)
+                    async with asyncio.timeout(timeout):
+                        await send(event)
                 except TimeoutError:
                     # the client's TCP window has been full for `timeout`: it is not reading
                     sub = getattr(frames, "sub", None)
