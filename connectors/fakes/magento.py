@@ -305,7 +305,7 @@ class FakeMagento:
 
     def start(self) -> FakeMagento:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer((self.host, self.requested_port), handler)
+        self._httpd = _Server((self.host, self.requested_port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="fake-magento", daemon=True
@@ -453,6 +453,15 @@ class FakeMagento:
         self._next_history_id += 1
         order["status_histories"].insert(0, entry)
         return 200, True
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a burst of the connector's 32 pooled connections
+    # overflowed it under load, and a connection the kernel dropped from the accept queue can end
+    # in a reset mid-request (an upstream ReadError the test then counted as a failed hold).
+    # nginx in front of a real store listens with 511.
+    request_queue_size = 511
+    daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -48,7 +48,10 @@ class Receiver:
                 pass
 
             def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was delivered
+                    return
                 path = self.path
                 did = self.headers.get("Fibric-Delivery-Id", "")
                 with outer.lock:
