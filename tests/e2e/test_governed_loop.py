@@ -100,12 +100,16 @@ class Loop:
             interval=0.3,
         )
 
-    def plan_for(self, event_id: str) -> dict:
-        plans = wait_for(
-            lambda: self.c.get("/v1/plans", params={"event_id": event_id}).json()["data"],
-            timeout=30,
-        )
-        return plans[0]
+    def plan_for(self, event_id: str, until=None) -> dict:
+        """The event's plan, once ``until(plan)`` holds (plan rows and the receipts
+        that give actions their outcome are separate ledger records: they may land
+        in different sink batches)."""
+
+        def read():
+            plans = self.c.get("/v1/plans", params={"event_id": event_id}).json()["data"]
+            return plans[0] if plans and (until is None or until(plans[0])) else None
+
+        return wait_for(read, timeout=30)
 
 
 def publish(stack: Stack, values: list[bytes]) -> None:
@@ -246,7 +250,7 @@ def test_alert_holds_then_approve_veto_expire(stack, fake):
     )
     # approve
     ev = loop.post("order.created", order_id="1", total=100)
-    plan = loop.plan_for(ev["id"])
+    plan = loop.plan_for(ev["id"], until=lambda p: p["actions"][1]["outcome"])
     assert plan["status"] == "proposed" and plan["expires_at"]
     assert [a["outcome"] for a in plan["actions"]] == [None, "pending_approval"]
     assert fake.count("order.hold") == 0  # nothing in a held plan runs
@@ -339,9 +343,11 @@ def test_undo_is_a_governed_compensation(stack, fake):
     assert fake.count("order.unhold") == 1
     assert_error(loop.c.post(f"/v1/actions/{undo['id']}/undo", json={}), 409, "state_conflict")
     # the operator's last_run summarises what it sensed, proposed and applied
-    run = wait_for(
-        lambda: loop.c.get(f"/v1/operators/{loop.op['id']}").json()["last_run"], timeout=30
-    )
+    def last_run():
+        run = loop.c.get(f"/v1/operators/{loop.op['id']}").json()["last_run"]
+        return run if run and run["sensed"] >= 1 and run["proposed"] >= 1 else None
+
+    run = wait_for(last_run, timeout=30)
     assert run["run_id"].startswith("run_") and run["sensed"] >= 1 and run["proposed"] >= 1
     assert ev["id"]
 
