@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     # than that is a backfill for GET /v1/events paging, not a live stream).
     stream_backfill_max: int = Field(default=100_000, ge=1, le=10_000_000)
 
+    # Prometheus metrics (docs/production.md "Metrics", decisions §41). On by default: the api
+    # serves GET /metrics on its own port; a worker serves /metrics on ``metrics_port`` when it
+    # is set (0 = no endpoint; `fibric up` assigns one per worker). Off: no endpoint on any role
+    # and no instrumentation on the hot paths (the benchmark's baseline).
+    metrics: bool = True
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str) -> str:
