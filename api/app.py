@@ -33,6 +33,8 @@ from api.deliveries import WebhookDispatcher
 from api.errors import handle_exception
 from api.hub import StreamHub
 from api.idempotency import Idempotency
+from api.metrics import ApiMetrics, metrics_endpoint
+from api.metrics import install as install_metrics
 from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
 from api.ratelimit import RateLimiter
@@ -41,6 +43,7 @@ from api.server import FibricLitestar
 from api.state import ApiState
 from connectors.pool import ConnectorRuntime
 from ledger.exec_restore import restore_exec_state
+from ledger.metrics import SinkMetrics
 from ledger.sink import LedgerSink
 from ledger.store import LedgerStore
 from schemas.config import ConfigRecord
@@ -70,6 +73,10 @@ async def restore_config(store: LedgerStore, producer: object, bootstrap: str) -
 
 
 def create_app(settings: Settings) -> Litestar:
+    # Prometheus metrics (api/metrics.py, decisions §41): request-path counters, the ledger
+    # sink's batch histograms and, at scrape time, what the state holds. Off: none of it.
+    metrics = ApiMetrics() if settings.metrics else None
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.ensure_home()
@@ -92,6 +99,7 @@ def create_app(settings: Settings) -> Litestar:
             config_topic=CONFIG,
             group_id=LEDGER_GROUP,
             session_timeout_s=settings.kafka_session_timeout_s,
+            metrics=SinkMetrics() if metrics is not None else None,
         )
         sink.listeners.append(pending.confirm)
         reads = ReadCache(settings.read_cache_ttl_s)
@@ -125,18 +133,23 @@ def create_app(settings: Settings) -> Litestar:
             producer=bounded_producer,
             sink=sink,
             pending=pending,
-            idempotency=Idempotency(store),
+            idempotency=Idempotency(store, metrics),
             limiter=RateLimiter(settings.rate_limit_per_minute),
             commands=commands,
             box=box,
             runtime=runtime,
             reads=reads,
+            metrics=metrics,
         )
         app.state["fibric"].extra["webhooks"] = webhooks
         app.state["fibric"].extra["hub"] = hub
+        if metrics is not None:
+            install_metrics(app.state["fibric"])
         try:
             yield
         finally:
+            if metrics is not None:
+                install_metrics(None)
             # Shutdown order (uvicorn has stopped accepting requests and finished those in
             # flight; `fibric up` stops the workers only after this process exits):
             # 1. flush the producer: every event that got its 201 is in the broker;
@@ -184,12 +197,16 @@ def create_app(settings: Settings) -> Litestar:
         ],
         guards=[require_scope],
     )
+    root = [v1, healthz, readyz, openapi]
+    if metrics is not None:
+        root.append(metrics_endpoint)
     return FibricLitestar(
-        route_handlers=[v1, healthz, readyz, openapi],
+        route_handlers=root,
         lifespan=[lifespan],
         middleware=[ConventionsMiddleware],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Fibric API", version="1.0.0", path="/schema"),
         debug=False,
+        metrics=metrics,
     )

@@ -115,9 +115,12 @@ async def require_scope(
             f"This key lacks the {needed} scope required by this route.",
             details={"required_scope": needed},
         )
-    verdict = state.limiter.hit(tenant.id, handler.opt.get("route_class", "default"))
+    route_class = handler.opt.get("route_class", "default")
+    verdict = state.limiter.hit(tenant.id, route_class)
     connection.scope["state"].setdefault("response_headers", {}).update(verdict.headers())
     if not verdict.allowed:
+        if state.metrics is not None:
+            state.metrics.rate_limited(route_class)
         raise FibricError(
             ErrorCode.RATE_LIMITED,
             "Rate limit exceeded for this route class; retry after Retry-After seconds.",

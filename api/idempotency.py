@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import orjson
 from litestar import Request, Response
 
+from api.metrics import ApiMetrics
 from ledger.store import IDEMPOTENCY_COLUMNS, LedgerStore, Scope
 from schemas.errors import ErrorCode, FibricError
 
@@ -147,8 +148,9 @@ class _GroupReader:
 
 
 class Idempotency:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(self, store: LedgerStore, metrics: ApiMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._writer = _GroupWriter(store)
         self._reader = _GroupReader(store)
         self._cache: OrderedDict[tuple, Stored] = OrderedDict()
@@ -244,17 +246,19 @@ class Idempotency:
         route = f"{request.method} {request.url.path}"
         return (scope.tenant_id, scope.livemode, route, key), route, body_hash(body)
 
-    @staticmethod
-    def _check(stored: Stored, digest: str) -> None:
+    def _check(self, stored: Stored, digest: str) -> None:
         if stored.body_hash != digest:
+            if self._metrics is not None:
+                self._metrics.conflict.inc()
             raise FibricError(
                 ErrorCode.IDEMPOTENCY_CONFLICT,
                 "This Idempotency-Key was already used with a different request body.",
                 param="Idempotency-Key",
             )
 
-    @staticmethod
-    def _replayed(stored: Stored) -> Response[Any]:
+    def _replayed(self, stored: Stored) -> Response[Any]:
+        if self._metrics is not None:
+            self._metrics.replayed.inc()
         return Response(
             stored.response,
             status_code=200,

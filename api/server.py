@@ -17,6 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.errors import raw_error, request_id_of, send_error, service_unavailable, to_error
+from api.metrics import ApiMetrics, ApiMiddleware
 from api.respond import COMPONENT_HEADERS
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import new_id
@@ -76,11 +77,25 @@ class FibricLitestar(Litestar):
     becomes an envelope (uvicorn would send a plain-text "Internal Server Error"); its OpenAPI
     document declares bearer auth and the conventional response headers."""
 
-    def __init__(self, *args: Any, openapi_config: OpenAPIConfig | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        openapi_config: OpenAPIConfig | None = None,
+        metrics: ApiMetrics | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, openapi_config=with_conventions(openapi_config), **kw)
         rebind_options_handlers(self)
+        # outermost of all, so requests no route matched and envelopes made here count too
+        self._measured = ApiMiddleware(self._guarded, metrics) if metrics is not None else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._measured is not None:
+            await self._measured(scope, receive, send)
+        else:
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from agents.secrets import SecretBox
     from api.idempotency import Idempotency
+    from api.metrics import ApiMetrics
     from api.overlay import PendingEvents
     from api.ratelimit import RateLimiter
     from api.readcache import ReadCache
@@ -35,4 +36,5 @@ class ApiState:
     box: SecretBox
     runtime: ConnectorRuntime | None = None
     reads: ReadCache | None = None
+    metrics: ApiMetrics | None = None  # None: FIBRIC_METRICS=false
     extra: dict[str, Any] = field(default_factory=dict)

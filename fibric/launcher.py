@@ -57,6 +57,12 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,6 +135,7 @@ class Stack:
         self.extras: list[subprocess.Popen[bytes]] = []  # e.g. the demo store
         self._stop = False
         self._hurry = False  # a second Ctrl-C: stop without draining
+        self.worker_metrics: dict[str, int] = {}  # worker id -> its /metrics port
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -190,15 +197,36 @@ class Stack:
         print(f"fibric: started the embedded broker at {bootstrap}", flush=True)
         return cluster_id
 
+    def metrics_ports(self) -> dict[str, int]:
+        """Each worker's /metrics port (docs/production.md "Metrics"): FIBRIC_METRICS_PORT + i - 1
+        when it is set, else a port the OS picks free now; kept across restarts of the worker."""
+        if not self.settings.metrics:
+            return {}
+        base = self.settings.metrics_port
+        ports: dict[str, int] = {}
+        for i in range(1, self.workers + 1):
+            ports[f"worker-{i}"] = base + i - 1 if base else _free_port(self.settings.api_host)
+        return ports
+
+    def metrics_urls(self) -> str:
+        host = self.settings.api_host
+        urls = [f"{self.settings.api_base_url}/metrics (api)"]
+        urls += [f"http://{host}:{p}/metrics ({w})" for w, p in self.worker_metrics.items()]
+        return ", ".join(urls)
+
     def start_roles(self) -> None:
         py = sys.executable
+        self.worker_metrics = self.metrics_ports()
         for i in range(1, self.workers + 1):
             wid = f"worker-{i}"
+            extra = {"FIBRIC_WORKER_ID": wid}
+            if wid in self.worker_metrics:
+                extra["FIBRIC_METRICS_PORT"] = str(self.worker_metrics[wid])
             self.children.append(
                 Child(
                     wid,
                     [py, "-m", "fibric", "worker"],
-                    self._env(FIBRIC_WORKER_ID=wid),
+                    self._env(**extra),
                     self.logs / f"{wid}.log",
                 )
             )
@@ -352,6 +380,8 @@ def up(settings: Settings, workers: int = 1, demo: bool = False) -> int:
                 f"fibric: ready at {settings.api_base_url}  (logs: {stack.logs}; Ctrl-C stops)",
                 flush=True,
             )
+            if settings.metrics:
+                print(f"fibric: metrics at {stack.metrics_urls()}", flush=True)
         if demo and not stack._stop:
             from fibric.demo import populate, start_receiver, start_store, summary
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
+from ledger.metrics import SinkMetrics
 from ledger.store import VAULT_COLUMNS, LedgerStore
 from ledger.tables import TABLES
 from schemas.config import ConfigRecord
@@ -76,6 +79,7 @@ class LedgerSink:
         config_topic: str,
         group_id: str,
         session_timeout_s: float = 6.0,
+        metrics: SinkMetrics | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._store = store
@@ -98,6 +102,9 @@ class LedgerSink:
         # a hook that fails is logged and skipped, never allowed to stall the ledger.
         self.before_commit: list[Callable[[dict[str, dict[str, Any]]], Awaitable[None]]] = []
         self.inserted = {"events": 0, "dead_letters": 0, "config_log": 0, "duplicates": 0}
+        # dead letters stored, by reason (read by the api's /metrics collector)
+        self.dead_letter_reasons: Counter[str] = Counter()
+        self.metrics = metrics
         self.healthy = True
         # next offset per partition whose records are inserted *and* committed (for ``drain``)
         self._stored_upto: dict[TopicPartition, int] = {}
@@ -215,7 +222,10 @@ class LedgerSink:
             if not batch:
                 continue
             batch = await self._accumulate(batch)
+            started = time.perf_counter()
             stored = await self._store_batch(batch)
+            if self.metrics is not None:
+                self._observe(batch, time.perf_counter() - started)
             while True:
                 try:
                     await self._consumer.commit()
@@ -230,6 +240,27 @@ class LedgerSink:
                     self._stored_upto[tp] = msgs[-1].offset + 1
             for listener in self.listeners:
                 listener(stored)
+
+    def _observe(self, batch: dict[Any, list[Any]], seconds: float) -> None:
+        assert self.metrics is not None
+        oldest = min((msgs[0].timestamp for msgs in batch.values() if msgs), default=None)
+        rows = sum(len(msgs) for msgs in batch.values())
+        self.metrics.batch(rows, seconds, oldest, int(time.time() * 1000))
+
+    def lag_records(self) -> int | None:
+        """Records on this sink's partitions not stored yet: the broker's high watermark (as of
+        the last fetch) minus what is stored, summed; None before the first fetch."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        left, known = 0, False
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            known = True
+            left += max(0, high - self._stored_upto.get(tp, high))
+        return left if known else None
 
     async def _accumulate(self, batch: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
         """Under load, keep fetching for up to ACCUMULATE_S (or MIN_BATCH records) so that
@@ -307,6 +338,8 @@ class LedgerSink:
                 new = [o for k, o in objs.items() if k not in have]
                 await self._store.insert(table, [to_row(o) for o in new], columns)
                 if new:
+                    if table == "dead_letters":
+                        self.dead_letter_reasons.update(o.reason for o in new)
                     tenants = {o.tenant_id for o in new}
                     for hook in self.on_insert:
                         hook(table, tenants)

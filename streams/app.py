@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ from streams.control import apply_command, send_command
 from streams.guard import guarded
 from streams.ingest import ingest_batch, poison, reason_batch
 from streams.membership import record_member_id
+from streams.metrics import AGENT_OF_TOPIC, FibricSensor, agent_metrics, install
 from streams.topics import (
     ACTIONS,
     COMMANDS,
@@ -93,6 +95,15 @@ def _patch_faust_fetch_wait() -> None:
     _PATCHED.add(thread_cls)
 
 
+# The batch guard's stage names -> the agents' names (metric labels, docs/production.md)
+AGENT_NAMES = {
+    "ingest": "ingest_events",
+    "reason": "reason_offers",
+    "execute": "execute_actions",
+    "control": "apply_commands",
+}
+
+
 def default_worker_id() -> str:
     return f"worker-{socket.gethostname()}"
 
@@ -138,7 +149,30 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     async def start_state() -> None:
         await state.start()
 
+    # Metrics (streams/metrics.py): the sensor counts records in/out per agent and rebalances;
+    # ``run`` times each batch. Off (FIBRIC_METRICS=false): no sensor, batches run bare.
+    per_agent = agent_metrics() if settings.metrics else None
+    if settings.metrics:
+        app.sensors.add(FibricSensor())
+        install(app)
+
+    async def run(agent: str, batch: Any, body: Any) -> None:
+        if per_agent is None:
+            await guarded(agent, state.health, batch, body, dead_letter)
+            return
+        m = per_agent[AGENT_NAMES[agent]]
+        started = time.perf_counter()
+        try:
+            await guarded(agent, state.health, batch, body, dead_letter)
+        finally:
+            m.seconds.observe(time.perf_counter() - started)
+            m.size.observe(len(batch))
+
     async def dead_letter(ev: Any, exc: BaseException) -> None:
+        if per_agent is not None:
+            agent = AGENT_OF_TOPIC.get(getattr(ev.message, "topic", ""), "")
+            if agent:
+                per_agent[agent].dead_lettered.inc()
         await poison(state, ev, exc)
 
     async def ingest(batch: Any) -> None:
@@ -167,27 +201,27 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
     async def ingest_events(stream: faust.StreamT) -> None:
         await state.ready.wait()
         async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN_S):  # type: ignore[attr-defined]
-            await guarded("ingest", state.health, batch, ingest, dead_letter)
+            await run("ingest", batch, ingest)
 
     @app.agent(offers_topic)
     async def reason_offers(stream: faust.StreamT) -> None:
         """External models: plan each offer; offers of one partition are reasoned concurrently."""
         await state.ready.wait()
         async for batch in stream.take_events(OFFERS_BATCH, within=INGEST_WITHIN_S):  # type: ignore[attr-defined]
-            await guarded("reason", state.health, batch, reason, dead_letter)
+            await run("reason", batch, reason)
 
     @app.agent(actions_topic)
     async def execute_actions(stream: faust.StreamT) -> None:
         await state.ready.wait()
         async for batch in stream.take_events(EXECUTE_BATCH, within=EXECUTE_WITHIN_S):  # type: ignore[attr-defined]
-            await guarded("execute", state.health, batch, execute, dead_letter)
+            await run("execute", batch, execute)
 
     @app.agent(commands_topic)
     async def apply_commands(stream: faust.StreamT) -> None:
         """The control agent: the single writer of configuration, one command at a time."""
         await state.ready.wait()
         async for ev in stream.events():
-            await guarded("control", state.health, [ev], command, dead_letter)
+            await run("control", [ev], command)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app: Any, /, *args: Any, **kwargs: Any) -> None:  # noqa: ARG001

@@ -52,6 +52,7 @@ from schemas.plan import ActionRecord
 from streams.checkpoint import Checkpoint, acknowledged
 from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore
 from streams.kafka import probe
+from streams.metrics import ExecutorMetrics
 from streams.topics import EXECSTATE, LEDGER, ledger_key, ledger_value_of_row
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,10 @@ class Executor:
         box: SecretBox,
         store: ExecStateStore,
         worker_id: str = "",
+        metrics: ExecutorMetrics | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self.metrics = metrics
         # Every receipt record names the worker that wrote it (a Kafka header, not a column):
         # operators can trace a receipt to a replica, and S7 times one worker's recovery.
         self._headers = [("fibric-worker", worker_id.encode())] if worker_id else None
@@ -194,6 +197,8 @@ class Executor:
             # re-invokes with the same key where the connector journals keys, else disposes
             # them outcome_unknown), so no side effect is left without its receipt
             log.warning("concluding %d interrupted actions the broker lost", len(orphans))
+            if self.metrics is not None:
+                self.metrics.recovered.inc(len(orphans))
             await self.execute_batch(orphans)
 
     async def _catch_up(self, partitions: list[int]) -> list[tuple[ActionRecord, int]]:
@@ -353,7 +358,14 @@ class Executor:
         lanes: dict[tuple[str, bool, str], list[tuple[ActionRecord, int]]] = defaultdict(list)
         for a, p in items:
             lanes[lane_of(a)].append((a, p))
-        await asyncio.gather(*(self._run_lane(lane, seen, out) for lane in lanes.values()))
+        if self.metrics is None:
+            await asyncio.gather(*(self._run_lane(lane, seen, out) for lane in lanes.values()))
+        else:
+            self.metrics.lanes.inc(len(lanes))
+            try:
+                await asyncio.gather(*(self._run_lane(lane, seen, out) for lane in lanes.values()))
+            finally:
+                self.metrics.lanes.dec(len(lanes))
         # 5. commit: terminal states → receipts and changelog → acknowledgements
         await out.commit()
 
@@ -400,12 +412,15 @@ class Executor:
         # 4. intent durable before the tool is called
         if d.intent is not None:
             await self.intents.write(partition, key, d.intent)
-        res = await self.calls.call(
-            a.connector_id or "",
-            a.tool,
-            a.args,
-            a.idempotency_key if a.side_effect else None,
-        )
+        if self.metrics is None:
+            res = await self.calls.call(
+                a.connector_id or "",
+                a.tool,
+                a.args,
+                a.idempotency_key if a.side_effect else None,
+            )
+        else:
+            res = await self._timed_call(a)
         return conclude(
             a,
             CallResult(
@@ -420,9 +435,39 @@ class Executor:
             d.intent,
         )
 
+    async def _timed_call(self, a: ActionRecord) -> Any:
+        """The tool call with its latency, error and in-flight metrics (labels: the connector's
+        catalogue listing and the tool, never the tenant's connector instance)."""
+        assert self.metrics is not None
+        cn = self.view.connectors.get(a.connector_id or "")
+        connector, tool = self.metrics.labels_of(
+            cn.listing if cn else None, bool(cn and cn.remote_url), a.tool
+        )
+        latency, errors, in_flight = self.metrics.call(connector, tool)
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            res = await self.calls.call(
+                a.connector_id or "",
+                a.tool,
+                a.args,
+                a.idempotency_key if a.side_effect else None,
+            )
+        except BaseException:
+            errors.inc()
+            raise
+        finally:
+            latency.observe(time.perf_counter() - started)
+            in_flight.dec()
+        if not res.ok:
+            errors.inc()
+        return res
+
     def _count(self, d: Dispose) -> None:
         rc = d.receipt
         self.counts[rc.outcome] += 1
+        if self.metrics is not None:
+            self.metrics.disposed(rc.decision, rc.outcome)
         if rc.outcome == "applied":
             self.applied_by_operator[rc.operator_id] += 1
 

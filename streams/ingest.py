@@ -98,8 +98,11 @@ def add_built(state: WorkerState, out: Checkpoint, built: Built) -> None:
     out.ledger("plan", plan)
     for a in plan.actions:
         out.ledger("action", a)
+    metrics = state.executor.metrics if state.executor is not None else None
     for rc in built.receipts:
         out.ledger("receipt", rc)
+        if metrics is not None:  # verdicts disposed at planning (BLOCK, ALERT)
+            metrics.disposed(rc.decision, rc.outcome)
     for a in built.dispatch:
         out.action(a)
     if plan.status == "proposed":

@@ -10,6 +10,7 @@ from schemas.settings import Settings
 from streams.app import create_app, default_worker_id
 from streams.kafka import ensure_topics
 from streams.membership import evict_predecessor
+from streams.metrics import serve
 from streams.topics import INGEST_GROUP
 
 
@@ -21,5 +22,7 @@ def run_worker(settings: Settings) -> None:
     # waiting out its session (streams/membership.py)
     home = settings.resolved_home / "workers" / (settings.worker_id or default_worker_id())
     asyncio.run(evict_predecessor(settings.kafka_bootstrap, INGEST_GROUP, home))
+    if settings.metrics and settings.metrics_port:
+        serve(settings.api_host, settings.metrics_port)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -25,6 +25,7 @@ from streams.execstate import ExecStateStore
 from streams.executor import Executor
 from streams.guard import Health
 from streams.kafka import make_producer
+from streams.metrics import ExecutorMetrics
 from streams.models import ModelRouter
 
 
@@ -67,6 +68,7 @@ class WorkerState:
             self.box,
             self.execstate,
             worker_id=self.worker_id,
+            metrics=ExecutorMetrics() if self.settings.metrics else None,
         )
         self.models = ModelRouter(self.settings)
         await self.view.start()
