@@ -1,0 +1,228 @@
+"""MET: what the Prometheus metrics cost (issue 13 item 1, decisions §41).
+
+``python -m benchmarks MET`` or ``python -m benchmarks.metrics_cost [--s1 N] [--s3 N]``.
+
+1. **S1 and S3 with metrics on vs off, same run.** Stacks alternate off, on, off, on (a fresh
+   ``fibric up`` each, ``FIBRIC_METRICS=false`` / ``true``; one stack cannot switch). On each:
+   S1 (Kafka-native ingest, benchmarks/s1.py), then the loop's operator and a warm-up S3, then
+   S3 (governed actions, benchmarks/loop.py). Ratio = mean(on) / mean(off): the shared machine
+   drifts over minutes, and alternating cancels a drift in either direction to first order.
+   On the "on" stacks every role's ``/metrics`` is scraped after the runs (series count, time).
+2. **Scrape time at 10k label series**, in-process: a registry holding 10,000 series shaped like
+   ours (a counter with 5,000 label children and a histogram with 312 children of 16 series
+   each) rendered by ``generate_latest``, and fetched over HTTP from prometheus-client's own
+   server on loopback (what a worker's endpoint is): median and max of 20.
+
+Nothing here asserts on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import PROCS, busy_cores, line, log
+from benchmarks.stack import BenchStack
+
+SCRAPE_SERIES = 10_000
+SCRAPE_REPEATS = 20
+ORDER = ("off", "on", "off", "on")
+
+
+def _stack(work: Path, partitions: int, metrics: bool, i: int) -> BenchStack:
+    st = BenchStack(work / f"met-{i}-{'on' if metrics else 'off'}", partitions)
+    st.env["FIBRIC_METRICS"] = "true" if metrics else "false"
+    st.env.pop("FIBRIC_METRICS_PORT", None)  # `fibric up` picks free ports
+    st.start()
+    st.create_tenant("bench")
+    return st
+
+
+def _scrape_urls(st: BenchStack) -> dict[str, str]:
+    text = (st.home / "up.out").read_text(errors="replace")
+    m = re.search(r"^fibric: metrics at (.*)$", text, re.M)
+    if not m:
+        return {}
+    return {role: url for url, role in re.findall(r"(http://\S+/metrics) \(([\w-]+)\)", m[1])}
+
+
+def _scrape_live(st: BenchStack) -> dict[str, Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {}
+    for role, url in _scrape_urls(st).items():
+        times, n = [], 0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            r = httpx.get(url, timeout=30)
+            times.append((time.perf_counter() - t0) * 1000)
+            n = sum(len(f.samples) for f in text_string_to_metric_families(r.text))
+        out[role] = {"series": n, "scrape_ms": round(statistics.median(times), 2)}
+    return out
+
+
+def run_pair(
+    work: Path, partitions: int, s1_events: int, s1_warmup: int, s3_actions: int
+) -> dict[str, Any]:
+    from benchmarks import loop
+    from benchmarks.s1 import run_s1
+
+    runs: list[dict[str, Any]] = []
+    for i, mode in enumerate(ORDER):
+        st = _stack(work, partitions, mode == "on", i)
+        try:
+            log(f"MET: run {i + 1}/{len(ORDER)}, metrics {mode}")
+            s1 = run_s1(st, work, s1_events, s1_warmup, confirm=False, profile=False)
+            loop.ensure_setup(st)
+            loop.run_s3(st, max(50, s3_actions // 5))  # warm-up: connector sessions, JIT of paths
+            s3 = loop.run_s3(st, s3_actions)
+            row = {
+                "metrics": mode,
+                "s1_events_per_s": s1.get("events_per_s"),
+                "s3_actions_per_s": s3.get("actions_per_s"),
+                "s3_complete": s3.get("complete"),
+                "s3_p50_ms": s3.get("p50_ms"),
+                "busy_cores_after": round(busy_cores(), 2),
+            }
+            if mode == "on":
+                row["scrape"] = _scrape_live(st)
+            runs.append(row)
+            log(f"MET: {row}")
+        finally:
+            st.stop()
+
+    def mean(mode: str, key: str) -> float | None:
+        vals = [r[key] for r in runs if r["metrics"] == mode and r.get(key)]
+        return sum(vals) / len(vals) if vals else None
+
+    out: dict[str, Any] = {"runs": runs, "s1_events": s1_events, "s3_actions": s3_actions}
+    for key, short in (("s1_events_per_s", "s1"), ("s3_actions_per_s", "s3")):
+        on, off = mean("on", key), mean("off", key)
+        out[f"{short}_on"], out[f"{short}_off"] = on, off
+        out[f"{short}_ratio"] = round(on / off, 3) if on and off else None
+    last_on: dict[str, Any] = next((r["scrape"] for r in reversed(runs) if "scrape" in r), {})
+    for role, s in last_on.items():
+        out[f"live_{role}_series"] = s["series"]
+        out[f"live_{role}_scrape_ms"] = s["scrape_ms"]
+    return out
+
+
+def scrape_at(series: int = SCRAPE_SERIES, repeats: int = SCRAPE_REPEATS) -> dict[str, Any]:
+    """Render and serve a registry of ``series`` series shaped like Fibric's."""
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        disable_created_metrics,
+        generate_latest,
+    )
+    from prometheus_client.exposition import start_http_server
+
+    disable_created_metrics()  # as the roles do
+
+    reg = CollectorRegistry()
+    counter = Counter("bench_requests", "x", ["route_class", "method", "status"], registry=reg)
+    hist = Histogram(
+        "bench_call_seconds",
+        "x",
+        ["connector", "tool"],
+        registry=reg,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    )
+    per_hist_child = 16  # 13 buckets + +Inf + _sum + _count
+    n_hist = series // 2 // per_hist_child
+    n_counter = series - n_hist * per_hist_child
+    for i in range(n_counter):
+        counter.labels(f"c{i % 50}", "POST", str(i)).inc(i)
+    for i in range(n_hist):
+        hist.labels(f"listing-{i % 20}", f"tool.{i}").observe(0.01 * (i % 7))
+    render, render_cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        body = generate_latest(reg)
+        render.append((time.perf_counter() - t0) * 1000)
+        render_cpu.append((time.process_time() - c0) * 1000)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
+    port = server.server_address[1]
+    fetch = []
+    try:
+        with httpx.Client(timeout=30) as c:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                r = c.get(f"http://127.0.0.1:{port}/metrics")
+                fetch.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200
+    finally:
+        server.shutdown()
+        thread.join(5)
+    samples = sum(1 for ln in body.splitlines() if ln and not ln.startswith(b"#"))
+    return {
+        "series": samples,
+        "bytes": len(body),
+        "render_ms_p50": round(statistics.median(render), 2),
+        "render_ms_max": round(max(render), 2),
+        # CPU time of the render: what the scrape costs the role, without the waits for a CPU
+        # that a loaded machine adds to the wall-clock figures
+        "render_cpu_ms_p50": round(statistics.median(render_cpu), 2),
+        "http_ms_p50": round(statistics.median(fetch), 2),
+        "http_ms_max": round(max(fetch), 2),
+    }
+
+
+FIELDS = (
+    "busy_cores_before",
+    "s1_off",
+    "s1_on",
+    "s1_ratio",
+    "s3_off",
+    "s3_on",
+    "s3_ratio",
+    "live_api_series",
+    "live_api_scrape_ms",
+    "live_worker-1_series",
+    "live_worker-1_scrape_ms",
+    "scrape_10k_series",
+    "scrape_10k_render_ms_p50",
+    "scrape_10k_render_cpu_ms_p50",
+    "scrape_10k_http_ms_p50",
+    "scrape_10k_http_ms_max",
+)
+
+
+def run(work: Path, partitions: int, s1_events: int, s1_warmup: int, s3_actions: int) -> dict:
+    out: dict[str, Any] = {"busy_cores_before": round(busy_cores(), 2)}
+    sc = scrape_at()
+    out.update({f"scrape_10k_{k}": v for k, v in sc.items()})
+    out.update(run_pair(work, partitions, s1_events, s1_warmup, s3_actions))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.metrics_cost")
+    p.add_argument("--s1", type=int, default=60_000, help="S1 events per run")
+    p.add_argument("--s3", type=int, default=3_000, help="S3 actions per run")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--scrape-only", action="store_true")
+    a = p.parse_args()
+    try:
+        if a.scrape_only:
+            r = {"busy_cores_before": round(busy_cores(), 2)}
+            r.update({f"scrape_10k_{k}": v for k, v in scrape_at().items()})
+        else:
+            with tempfile.TemporaryDirectory(prefix="fibric-met-") as d:
+                r = run(Path(d), a.partitions, a.s1, max(500, a.s1 // 20), a.s3)
+        log(f"MET: {r}")
+        print(line("MET", [(k, r.get(k)) for k in FIELDS]), flush=True)
+    finally:
+        PROCS.stop_all()
+
+
+if __name__ == "__main__":
+    main()
