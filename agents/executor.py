@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from agents.budget import BudgetState
 from agents.globs import matches
 from agents.policy import evaluate
 from schemas.connector import Connector
@@ -111,6 +112,11 @@ class CallResult:
     error_message: str | None = None
     upstream_status: int | None = None
     latency_ms: float | None = None
+
+
+# What the executor's state holds per key: an idempotency key's state, or a budget's spend
+# (agents/budget.py; its keys start with BUDGET_PREFIX).
+StateRecord = KeyState | BudgetState
 
 
 # ---- decisions -------------------------------------------------------------------------------
@@ -247,6 +253,18 @@ def conclude(
         },
     )
     return Dispose(rc, _terminal(a, "failed", now, rc, intent, error=res.error_code))
+
+
+def over_budget(
+    a: ActionRecord, verdict: Verdict, now: datetime, prior: KeyState | None = None
+) -> Dispose:
+    """The disposition of a side effect a ``BLOCK`` budget refuses at the executor (decisions
+    §36): refused, citing the budget. The key's state keeps the receipt, so a replay of this
+    action re-emits it rather than being judged again (one action, one outcome); the key stays
+    free for a later action (status ``failed``)."""
+    judged = a.model_copy(update={"verdict": verdict})
+    rc = receipt(judged, verdict.decision, "refused", verdict.reason, now)
+    return Dispose(rc, _terminal(a, "failed", now, rc, prior, error="budget_exhausted"))
 
 
 def crashed(

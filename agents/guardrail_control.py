@@ -16,7 +16,7 @@ from agents.control import ConfigState, Decision, IdFactory, Refusal, _save, _te
 from agents.webhook_control import decide as decide_webhooks
 from schemas.commands import Command, Reply
 from schemas.errors import ErrorCode
-from schemas.guardrail import MAX_POLICIES, GuardrailPolicy, GuardrailRule
+from schemas.guardrail import MAX_POLICIES, GuardrailBudget, GuardrailPolicy, GuardrailRule
 
 
 def _policy(state: Any, cmd: Command) -> GuardrailPolicy:
@@ -35,9 +35,24 @@ def _rules(raw: Any) -> list[GuardrailRule]:
         rules = [GuardrailRule.model_validate(r) for r in raw or []]
     except ValueError as exc:
         raise Refusal(400, ErrorCode.INVALID_PARAMETER, str(exc)[:300], param="rules") from None
-    if not rules:
-        raise Refusal(400, ErrorCode.INVALID_PARAMETER, "rules must not be empty.", param="rules")
     return rules
+
+
+def _budgets(raw: Any) -> list[GuardrailBudget]:
+    try:
+        return [GuardrailBudget.model_validate(b) for b in raw or []]
+    except ValueError as exc:
+        raise Refusal(400, ErrorCode.INVALID_PARAMETER, str(exc)[:300], param="budgets") from None
+
+
+def _not_empty(rules: list[GuardrailRule], budgets: list[GuardrailBudget]) -> None:
+    if not rules and not budgets:
+        raise Refusal(
+            400,
+            ErrorCode.INVALID_PARAMETER,
+            "a policy needs at least one rule or budget.",
+            param="rules",
+        )
 
 
 def _note(gp: GuardrailPolicy, what: str) -> str:
@@ -60,6 +75,8 @@ def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
             ErrorCode.STATE_CONFLICT,
             f"A tenant has at most {MAX_POLICIES} guardrail policies.",
         )
+    rules, budgets = _rules(body.get("rules")), _budgets(body.get("budgets"))
+    _not_empty(rules, budgets)
     gp = GuardrailPolicy(
         id=new_id("grd"),
         tenant_id=cmd.tenant_id or "",
@@ -67,7 +84,8 @@ def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
         name=str(body["name"]),
         description=body.get("description"),
         status=body.get("status") or "active",
-        rules=_rules(body.get("rules")),
+        rules=rules,
+        budgets=budgets,
         created_at=now,
         updated_at=now,
     )
@@ -88,6 +106,9 @@ def _update(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
             )
     if "rules" in changes:
         changes["rules"] = _rules(changes["rules"])
+    if "budgets" in changes:
+        changes["budgets"] = _budgets(changes["budgets"])
+    _not_empty(changes.get("rules", gp.rules), changes.get("budgets", gp.budgets))
     if "status" in changes and changes["status"] not in ("active", "disabled"):
         raise Refusal(
             400, ErrorCode.INVALID_PARAMETER, "status must be active or disabled.", param="status"

@@ -24,6 +24,10 @@ Scenarios implemented so far:
   (ratios) and event → delivery latency at half of S3's peak; 1,000 SSE streams on one api
   process (fan-out latency, api CPU per event against 0 streams);
 - ``globs``: µs per event-type glob match, 1–20 segments, typical and hostile (in-process).
+- ``policy`` (benchmarks/policy.py): µs per action for the judge with 1, 10 and 100 tenant
+  guardrail rules and for the executor's budget step with 1 and 10 budgets (in-process);
+- ``S4G`` (benchmarks/policy.py, on the loop stack): S4 and S3 without, then with, tenant
+  policies and budgets, as same-run ratios (issue 12: S4 with ≥ 0.8 × S4 without).
 
 Every throughput scenario (naive, naive_exec, S1, S2, S3, S4, S3L) reports ``cpu_us_per_item``:
 µs of CPU per event / action / request summed over every process of the run (broker, worker(s)
@@ -37,6 +41,7 @@ Every scenario prints one machine-readable line; results go to ``results.json`` 
 # in the order they run (S9 before S7: S7 then kills one of S9's two workers)
 SCENARIOS = (
     "globs",
+    "policy",
     "ceilings",
     "naive",
     "naive_exec",
@@ -48,10 +53,11 @@ SCENARIOS = (
     "S5",
     "S6",
     "S3L",
+    "S4G",
     "S3W",
     "SSE",
     "S8",
     "S9",
     "S7",
 )
-LOOP_SCENARIOS = ("config", "S3", "S4", "S5", "S6", "S3L")
+LOOP_SCENARIOS = ("config", "S3", "S4", "S5", "S6", "S3L", "S4G")

@@ -197,6 +197,12 @@ def _s3l(stack: Any, entities: int) -> dict[str, Any]:
     return run_s3l(stack, entities)
 
 
+def _s4g(stack: Any, sizes: Any) -> dict[str, Any]:
+    from benchmarks.policy import run_s4_governed
+
+    return run_s4_governed(stack, sizes.s4_dispositions, min(sizes.s3_actions, 5_000))
+
+
 def rss_during(stack: Any, fn: Any) -> dict[str, Any]:
     from benchmarks.loop import RssSampler
 
@@ -274,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
 
             attempt("globs", run_globs)
             emit("globs")
+        if "policy" in chosen:
+            from benchmarks.policy import run_policy
+
+            attempt("policy", run_policy)
+            emit("policy")
         stacks = Stacks(
             work, sizes.partitions, shared=args.quick or args.tiny, existing=args.existing
         )
@@ -420,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                     sizes.s6_seconds,
                 ),
                 "S3L": lambda: _s3l(stacks.get("loop"), sizes.s3l_entities),
+                "S4G": lambda: _s4g(loop_stack(), sizes),
             }
             for name in loop_chosen:
                 attempt(name, runners[name])

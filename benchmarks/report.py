@@ -134,6 +134,8 @@ def scenario_line(name: str, r: dict[str, Any], refs: dict[str, Any]) -> str:
                 )
             ],
         )
+    if name in ("policy", "S4G"):  # benchmarks/policy.py: every figure it returns
+        return line(name, [(k, v) for k, v in r.items() if not isinstance(v, dict | list)])
     if name == "naive":
         return line(name, [("events_per_s", r.get("events_per_s")), *_cpu_fields(name, r)])
     if name == "S1":

@@ -657,6 +657,29 @@ class LedgerStore:
         )
         return [receipt_from_row(r) for r in rows]
 
+    async def budget_spend(
+        self, scope: Scope, since: datetime, equal: dict[str, str]
+    ) -> list[tuple[str, str, str, int, float]]:
+        """Executions the ledger has stored since ``since`` (applied or undone receipts), as
+        (operator name, connector id, tool, count, summed value) — what a budget has spent, for
+        the dry-run evaluate (decisions §36). ``equal``: a budget's ``per`` scope (column →
+        value: operator_id, connector_id, tool, entity_key)."""
+        params: dict[str, Any] = {"t": scope.tenant_id, "m": scope.livemode, "s": since}
+        cond = ""
+        for i, (col, value) in enumerate(sorted(equal.items())):
+            assert col in ("operator_id", "connector_id", "tool", "entity_key"), col
+            cond += f" AND {col} = {{e{i}:String}}"
+            params[f"e{i}"] = value
+        rows = await self.query(
+            "SELECT operator_name, ifNull(connector_id, ''), ifNull(tool, ''), count(), "
+            "sum(ifNull(value, 0)) FROM (SELECT id, operator_name, connector_id, tool, value "
+            "FROM receipts WHERE tenant_id = {t:String} AND livemode = {m:Bool} "
+            "AND outcome IN ('applied', 'undone') AND created_at > {s:DateTime64(6, 'UTC')}"
+            f"{cond} LIMIT 1 BY id) GROUP BY 1, 2, 3",
+            params,
+        )
+        return [(str(a), str(b), str(c), int(n), float(v)) for a, b, c, n, v in rows]
+
     async def get_plan(self, scope: Scope, plan_id: str) -> Plan | None:
         rows = await self.query(
             "SELECT doc FROM plans WHERE tenant_id = {t:String} AND livemode = {m:Bool} "

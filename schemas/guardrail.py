@@ -26,6 +26,12 @@ PolicyStatus = Literal["active", "disabled"]
 MAX_RULES = 100
 MAX_POLICIES = 50
 MAX_DESCRIPTION_CHARS = 500
+# Budgets per policy: each matching budget is one reservation per executed side effect.
+MAX_BUDGETS = 20
+# A budget window: one minute to 31 days (a "per hour", "per day" or "per month" cap).
+MIN_WINDOW_SECONDS = 60
+MAX_WINDOW_SECONDS = 31 * 24 * 3600
+BudgetScope = Literal["operator", "connector", "tool", "entity"]
 # Actions one evaluate request may ask about: a plan has at most 50 (schemas/plan.py).
 MAX_EVALUATE_ACTIONS = 50
 
@@ -84,6 +90,66 @@ class GuardrailRule(BaseModel):
         return out
 
 
+class GuardrailBudget(BaseModel):
+    """A cap on what the matching side effects may do over a sliding window (decisions §36):
+    at most ``max_count`` executions and/or a summed action ``value`` of at most ``max_value``.
+    Counted separately ``per`` operator, connector, tool and/or entity (none: the whole tenant
+    and mode). A budget only narrows: it never allows what the rules do not."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    operator: str | None = Field(
+        default=None, min_length=1, max_length=200, json_schema_extra=_GLOB
+    )
+    connector: str | None = Field(
+        default=None, min_length=1, max_length=200, json_schema_extra=_GLOB
+    )
+    tool: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_GLOB)
+    per: list[BudgetScope] = Field(default_factory=list, max_length=4)
+    window_seconds: int = Field(ge=MIN_WINDOW_SECONDS, le=MAX_WINDOW_SECONDS)
+    max_count: int | None = Field(default=None, ge=1, le=10**9)
+    max_value: float | None = Field(default=None, json_schema_extra={"minimum": 0})
+    on_exhausted: Literal["BLOCK", "ALERT"] = "BLOCK"
+
+    @field_validator("operator", "connector", "tool")
+    @classmethod
+    def _globs(cls, v: str | None, info: Any) -> str | None:
+        return _check_glob(v, info.field_name)
+
+    @field_validator("max_value", mode="before")
+    @classmethod
+    def _numeric(cls, v: Any) -> Any:
+        return GuardrailRule._numeric(v)
+
+    @field_validator("per")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("per lists each scope at most once")
+        return v
+
+    @model_validator(mode="after")
+    def _capped(self) -> GuardrailBudget:
+        if self.max_count is None and self.max_value is None:
+            raise ValueError("a budget needs max_count, max_value or both")
+        return self
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in ("operator", "connector", "tool"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        out["per"] = list(self.per)
+        out["window_seconds"] = self.window_seconds
+        out["max_count"] = self.max_count
+        mv = self.max_value
+        out["max_value"] = (
+            int(mv) if mv is not None and mv.is_integer() and abs(mv) <= 2**53 else mv
+        )
+        out["on_exhausted"] = self.on_exhausted
+        return out
+
+
 class GuardrailPolicy(BaseModel):
     """The stored policy (the config log carries exactly this, one record per version)."""
 
@@ -96,6 +162,7 @@ class GuardrailPolicy(BaseModel):
     status: PolicyStatus = "active"
     version: int = 1
     rules: list[GuardrailRule]
+    budgets: list[GuardrailBudget] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
     deleted: bool = False
@@ -103,6 +170,7 @@ class GuardrailPolicy(BaseModel):
     def public(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"tenant_id", "deleted"})
         d["rules"] = [r.public() for r in self.rules]
+        d["budgets"] = [b.public() for b in self.budgets]
         return d
 
     def ref(self) -> dict[str, Any]:
@@ -121,6 +189,19 @@ class GuardrailRuleObject(BaseModel):
     decision: RuleDecision
 
 
+class GuardrailBudgetObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str | None = None
+    connector: str | None = None
+    tool: str | None = None
+    per: list[BudgetScope]
+    window_seconds: int
+    max_count: int | None
+    max_value: float | None
+    on_exhausted: Literal["BLOCK", "ALERT"]
+
+
 class GuardrailPolicyObject(BaseModel):
     """``object: "guardrail_policy"`` (spec §2.10)."""
 
@@ -134,6 +215,7 @@ class GuardrailPolicyObject(BaseModel):
     status: PolicyStatus
     version: int
     rules: list[GuardrailRuleObject]
+    budgets: list[GuardrailBudgetObject]
     created_at: datetime
     updated_at: datetime
 
@@ -152,7 +234,8 @@ class GuardrailCreate(BaseModel):
     name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern})
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     status: PolicyStatus = "active"
-    rules: list[GuardrailRule] = Field(min_length=1, max_length=MAX_RULES)
+    rules: list[GuardrailRule] = Field(default_factory=list, max_length=MAX_RULES)
+    budgets: list[GuardrailBudget] = Field(default_factory=list, max_length=MAX_BUDGETS)
 
     @field_validator("name")
     @classmethod
@@ -160,6 +243,12 @@ class GuardrailCreate(BaseModel):
         if not NAME_RE.match(v):
             raise ValueError("name must be 3–40 lowercase letters, digits and hyphens")
         return v
+
+    @model_validator(mode="after")
+    def _something(self) -> GuardrailCreate:
+        if not self.rules and not self.budgets:
+            raise ValueError("a policy needs at least one rule or budget")
+        return self
 
 
 class GuardrailUpdate(BaseModel):
@@ -170,7 +259,8 @@ class GuardrailUpdate(BaseModel):
 
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     status: PolicyStatus | None = None
-    rules: list[GuardrailRule] | None = Field(default=None, min_length=1, max_length=MAX_RULES)
+    rules: list[GuardrailRule] | None = Field(default=None, max_length=MAX_RULES)
+    budgets: list[GuardrailBudget] | None = Field(default=None, max_length=MAX_BUDGETS)
 
     @model_validator(mode="after")
     def _something(self) -> GuardrailUpdate:
@@ -234,6 +324,27 @@ class EvaluatePlan(BaseModel):
 EvaluateRequest.model_rebuild()
 
 
+class BudgetLeft(BaseModel):
+    """One budget as the dry run sees it: spent and left over its window, from the ledger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guardrail_id: str
+    guardrail: str
+    guardrail_version: int
+    index: int  # the budget's position in the policy's ``budgets``
+    scope: dict[str, str]  # the ``per`` values this action counts under
+    window_seconds: int
+    max_count: int | None
+    max_value: float | None
+    on_exhausted: Literal["BLOCK", "ALERT"]
+    spent_count: int
+    spent_value: float
+    count_left: int | None
+    value_left: float | None
+    exhausted: bool  # this action would exceed it
+
+
 class EvaluatedAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -246,7 +357,9 @@ class EvaluatedAction(BaseModel):
     tier: Literal[0, 1, 2, 3]
     rule: dict[str, Any] | None
     reason: str
-    budget: None = None  # budgets are not built yet (decisions §35): always null
+    # the budgets that would count this action, with what is left of each now (decisions §36);
+    # null for an action no budget counts
+    budget: list[BudgetLeft] | None = None
 
 
 class Evaluation(BaseModel):

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agents.executor import KeyState
+from agents.executor import StateRecord
 from schemas.config import ConfigRecord
 from streams.topics import (
     ACTIONS,
@@ -59,7 +59,7 @@ class Producer(Protocol):
 
 
 class StateStore(Protocol):
-    def write(self, changes: list[tuple[int, str, KeyState]]) -> None: ...
+    def write(self, changes: list[tuple[int, str, StateRecord]]) -> None: ...
     def set_offset(self, partition: int, offset: int) -> None: ...
 
 
@@ -87,7 +87,7 @@ class Checkpoint:
     apply_config: Callable[[ConfigRecord], None] | None = None
     headers: Any = None
     sends: list[Send] = field(default_factory=list)
-    states: list[tuple[int, str, KeyState]] = field(default_factory=list)
+    states: list[tuple[int, str, StateRecord]] = field(default_factory=list)
     config: list[ConfigRecord] = field(default_factory=list)
     dedup_keys: list[str] = field(default_factory=list)
 
@@ -119,7 +119,7 @@ class Checkpoint:
     def action(self, a: Any) -> None:
         self.sends.append(Send(ACTIONS, action_key(a), a.model_dump_json().encode()))
 
-    def state(self, partition: int, key: str, state: KeyState) -> None:
+    def state(self, partition: int, key: str, state: StateRecord) -> None:
         self.states.append((partition, key, state))
 
     def __len__(self) -> int:
@@ -181,7 +181,7 @@ async def acknowledged(futures: list[Any]) -> list[Any]:
     return results
 
 
-def _encode_state(state: KeyState) -> bytes:
+def _encode_state(state: StateRecord) -> bytes:
     import orjson
 
     return orjson.dumps(state.to_json())

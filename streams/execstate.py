@@ -25,11 +25,13 @@ from typing import cast
 import orjson
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from agents.executor import KeyState
+from agents.budget import BUDGET_PREFIX, BudgetState
+from agents.executor import KeyState, StateRecord
 
 log = logging.getLogger(__name__)
 
-_STATE = b"k"  # k<partition:05d>\x1f<state key> -> KeyState JSON
+_STATE = b"k"  # k<partition:05d>\x1f<state key> -> KeyState JSON (or BudgetState JSON)
+_BUDGET = BUDGET_PREFIX.encode()
 _OFFSET = b"o"  # o<partition:05d> -> last changelog offset applied (ASCII int)
 # Receipts newer than this are re-emitted to the ledger when the broker lost its topics: the
 # ledger sink inserts within ~250 ms of a record, so anything older than a few minutes is
@@ -108,10 +110,22 @@ class ExecStateStore:
         cluster, off = self.position(partition)
         return off if cluster == self.cluster_id else -1
 
-    def has_state(self, partition: int) -> bool:
-        return next(self.entries(partition), None) is not None
+    def get_budgets(self, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], BudgetState]:
+        """Budget states (agents/budget.py) by (partition, budget key); absent ones are left out."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        found = cast("list[bytes | None]", self._db.get([_state_key(p, k) for p, k in wanted]))
+        return {
+            pk: BudgetState.from_json(orjson.loads(v))
+            for pk, v in zip(wanted, found, strict=True)
+            if v is not None
+        }
 
-    def entries(self, partition: int) -> Iterator[tuple[str, KeyState]]:
+    def has_state(self, partition: int) -> bool:
+        return next(self._raw(partition), None) is not None
+
+    def _raw(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         prefix = _STATE + f"{partition:05d}\x1f".encode()
         it = self._db.iter()
         it.seek(prefix)
@@ -119,8 +133,19 @@ class ExecStateStore:
             k = it.key()
             if not k.startswith(prefix):
                 break
-            yield k[len(prefix) :].decode(), KeyState.from_json(orjson.loads(it.value()))
+            yield k[len(prefix) :], it.value()
             it.next()
+
+    def entries(self, partition: int) -> Iterator[tuple[str, KeyState]]:
+        """The idempotency keys' states of ``partition`` (budget records are left out)."""
+        for k, v in self._raw(partition):
+            if not k.startswith(_BUDGET):
+                yield k.decode(), KeyState.from_json(orjson.loads(v))
+
+    def budget_entries(self, partition: int) -> Iterator[tuple[str, BudgetState]]:
+        for k, v in self._raw(partition):
+            if k.startswith(_BUDGET):
+                yield k.decode(), BudgetState.from_json(orjson.loads(v))
 
     def recent_receipts(self, partition: int, now_ms: int | None = None) -> list[dict]:
         """Receipts of states written in the last :data:`REEMIT_WINDOW_MS`."""
@@ -128,7 +153,7 @@ class ExecStateStore:
         return [s.receipt for _, s in self.entries(partition) if s.at_ms >= since and s.receipt]
 
     # ---- writes ------------------------------------------------------------------------------
-    def write(self, changes: Iterable[tuple[int, str, KeyState]]) -> None:
+    def write(self, changes: Iterable[tuple[int, str, StateRecord]]) -> None:
         wb = WriteBatch(raw_mode=True)
         n = 0
         for p, k, s in changes:

@@ -35,20 +35,23 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from agents import budget
 from agents.executor import (
     CallResult,
     Dispose,
     Invoke,
     KeyState,
     Reemit,
+    StateRecord,
     conclude,
     crashed,
     decide,
     lane_of,
+    over_budget,
     state_key,
 )
 from agents.secrets import SecretBox
-from schemas.plan import ActionRecord
+from schemas.plan import ActionRecord, Verdict
 from streams.checkpoint import Checkpoint, acknowledged
 from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore
 from streams.kafka import probe
@@ -65,22 +68,32 @@ CHANGELOG_FETCH_RECORDS = 20_000
 # empty fetch of this long (Tansu does not complete a waiting fetch early; decisions §16).
 CHANGELOG_FETCH_WAIT_MS = 50
 CHANGELOG_IDLE_MS = 300
+# Budget states kept in memory between batches (a few hundred bytes each); past this the cache
+# is dropped at a batch end, when everything in it is on disk.
+BUDGET_CACHE_KEYS = 50_000
 
 
 class IntentWriter:
     """Group commit of intents: every lane that is about to call a tool waits here until its
-    intent is in RocksDB and acknowledged on the changelog. Intents submitted while a write is
-    in flight share the next write, so N concurrent lanes cost one round trip, not N."""
+    intent (and the budget reservations that go with it, agents/budget.py) is in RocksDB and
+    acknowledged on the changelog. Intents submitted while a write is in flight share the next
+    write, so N concurrent lanes cost one round trip, not N."""
 
     def __init__(self, store: ExecStateStore, producer: Any) -> None:
         self._store = store
         self._producer = producer
-        self._queue: list[tuple[int, str, KeyState, asyncio.Future[None]]] = []
+        self._queue: list[tuple[list[tuple[int, str, StateRecord]], asyncio.Future[None]]] = []
         self._running: asyncio.Task[None] | None = None
 
-    async def write(self, partition: int, key: str, intent: KeyState) -> None:
+    async def write(
+        self,
+        partition: int,
+        key: str,
+        intent: KeyState,
+        with_: Sequence[tuple[int, str, StateRecord]] = (),
+    ) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((partition, key, intent, fut))
+        self._queue.append(([*with_, (partition, key, intent)], fut))
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._drain())
         await fut
@@ -88,25 +101,26 @@ class IntentWriter:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            records = [r for rs, _ in batch for r in rs]
             try:
-                self._store.write([(p, k, s) for p, k, s, _ in batch])
+                self._store.write(records)
                 sends = [
                     await self._producer.send(
                         EXECSTATE, orjson.dumps(s.to_json()), key=k.encode(), partition=p
                     )
-                    for p, k, s, _ in batch
+                    for p, k, s in records
                 ]
                 metas = await acknowledged(sends)
-                for (p, _, _, _), meta in zip(batch, metas, strict=True):
+                for (p, _, _), meta in zip(records, metas, strict=True):
                     off = getattr(meta, "offset", None)
                     if isinstance(off, int):
                         self._store.set_offset(p, off)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter, even a cancel
-                for *_, fut in batch:
+                for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for *_, fut in batch:
+            for _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
 
@@ -159,6 +173,7 @@ class Executor:
         store: ExecStateStore,
         worker_id: str = "",
         metrics: ExecutorMetrics | None = None,
+        partitions: int = 1,
     ) -> None:
         self._bootstrap = bootstrap
         self.metrics = metrics
@@ -177,11 +192,21 @@ class Executor:
         self._ensured: dict[str, int] = {}
         self.counts: dict[str, int] = defaultdict(int)
         self.applied_by_operator: dict[str, int] = defaultdict(int)
+        # Budget spend (agents/budget.py), per (partition, budget key): read through from
+        # RocksDB and always at least as new as it (every change lands here first, then on
+        # disk with the intent or the checkpoint), so a reservation is one check-and-set with no
+        # await between check and set. Cleared when the disk may know more (a catch-up applied
+        # another worker's changelog) and when it grows past BUDGET_CACHE_KEYS with no batch
+        # in flight.
+        self.partitions = partitions
+        self.budgets: dict[tuple[int, str], budget.BudgetState] = {}
+        self._batches = 0  # execute_batch calls in flight (orphans run inside one)
 
     # ---- state -----------------------------------------------------------------------------
     def forget_partitions(self) -> None:
         """On a rebalance: partitions we own again are brought up to date on next use."""
         self.loaded.clear()
+        self.budgets.clear()
 
     async def ensure_loaded(self, partitions: Sequence[int]) -> None:
         if not set(partitions) - self.loaded:
@@ -192,6 +217,9 @@ class Executor:
             if missing:
                 orphans = await self._catch_up(missing)
                 self.loaded.update(missing)
+                # their budget records may have changed on disk (another worker's changelog)
+                gone = set(missing)
+                self.budgets = {k: v for k, v in self.budgets.items() if k[0] not in gone}
         if orphans:
             # intents whose actions the lost broker took with it: conclude them now (the core
             # re-invokes with the same key where the connector journals keys, else disposes
@@ -291,6 +319,12 @@ class Executor:
             )
             if st.at_ms >= since and st.receipt:
                 receipts.append(st.receipt)
+        for key, bs in self.store.budget_entries(partition):
+            sends.append(
+                await self.producer.send(
+                    EXECSTATE, orjson.dumps(bs.to_json()), key=key.encode(), partition=partition
+                )
+            )
         for row in receipts:
             sends.append(
                 await self.producer.send(
@@ -349,6 +383,15 @@ class Executor:
 
     # ---- execution -------------------------------------------------------------------------
     async def execute_batch(self, items: Sequence[tuple[ActionRecord, int]]) -> None:
+        self._batches += 1
+        try:
+            await self._execute_batch(items)
+        finally:
+            self._batches -= 1
+        if self._batches == 0 and len(self.budgets) > BUDGET_CACHE_KEYS:
+            self.budgets.clear()  # no batch in flight: all of it is on disk
+
+    async def _execute_batch(self, items: Sequence[tuple[ActionRecord, int]]) -> None:
         # 1. state current for the batch's partitions
         await self.ensure_loaded(sorted({p for _, p in items}))
         # 2. seen-state of every side-effecting key, one multi-get
@@ -379,7 +422,7 @@ class Executor:
             key = state_key(a)
             prior = seen.get(key) if a.side_effect else None
             try:
-                d = await self._dispose(a, p, key, prior)
+                d = await self._dispose(a, p, key, prior, out)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one action's bug must not sink the lane
@@ -398,7 +441,12 @@ class Executor:
                 out.state(p, key, d.state)
 
     async def _dispose(
-        self, a: ActionRecord, partition: int, key: str, prior: KeyState | None
+        self,
+        a: ActionRecord,
+        partition: int,
+        key: str,
+        prior: KeyState | None,
+        out: Checkpoint | None = None,
     ) -> Dispose | Reemit:
         now = datetime.now(UTC)
         d = decide(a, prior, now, reinvoke_safe=self.reinvoke_safe(a.connector_id))
@@ -409,9 +457,40 @@ class Executor:
             refused = decide(a, prior, now, connector_problem=problem)
             assert not isinstance(refused, Invoke)  # a connector problem never invokes
             return refused
+        # budgets: reserved now, in this partition's state, durable with the intent
+        counted = self._counted(a) if d.intent is not None else []
+        reserved: dict[str, budget.BudgetState] = {}
+        if counted:
+            charge = self._charge(a, partition, counted, now)
+            if charge.refused is not None:
+                c = charge.refused
+                return over_budget(
+                    a,
+                    Verdict(
+                        decision="BLOCK",
+                        rule=c.rule(),
+                        reason=budget.exhausted_reason(c, a.tool, a.value),
+                    ),
+                    now,
+                    prior,
+                )
+            if charge.over:
+                c = charge.over[0]
+                a = a.model_copy(
+                    update={
+                        "verdict": Verdict(
+                            decision="ALERT",
+                            rule=c.rule(),
+                            reason=budget.exhausted_reason(c, a.tool, a.value),
+                        )
+                    }
+                )
+            reserved = charge.updates
         # 4. intent durable before the tool is called
         if d.intent is not None:
-            await self.intents.write(partition, key, d.intent)
+            await self.intents.write(
+                partition, key, d.intent, [(partition, k, s) for k, s in reserved.items()]
+            )
         if self.metrics is None:
             res = await self.calls.call(
                 a.connector_id or "",
@@ -421,7 +500,7 @@ class Executor:
             )
         else:
             res = await self._timed_call(a)
-        return conclude(
+        done = conclude(
             a,
             CallResult(
                 ok=res.ok,
@@ -434,6 +513,69 @@ class Executor:
             datetime.now(UTC),
             d.intent,
         )
+        if counted and out is not None:
+            self._settle(a, partition, counted, done, out)
+        return done
+
+    # ---- budgets (agents/budget.py, decisions §36) ------------------------------------------
+    def _counted(self, a: ActionRecord) -> list[budget.Counted]:
+        policies = self.view.guardrails_of(a.tenant_id, a.livemode)
+        if not any(p.budgets for p in policies):
+            return []
+        cn = self.view.connectors.get(a.connector_id or "")
+        names = (cn.id, cn.name, cn.listing) if cn is not None else (a.connector_id,)
+        return budget.counting(
+            policies,
+            tenant_id=a.tenant_id,
+            livemode=a.livemode,
+            operator_id=a.operator_id,
+            operator_name=a.operator_name,
+            connector_id=a.connector_id or "",
+            connector_names=[n for n in names if n],
+            tool=a.tool,
+            entity_key=a.entity_key,
+        )
+
+    def _budget(self, partition: int, key: str) -> budget.BudgetState:
+        hit = self.budgets.get((partition, key))
+        if hit is None:
+            hit = self.store.get_budgets([(partition, key)]).get((partition, key), budget.EMPTY)
+            self.budgets[(partition, key)] = hit
+        return hit
+
+    def _charge(
+        self, a: ActionRecord, partition: int, counted: list[budget.Counted], now: datetime
+    ) -> budget.Charge:
+        """One check-and-set, no await inside: concurrent lanes of this worker never both take
+        the last unit. A budget that spans entities is summed over every state partition's
+        record of it (decisions §36: exact when one worker owns them all)."""
+        own = {c.key: self._budget(partition, c.key) for c in counted}
+        others = {
+            c.key: [self._budget(q, c.key) for q in range(self.partitions) if q != partition]
+            for c in counted
+            if c.spans_entities
+        }
+        charge = budget.charge(a.id, a.value, counted, own, others, int(now.timestamp() * 1000))
+        for k, s in charge.updates.items():
+            self.budgets[(partition, k)] = s
+        return charge
+
+    def _settle(
+        self,
+        a: ActionRecord,
+        partition: int,
+        counted: list[budget.Counted],
+        done: Dispose,
+        out: Checkpoint,
+    ) -> None:
+        """Commit or release the reservation with the receipt (the checkpoint writes both)."""
+        rc = done.receipt
+        how = budget.settlement(rc.outcome, (rc.error or {}).get("code"))
+        for c in counted:
+            s = self._budget(partition, c.key)
+            s = budget.commit(s, a.id, c.limits) if how == "commit" else budget.release(s, a.id)
+            self.budgets[(partition, c.key)] = s
+            out.state(partition, c.key, s)
 
     async def _timed_call(self, a: ActionRecord) -> Any:
         """The tool call with its latency, error and in-flight metrics (labels: the connector's

@@ -69,6 +69,7 @@ class WorkerState:
             self.execstate,
             worker_id=self.worker_id,
             metrics=ExecutorMetrics() if self.settings.metrics else None,
+            partitions=self.settings.partitions,
         )
         self.models = ModelRouter(self.settings)
         await self.view.start()

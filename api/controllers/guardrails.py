@@ -10,11 +10,14 @@ written, no receipt.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
 
+from agents import budget
 from agents.executor import vet
+from agents.globs import matches
 from agents.planning import bind_connector
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
@@ -23,6 +26,7 @@ from api.controllers.loop import tool_tier
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.respond import documented, respond
 from api.state import ApiState
+from schemas.connector import Connector
 from schemas.errors import ErrorCode, FibricError
 from schemas.guardrail import (
     DeletedGuardrail,
@@ -67,17 +71,89 @@ def _operator(state: ApiState, auth: AuthContext, ref: str) -> Operator:
     return op
 
 
-def evaluate_actions(state: ApiState, auth: AuthContext, req: EvaluateRequest) -> dict[str, Any]:
+_SCOPE_COLUMNS = {
+    "operator": "operator_id",
+    "connector": "connector_id",
+    "tool": "tool",
+    "entity": "entity_key",
+}
+
+
+def _glob_ok(pattern: str | None, *names: str | None) -> bool:
+    return pattern is None or any(n is not None and matches(pattern, n) for n in names)
+
+
+async def budgets_left(
+    state: ApiState,
+    auth: AuthContext,
+    counted: list[budget.Counted],
+    amount: float | None,
+    connectors: list[Connector],
+    cache: dict[str, tuple[int, float]],
+) -> list[dict[str, Any]]:
+    """What each budget that would count this action has spent and has left, from the stored
+    receipts (the executor's state holds the exact figure, including calls in flight; the dry
+    run reads the ledger, so it can lag by the sink's batch)."""
+    now = datetime.now(UTC)
+    names = {c.id: (c.id, c.name, c.listing) for c in connectors}
+    out = []
+    for c in counted:
+        if c.key not in cache:
+            b = c.budget
+            equal = {_SCOPE_COLUMNS[k]: v for k, v in c.scope.items()}
+            rows = await state.store.budget_spend(
+                auth.scope, now - timedelta(seconds=b.window_seconds), equal
+            )
+            n, total = 0, 0.0
+            for op_name, cn_id, tool, count, value in rows:
+                if (
+                    _glob_ok(b.operator, op_name)
+                    and _glob_ok(b.connector, *names.get(cn_id, (cn_id,)))
+                    and _glob_ok(b.tool, tool)
+                ):
+                    n += count
+                    total += value
+            cache[c.key] = (n, total)
+        n, total = cache[c.key]
+        lim = c.limits
+        out.append(
+            {
+                "guardrail_id": c.policy.id,
+                "guardrail": c.policy.name,
+                "guardrail_version": c.policy.version,
+                "index": c.index,
+                "scope": dict(c.scope),
+                "window_seconds": c.budget.window_seconds,
+                "max_count": lim.max_count,
+                "max_value": lim.max_value,
+                "on_exhausted": c.budget.on_exhausted,
+                "spent_count": n,
+                "spent_value": total,
+                "count_left": None if lim.max_count is None else max(0, lim.max_count - n),
+                "value_left": None if lim.max_value is None else max(0.0, lim.max_value - total),
+                "exhausted": not budget.fits(n, total, amount, lim),
+            }
+        )
+    return out
+
+
+async def evaluate_actions(
+    state: ApiState, auth: AuthContext, req: EvaluateRequest
+) -> dict[str, Any]:
     """Judge each proposed action as the plan builder would (agents/planning.py): outside the
-    operator's capabilities or bound to no connector → BLOCK; else :func:`vet`."""
+    operator's capabilities or bound to no connector → BLOCK; else :func:`vet`. A side effect
+    that budgets count gets what is left of each (``budget``); an exhausted ``BLOCK`` budget
+    turns an ALLOW or ALERT into the BLOCK the executor would give (``budget_exhausted``)."""
     op = _operator(state, auth, req.operator)
     connectors = state.view.connectors_of(auth.tenant.id, auth.key.livemode)
     policies = state.view.guardrails_of(auth.tenant.id, auth.key.livemode)
+    spend: dict[str, tuple[int, float]] = {}
     out = []
     for i, pa in enumerate(req.actions()):
         cn = bind_connector(connectors, pa.tool, pa.connector)
         tool = next((t for t in cn.tools if t.name == pa.tool), None) if cn else None
         side_effect = tool.side_effect if tool else None
+        left = None
         if pa.tool not in op.capabilities:
             v = Verdict(
                 decision="BLOCK", reason=f"{pa.tool} is outside the operator's capabilities"
@@ -93,6 +169,35 @@ def evaluate_actions(state: ApiState, auth: AuthContext, req: EvaluateRequest) -
                 value=pa.value,
                 policies=policies,
             )
+            counted = (
+                budget.counting(
+                    policies,
+                    tenant_id=auth.tenant.id,
+                    livemode=auth.key.livemode,
+                    operator_id=op.id,
+                    operator_name=op.name,
+                    connector_id=cn.id,
+                    connector_names=(cn.id, cn.name, cn.listing),
+                    tool=pa.tool,
+                    entity_key=pa.entity_key or "",
+                )
+                if tool.side_effect
+                else []
+            )
+            if counted:
+                left = await budgets_left(state, auth, counted, pa.value, connectors, spend)
+                over = next(
+                    (
+                        (c, b)
+                        for c, b in zip(counted, left, strict=True)
+                        if b["exhausted"] and c.budget.on_exhausted == "BLOCK"
+                    ),
+                    None,
+                )
+                if over is not None and v.decision != "BLOCK":
+                    c = over[0]
+                    why = budget.exhausted_reason(c, pa.tool, pa.value)
+                    v = Verdict(decision="BLOCK", rule=c.rule(), reason=why)
         out.append(
             {
                 "index": i,
@@ -104,7 +209,7 @@ def evaluate_actions(state: ApiState, auth: AuthContext, req: EvaluateRequest) -
                 "tier": tool_tier(cn.listing if cn else None, pa.tool, side_effect),
                 "rule": v.rule,
                 "reason": v.reason,
-                "budget": None,
+                "budget": left,
             }
         )
     decisions = {a["decision"] for a in out}
@@ -169,7 +274,10 @@ class GuardrailsController(Controller):
     ) -> Response[GuardrailPolicyObject]:
         """Create a policy that applies to every operator of the tenant: ``rules`` (each with
         optional ``operator``, ``connector`` and ``tool`` globs, an optional ``max_value`` and a
-        ``decision`` ``ALLOW`` | ``ALERT`` | ``BLOCK``). A tenant BLOCK always wins."""
+        ``decision`` ``ALLOW`` | ``ALERT`` | ``BLOCK``) and/or ``budgets`` (the same globs,
+        ``window_seconds``, ``max_count`` and/or ``max_value`` over the summed action values,
+        counted ``per`` operator/connector/tool/entity, ``on_exhausted`` ``BLOCK`` | ``ALERT``).
+        A tenant BLOCK always wins."""
         state, auth = api_state(request), auth_of(request)
         body = await read_body(request)
 
@@ -194,11 +302,12 @@ class GuardrailsController(Controller):
         """Dry run: what would the guardrails in force now decide for these actions of this
         ``operator`` (id or name)? Send one ``action`` or a ``plan`` (``{"actions": […]}``) and
         optionally the ``envelope``. Each action gets its ``decision``, ``tier``, the ``rule``
-        that decided and ``budget`` (null: budgets are not enforced yet). Nothing runs and no
-        receipt is written."""
+        that decided and ``budget``: what is left of each budget that would count it (null when
+        none does; an exhausted BLOCK budget makes the decision BLOCK, ``budget_exhausted``).
+        Nothing runs, nothing is reserved and no receipt is written."""
         state, auth = api_state(request), auth_of(request)
         req = validate(EvaluateRequest, await read_body(request))
-        return respond(Evaluation, evaluate_actions(state, auth, req))
+        return respond(Evaluation, await evaluate_actions(state, auth, req))
 
     @get(
         "/{guardrail_id:str}",
@@ -225,7 +334,8 @@ class GuardrailsController(Controller):
         guardrail_id: str,
         data: GuardrailUpdate | None = None,
     ) -> Response[GuardrailPolicyObject]:
-        """Change ``description``, ``status`` or ``rules`` (replaced as a whole). Every change
+        """Change ``description``, ``status``, ``rules`` or ``budgets`` (each replaced as a
+        whole; a budget keeps its spend while it keeps its position). Every change
         is a new ``version``; the next plan is judged by it, plans already judged keep theirs."""
         state, auth = api_state(request), auth_of(request)
         find_policy(state, auth, guardrail_id)

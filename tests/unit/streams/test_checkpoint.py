@@ -127,7 +127,7 @@ def batch() -> list[tuple[ActionRecord, int]]:
 
 def make_executor(tmp_path, broker, connector, store):
     cn = SimpleNamespace(id="cn_1", status="connected", version=1, remote_url=None)
-    view = SimpleNamespace(connectors={"cn_1": cn})
+    view = SimpleNamespace(connectors={"cn_1": cn}, guardrails_of=lambda tenant, livemode: [])
     ex = Executor("unused:0", broker, connector, view, box=None, store=store)
     ex._ensured["cn_1"] = 1
     ex.loaded = {0, 1, 2}  # no changelog to catch up from in this test
