@@ -23,6 +23,7 @@ from api.controllers.guardrails import GuardrailsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
+from api.controllers.sql import SqlController
 from api.controllers.streams import (
     EventStreamController,
     LoopStreamController,
@@ -194,6 +195,7 @@ def create_app(settings: Settings) -> Litestar:
             ApiKeysController,
             WebhooksController,
             GuardrailsController,
+            SqlController,
         ],
         guards=[require_scope],
     )

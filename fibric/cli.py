@@ -109,6 +109,77 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def render_sql(result: dict[str, Any], fmt: str) -> str:
+    """A ``sql_result`` as an aligned text table, CSV (with a header) or JSON lines."""
+    names = [c["name"] for c in result["columns"]]
+    rows = result["rows"]
+    if fmt == "json":
+        return "\n".join(json.dumps(dict(zip(names, r, strict=True))) for r in rows)
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "NULL" if fmt == "table" else ""
+        return v if isinstance(v, str) else json.dumps(v)
+
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(names)
+        w.writerows([cell(v) for v in r] for r in rows)
+        return buf.getvalue().rstrip("\n")
+    cells = [[cell(v).replace("\n", "\\n") for v in r] for r in rows]
+    widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)), line]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''}, {result['elapsed_ms']} ms)")
+    return "\n".join(out)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """``fibric sql "SELECT …"``: POST /v1/sql with FIBRIC_API_KEY (a key holding ledger:query)."""
+    import os
+
+    import httpx
+
+    key = args.key or os.environ.get("FIBRIC_API_KEY")
+    if not key:
+        raise CliError("set FIBRIC_API_KEY (or --key) to a key with the ledger:query scope")
+    url = args.url or os.environ.get("FIBRIC_API_URL") or _settings().api_base_url
+    query = sys.stdin.read() if args.query == "-" else args.query
+    params: dict[str, Any] = {}
+    for p in args.param or []:
+        name, sep, value = p.partition("=")
+        if not sep:
+            raise CliError(f"--param {p!r}: expected name=value")
+        params[name] = value
+    body: dict[str, Any] = {"query": query, "max_rows": args.max_rows, "timeout_s": args.timeout}
+    if params:
+        body["parameters"] = params
+    try:
+        r = httpx.post(
+            f"{url.rstrip('/')}/v1/sql",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=args.timeout + 30,
+        )
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the api at {url}: {exc}") from None
+    if r.status_code != 200:
+        try:
+            err = r.json()["error"]
+            raise CliError(f"{err['code']}: {err['message']}")
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"HTTP {r.status_code}: {r.text[:500]}") from None
+    text = render_sql(r.json(), args.format)
+    if text:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fibric", description="Fibric: a governed automation kernel.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=cmd_bench)
+
+    sql = sub.add_parser(
+        "sql",
+        help="run a read-only SQL query over your tenant's ledger (POST /v1/sql)",
+        description="Needs FIBRIC_API_KEY: a key with the ledger:query scope "
+        "(fibric admin key create --tenant T --scope ledger:query). {tenant:String} is bound "
+        "to the key's tenant.",
+    )
+    sql.add_argument("query", help='the SELECT (or "-" to read it from stdin)')
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--max-rows", type=int, default=1000, help="row limit (1-10000)")
+    sql.add_argument("--timeout", type=float, default=10.0, help="time limit in s (max 30)")
+    sql.add_argument("--param", action="append", help="query parameter name=value (repeatable)")
+    sql.add_argument("--key", help="API key (default: FIBRIC_API_KEY)")
+    sql.add_argument("--url", help="api base URL (default: FIBRIC_API_URL, else the settings')")
+    sql.set_defaults(fn=cmd_sql)
 
     admin = sub.add_parser("admin", help="manage tenants and API keys").add_subparsers(
         dest="resource", required=True

@@ -20,7 +20,9 @@ import clickhouse_connect
 import orjson
 
 from agents.globs import glob_to_regex, is_glob
+from ledger import analyst
 from schemas.envelope import DeadLetter, Event
+from schemas.errors import ErrorCode, FibricError
 from schemas.plan import ActionRecord, Plan, Receipt
 from schemas.webhook import Attempt, Delivery
 
@@ -438,11 +440,52 @@ class LedgerStore:
         self._dsn = dsn
         self._pool = ThreadPoolExecutor(max_workers=CH_THREADS, thread_name_prefix="clickhouse")
         self._client: Any = None
+        self._policy: Any = None
+        self._sql_ready = False
+        # analyst SQL: its own engine session and thread, so a long query never holds up the
+        # api's reads and writes, and one at a time per api process
+        self._sql_client: Any = None
+        self._sql_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sql")
 
     # ---- plumbing --------------------------------------------------------------------------
     def open(self) -> None:
-        """Connect and apply migrations (synchronous; call before serving)."""
-        self._client = clickhouse_connect.get_client(dsn=self._dsn)
+        """Connect and apply migrations (synchronous; call before serving). On the embedded
+        engine, also make sure the analyst row policies cover every table (ledger/analyst.py):
+        if migrations added a table the policy file does not know, rewrite it and reopen."""
+        self._policy = analyst.policy_dir(self._dsn)
+        if self._policy is not None:
+            policy = analyst.AccessPolicy(self._policy)
+            if not policy.config_file.exists():
+                policy.write(set())
+        self._connect()
+        self._migrate()
+        if self._policy is not None:
+            policy = analyst.AccessPolicy(self._policy)
+            tables = self._engine_tables()
+            if not policy.covers(tables):
+                policy.write(tables)
+                self._client.close()
+                self._connect()
+            self._sql_ready = policy.covers(self._engine_tables())
+            if not self._sql_ready:
+                log.error("analyst SQL is off: tables without a row policy remain")
+
+    def _connect(self) -> None:
+        if self._policy is not None:
+            self._client = clickhouse_connect.get_client(
+                dsn=self._dsn,
+                chdb_options={"config-file": str(analyst.AccessPolicy(self._policy).config_file)},
+            )
+        else:
+            self._client = clickhouse_connect.get_client(dsn=self._dsn)
+
+    def _engine_tables(self) -> set[tuple[str, str]]:
+        rows = self._client.query(
+            "SELECT database, name FROM system.tables WHERE engine NOT IN ('View')"
+        ).result_rows
+        return {(r[0], r[1]) for r in rows}
+
+    def _migrate(self) -> None:
         self._client.command(
             "CREATE TABLE IF NOT EXISTS schema_migrations (name String, applied_at DateTime "
             "DEFAULT now()) ENGINE = MergeTree ORDER BY name"
@@ -461,9 +504,94 @@ class LedgerStore:
             log.info("applied migration %s", f.name)
 
     def close(self) -> None:
+        self._sql_pool.shutdown(wait=True)
+        if self._sql_client is not None:
+            self._sql_client.close()
         if self._client is not None:
             self._client.close()
         self._pool.shutdown(wait=True)
+
+    # ---- analyst SQL (decisions §42) ---------------------------------------------------------
+    async def analyst_query(
+        self,
+        scope: Scope,
+        sql: str,
+        max_rows: int,
+        seconds: float,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one read-only SELECT for ``scope``'s tenant and mode under the engine's row
+        policies and limits (ledger/analyst.py). Raises FibricError (``sql_*`` codes)."""
+        if not self._sql_ready:
+            raise FibricError(
+                ErrorCode.SQL_UNAVAILABLE,
+                "SQL through the api needs the embedded ledger with its row policies in force; "
+                "on a ClickHouse server connect with a per-tenant user (docs/production.md).",
+            )
+        return await asyncio.get_running_loop().run_in_executor(
+            self._sql_pool, self._analyst_query, scope, sql, max_rows, seconds, params or {}
+        )
+
+    def _analyst_query(
+        self, scope: Scope, sql: str, max_rows: int, seconds: float, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        if self._sql_client is None:
+            self._connect_sql()
+        if not analyst.AccessPolicy(self._policy).covers(self._engine_tables()):
+            raise FibricError(
+                ErrorCode.SQL_UNAVAILABLE,
+                "A ledger table has no row policy yet; restart the api to cover it.",
+            )
+        settings = analyst.settings_clause(scope.tenant_id, scope.livemode, max_rows, seconds)
+        # the parse checks answer with a line per AST node: the caller's row limit is not theirs
+        checks = analyst.settings_clause(scope.tenant_id, scope.livemode, 1_000_000, seconds)
+        c = self._sql_client
+        try:
+            # the engine parses: exactly one statement, in its canonical form
+            canonical = c.query(
+                "SELECT formatQuery({q:String}) " + checks, parameters={"q": sql}
+            ).result_rows[0][0]
+        except Exception as exc:  # noqa: BLE001 - the engine's verdict becomes the envelope
+            raise _sql_error(exc) from None
+        try:
+            # a subquery admits only a SELECT: no INSERT/ALTER/DROP, INTO OUTFILE or FORMAT
+            c.query(f"EXPLAIN AST SELECT 1 FROM (\n{canonical}\n) {checks}", parameters=params)
+        except Exception as exc:  # noqa: BLE001
+            head = canonical.lstrip("( ").split(None, 1)[0].upper() if canonical.strip() else ""
+            if head not in ("SELECT", "WITH"):
+                raise FibricError(
+                    ErrorCode.SQL_REFUSED,
+                    f"Only a read-only SELECT may run here, not {head or 'this statement'}.",
+                    param="query",
+                ) from None
+            raise _sql_error(exc) from None
+        started = datetime.now(UTC)
+        try:
+            result = c.query(f"{canonical}\n{settings}", parameters=params)
+        except Exception as exc:  # noqa: BLE001
+            raise _sql_error(exc) from None
+        elapsed = (datetime.now(UTC) - started).total_seconds() * 1000
+        columns = [
+            {"name": n, "type": t.name}
+            for n, t in zip(result.column_names, result.column_types, strict=True)
+        ]
+        if not columns:  # an empty result carries no block: ask the engine for its shape
+            try:
+                desc = c.query(f"DESCRIBE (\n{canonical}\n) {checks}", parameters=params)
+                columns = [{"name": r[0], "type": r[1]} for r in desc.result_rows]
+            except Exception:  # noqa: BLE001 - the rows are the answer; columns are a courtesy
+                log.warning("DESCRIBE of an analyst query failed", exc_info=True)
+        return {
+            "columns": columns,
+            "rows": [list(r) for r in result.result_rows],
+            "elapsed_ms": round(elapsed, 3),
+        }
+
+    def _connect_sql(self) -> None:
+        self._sql_client = clickhouse_connect.get_client(
+            dsn=self._dsn,
+            chdb_options={"config-file": str(analyst.AccessPolicy(self._policy).config_file)},
+        )
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
@@ -981,6 +1109,15 @@ class LedgerStore:
             {"t": scope.tenant_id, "m": scope.livemode, "ids": ids},
         )
         return [Plan.model_validate_json(r[0]) for r in rows]
+
+
+def _sql_error(exc: BaseException) -> FibricError:
+    code, message = analyst.engine_code(exc), analyst.engine_message(exc)
+    if code in analyst.REFUSED_CODES:
+        return FibricError(ErrorCode.SQL_REFUSED, f"Refused by the ledger: {message}", param="query")
+    if code in analyst.LIMIT_CODES:
+        return FibricError(ErrorCode.SQL_LIMIT_EXCEEDED, f"Query limit: {message}", param="query")
+    return FibricError(ErrorCode.SQL_INVALID, f"Invalid query: {message}", param="query")
 
 
 def _statements(sql: str) -> list[str]:

@@ -35,6 +35,9 @@ SCOPES: tuple[str, ...] = (
     "webhooks:write",
     "guardrails:read",
     "guardrails:write",
+    # read-only SQL over the tenant's ledger rows (POST /v1/sql): off by default, in no role
+    # preset; grant it to a key with explicit scopes (decisions §42)
+    "ledger:query",
 )
 
 _READ = tuple(s for s in SCOPES if s.endswith(":read") and not s.startswith("keys:"))
@@ -51,7 +54,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "plans:approve",
         "actions:write",
     ),
-    "admin": SCOPES,
+    "admin": tuple(s for s in SCOPES if s != "ledger:query"),
 }
 
 # A key's last_used_at moves only when the new use is at least this much later: one config record

@@ -37,6 +37,11 @@ class ErrorCode(StrEnum):
     AUTH_FAILED = "auth_failed"
     CONNECTOR_IN_USE = "connector_in_use"
     CONNECTOR_UPSTREAM_ERROR = "connector_upstream_error"
+    # analyst SQL (POST /v1/sql, decisions §42)
+    SQL_INVALID = "sql_invalid"
+    SQL_REFUSED = "sql_refused"
+    SQL_LIMIT_EXCEEDED = "sql_limit_exceeded"
+    SQL_UNAVAILABLE = "sql_unavailable"
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
 
@@ -83,6 +88,10 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.AUTH_FAILED: 422,
     ErrorCode.CONNECTOR_IN_USE: 409,
     ErrorCode.CONNECTOR_UPSTREAM_ERROR: 502,
+    ErrorCode.SQL_INVALID: 400,
+    ErrorCode.SQL_REFUSED: 403,
+    ErrorCode.SQL_LIMIT_EXCEEDED: 422,
+    ErrorCode.SQL_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
 }

@@ -14,7 +14,10 @@ from schemas.config import (
 def test_roles_expand_to_known_scopes():
     for scopes in ROLES.values():
         assert set(scopes) <= set(SCOPES)
-    assert expand_scopes(None, None) == list(SCOPES)  # default role is admin
+    assert expand_scopes(None, None) == list(ROLES["admin"])  # default role is admin
+    # admin holds every scope but ledger:query, which no preset grants (decisions §42)
+    assert set(SCOPES) - set(ROLES["admin"]) == {"ledger:query"}
+    assert all("ledger:query" not in scopes for scopes in ROLES.values())
     assert "events:write" not in expand_scopes("read_only", None)
     assert "keys:write" not in expand_scopes("operate", None)
     assert expand_scopes("ingest", None) == ["events:read", "events:write"]
