@@ -187,3 +187,163 @@ def test_every_package_data_file_ships_in_the_image() -> None:
         if not any(fnmatch(inner, g) for g in globs):
             missing.append(rel)
     assert not missing, f"add to [tool.setuptools.package-data] in pyproject.toml: {missing}"
+
+
+# ---- dashboards: Prometheus, Grafana, alert rules (deploy/, docs/production.md) ------------------
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "fibric.json"
+METRIC_ROW = re.compile(r"^\| `(fibric_[a-z0-9_]+)` \| (counter|gauge|histogram) \|", re.M)
+METRIC_USE = re.compile(r"\b(fibric_[a-z0-9_]+)\b")
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def documented_metrics() -> dict[str, str]:
+    """The metric contract: name -> type, from docs/production.md's Metrics table."""
+    return dict(METRIC_ROW.findall(PRODUCTION_DOC.read_text()))
+
+
+def metric_names(text: str) -> set[str]:
+    """fibric_* series a PromQL text reads, histogram series mapped to their metric."""
+    metrics = documented_metrics()
+    out = set()
+    for name in METRIC_USE.findall(text):
+        base = next(
+            (
+                name[: -len(s)]
+                for s in HISTOGRAM_SUFFIXES
+                if name.endswith(s) and metrics.get(name[: -len(s)]) == "histogram"
+            ),
+            name,
+        )
+        out.add(base)
+    return out
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts of a service: container path -> host path (relative to the repo)."""
+    out = {}
+    for v in service.get("volumes") or []:
+        src, dst = v.split(":")[:2]
+        if src.startswith("./"):
+            out[dst] = src[2:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    import json
+
+    return json.loads(DASHBOARD.read_text())
+
+
+def test_the_metrics_contract_is_documented() -> None:
+    assert len(documented_metrics()) >= 20
+
+
+def test_prometheus_and_grafana_mount_files_that_exist(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "grafana", "clickhouse"):
+        for dst, src in mounts(services[name]).items():
+            assert (ROOT / src).exists(), f"{name} mounts missing {src} at {dst}"
+    assert "grafana-clickhouse-datasource" in env_of(services["grafana"])["GF_INSTALL_PLUGINS"]
+    for name, var in (
+        ("grafana", "GF_SECURITY_ADMIN_PASSWORD"),
+        ("grafana", "CLICKHOUSE_GRAFANA_PASSWORD"),
+        ("clickhouse", "CLICKHOUSE_GRAFANA_PASSWORD"),
+    ):
+        value = env_of(services[name])[var]
+        assert value.startswith("${") and ":?" in value, (name, var, value)
+
+
+def test_prometheus_scrapes_the_api_and_every_worker(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    api_port = env_of(compose["services"]["api"])["FIBRIC_API_PORT"]
+    assert jobs["fibric-api"]["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    worker_port = int(env_of(compose["services"]["worker"])["FIBRIC_METRICS_PORT"])
+    sd = jobs["fibric-worker"]["dns_sd_configs"][0]
+    assert sd["names"] == ["worker"] and sd["port"] == worker_port and worker_port > 0
+    assert all(j.get("metrics_path", "/metrics") == "/metrics" for j in jobs.values())
+    mounted = mounts(compose["services"]["prometheus"])
+    for rule_file in prom["rule_files"]:
+        assert rule_file in mounted, f"rule file {rule_file} is not mounted"
+
+
+def test_three_alert_rules_on_documented_metrics() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "FibricConsumerLagGrowing",
+        "FibricConnectorErrorRate",
+        "FibricApprovalsStale",
+    }
+    metrics = documented_metrics()
+    doc = PRODUCTION_DOC.read_text()
+    for name, rule in alerts.items():
+        used = metric_names(rule["expr"])
+        assert used and used <= set(metrics), f"{name}: undocumented metrics {used - set(metrics)}"
+        assert name in doc, f"docs/production.md does not explain {name}"
+
+
+def test_dashboard_panels_read_documented_metrics_and_ledger_tables(dashboard) -> None:
+    import json
+
+    provisioned = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "fibric.yml").read_text()
+    )
+    uids = {d["uid"]: d["type"] for d in provisioned["datasources"]}
+    metrics = set(documented_metrics())
+    tables = set(
+        re.findall(
+            r"CREATE TABLE IF NOT EXISTS (\w+)",
+            "".join(p.read_text() for p in (ROOT / "ledger" / "migrations").glob("*.sql")),
+        )
+    )
+    grafana_grants = set(
+        re.findall(
+            r"GRANT SELECT ON fibric\.(\w+)",
+            (DEPLOY / "clickhouse" / "users.d" / "grafana.xml").read_text(),
+        )
+    )
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    doc = PRODUCTION_DOC.read_text()
+    for p in panels:
+        ds = p["datasource"]
+        assert uids.get(ds["uid"]) == ds["type"], p["title"]
+        assert p["title"] in doc, f"docs/production.md does not explain panel {p['title']!r}"
+        for t in p["targets"]:
+            if ds["type"] == "prometheus":
+                used = metric_names(t["expr"])
+                assert used and used <= metrics, (p["title"], used - metrics)
+            else:
+                read = set(re.findall(r"\bfibric\.(\w+)", t["rawSql"]))
+                assert read and read <= tables & grafana_grants, (p["title"], read)
+    assert "fibric_" not in json.dumps(
+        [p for p in panels if p["datasource"]["uid"] == "clickhouse"]
+    )
+    titles = " | ".join(p["title"].lower() for p in panels)
+    for topic in (
+        "throughput",
+        "lag",
+        "event → receipt p99",
+        "refusal",
+        "connector latency",
+        "approval backlog",
+        "dispositions by operator and outcome",
+    ):
+        assert topic in titles, f"no panel for {topic}"
+
+
+def test_grafana_clickhouse_user_is_read_only() -> None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(DEPLOY / "clickhouse" / "users.d" / "grafana.xml").getroot()
+    user = root.find("users/grafana")
+    assert (
+        user is not None and user.find("password").get("from_env") == "CLICKHOUSE_GRAFANA_PASSWORD"
+    )
+    profile = root.find(f"profiles/{user.findtext('profile')}")
+    assert profile is not None and profile.findtext("readonly") in ("1", "2")
+    grants = [q.text for q in user.findall("grants/query")]
+    assert grants and all(re.fullmatch(r"GRANT SELECT ON fibric\.\w+", g) for g in grants)
