@@ -26,7 +26,7 @@ from schemas.config import (
     expand_scopes,
     missing_scopes,
 )
-from schemas.connector import Connector, VaultEntry
+from schemas.connector import Connector, ConnectorHealth, VaultEntry
 from schemas.errors import ErrorCode
 from schemas.guardrail import GuardrailPolicy
 from schemas.operator import Guardrail, LastRun, Operator, default_triggers
@@ -219,9 +219,13 @@ def _key_create(state: ConfigState, cmd: Command, now: datetime, new_id: IdFacto
             for k in state.keys.values()
         )
     ):
-        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"An active key named {name!r} already exists.")
+        raise Refusal(
+            409, ErrorCode.STATE_CONFLICT, f"An active key named {name!r} already exists."
+        )
     if any(k.secret_hash == secret_hash for k in state.keys.values()):
-        raise Refusal(409, ErrorCode.STATE_CONFLICT, "This secret is already in use; make a new one.")
+        raise Refusal(
+            409, ErrorCode.STATE_CONFLICT, "This secret is already in use; make a new one."
+        )
     key = ApiKey(
         id=new_id("key"),
         tenant_id=tenant.id,
@@ -330,7 +334,9 @@ def _operator_create(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     name = body["name"]
     if any(o.name == name for o in state.operators_of(cmd.tenant_id or "", cmd.livemode)):
         raise Refusal(
-            409, ErrorCode.STATE_CONFLICT, f"An operator named {name!r} already exists in this tenant."
+            409,
+            ErrorCode.STATE_CONFLICT,
+            f"An operator named {name!r} already exists in this tenant.",
         )
     _unbound(state, cmd, body["capabilities"])
     op = Operator(
@@ -367,7 +373,9 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
         _unbound(state, cmd, changes["capabilities"])
     if "status" in changes and changes["status"] != op.status:
         if op.status == "paused":
-            raise Refusal(409, ErrorCode.STATE_CONFLICT, "Use /resume to reactivate a paused operator.")
+            raise Refusal(
+                409, ErrorCode.STATE_CONFLICT, "Use /resume to reactivate a paused operator."
+            )
     if "guardrails" in changes:
         changes["guardrails"] = [Guardrail.model_validate(g) for g in changes["guardrails"]]
     if not changes:
@@ -381,7 +389,9 @@ def _operator_update(state: ConfigState, cmd: Command, now: datetime, new_id: Id
 def _operator_pause(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     op = _operator(state, cmd)
     if op.status == "draft":
-        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"Operator {op.id} is a draft; it is not running.")
+        raise Refusal(
+            409, ErrorCode.STATE_CONFLICT, f"Operator {op.id} is a draft; it is not running."
+        )
     if op.status == "paused":
         return [], {
             "id": op.id,
@@ -415,7 +425,9 @@ def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     op = _operator(state, cmd)
     if op.status == "draft":
         raise Refusal(
-            409, ErrorCode.STATE_CONFLICT, f"Operator {op.id} is a draft; activate it with PATCH first."
+            409,
+            ErrorCode.STATE_CONFLICT,
+            f"Operator {op.id} is a draft; activate it with PATCH first.",
         )
     catch_up = bool(cmd.args.get("catch_up"))
     if op.status == "active":
@@ -492,20 +504,171 @@ def _connector_install(state: ConfigState, cmd: Command, now: datetime, new_id: 
     return records, cn.public()
 
 
+def _expect_version(cn: Connector, cmd: Command) -> None:
+    """A background writer (the health probe, a token refresh) decided on the version it read;
+    a change since (a re-authorization, a test, an uninstall) wins over its stale decision."""
+    want = cmd.args.get("expect_version")
+    if want is not None and want != cn.version:
+        raise Refusal(
+            409,
+            ErrorCode.STATE_CONFLICT,
+            f"{cn.id} changed (version {cn.version}, not {want}); decide again.",
+        )
+
+
+def _health(cmd: Command, cn: Connector) -> ConnectorHealth | None:
+    raw = cmd.args.get("health")
+    return ConnectorHealth.model_validate(raw) if raw is not None else cn.health
+
+
 def _connector_set_status(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     cn = _connector(state, cmd)
+    _expect_version(cn, cmd)
     update: dict[str, Any] = {
         "status": cmd.args["status"],
         "status_detail": cmd.args.get("detail"),
+        "health": _health(cmd, cn),
         "updated_at": now,
         "version": cn.version + 1,
     }
     if cmd.args.get("synced"):
         update["last_synced_at"] = now
+    if cmd.args.get("grant"):
+        update["grant"] = cmd.args["grant"]
     updated = cn.model_copy(update=update)
+    # the note starts "connector.set_status" for every status change: the audit trail and the
+    # connector.status_changed webhook (api/deliveries.py) are derived from it
     note = f"connector.set_status: {updated.status}"
+    if cmd.args.get("reason"):
+        note += f" ({cmd.args['reason']})"
     rec = _save(cmd, "connector", updated, now, new_id, note)
     return [rec], updated.public()
+
+
+def _oauth_connector(state: ConfigState, cmd: Command) -> Connector:
+    cn = _connector(state, cmd)
+    if cn.auth.get("type") != "oauth2":
+        raise Refusal(
+            409, ErrorCode.STATE_CONFLICT, f"{cn.id} does not authorize through OAuth 2.0."
+        )
+    return cn
+
+
+def _connector_authorize(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    """The callback's outcome (decisions §43): the state's nonce must be the one the connector
+    accepts now, so a state completes once even when two callbacks race."""
+    cn = _oauth_connector(state, cmd)
+    nonce = cmd.args.get("nonce")
+    if not nonce or cn.oauth_nonce != nonce:
+        raise Refusal(
+            409,
+            ErrorCode.STATE_CONFLICT,
+            "This authorization was already completed or superseded; start it again from the "
+            "connector's authorize_url.",
+        )
+    granted = cmd.args.get("outcome") == "granted"
+    update: dict[str, Any] = {
+        "status": "connected" if granted else "error",
+        "status_detail": None if granted else cmd.args.get("detail"),
+        "oauth_nonce": None,
+        "authorize_url": None,
+        "grant": "granted" if granted else cn.grant,
+        "health": _health(cmd, cn),
+        "updated_at": now,
+        "version": cn.version + 1,
+    }
+    updated = cn.model_copy(update=update)
+    reason = "authorized" if granted else "authorization failed"
+    records = [
+        _save(
+            cmd,
+            "connector",
+            updated,
+            now,
+            new_id,
+            f"connector.set_status: {updated.status} ({reason})",
+        )
+    ]
+    if granted and cmd.args.get("ciphertext"):
+        vault = VaultEntry(
+            connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=cmd.args["ciphertext"]
+        )
+        records.append(
+            _record(
+                cmd,
+                "vault",
+                cn.tenant_id,
+                vault.model_dump(mode="json"),
+                updated.version,
+                now,
+                new_id,
+                "vault.seal: oauth2 tokens",
+            )
+        )
+    return records, updated.public()
+
+
+def _connector_reauthorize(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    """Start the dance again (an expired link, a failed exchange, a revoked grant)."""
+    cn = _oauth_connector(state, cmd)
+    updated = cn.model_copy(
+        update={
+            "status": "pending_auth",
+            "status_detail": None,
+            "oauth_nonce": cmd.args["nonce"],
+            "authorize_url": cmd.args["authorize_url"],
+            "grant": "revoked" if cn.grant == "revoked" else "pending",
+            "updated_at": now,
+            "version": cn.version + 1,
+        }
+    )
+    note = "connector.set_status: pending_auth (authorization started)"
+    return [_save(cmd, "connector", updated, now, new_id, note)], updated.public()
+
+
+def _connector_credentials(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    """Refreshed tokens, sealed: a new vault record and a new connector version (workers
+    restart their session with the new token when the version moves)."""
+    cn = _oauth_connector(state, cmd)
+    _expect_version(cn, cmd)
+    if cn.status == "pending_auth" or cn.grant != "granted":
+        raise Refusal(409, ErrorCode.STATE_CONFLICT, f"{cn.id} holds no granted authorization.")
+    updated = cn.model_copy(
+        update={"health": _health(cmd, cn), "updated_at": now, "version": cn.version + 1}
+    )
+    vault = VaultEntry(
+        connector_id=cn.id, tenant_id=cn.tenant_id, ciphertext=cmd.args["ciphertext"]
+    )
+    records = [
+        _save(
+            cmd, "connector", updated, now, new_id, "connector.credentials: oauth2 token refreshed"
+        ),
+        _record(
+            cmd,
+            "vault",
+            cn.tenant_id,
+            vault.model_dump(mode="json"),
+            updated.version,
+            now,
+            new_id,
+            "vault.seal: oauth2 tokens",
+        ),
+    ]
+    return records, updated.public()
+
+
+def _connector_touch(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    """A probe that changed no status: its health, and ``last_synced_at`` when it succeeded
+    (written at most every probe interval by the caller; no version change)."""
+    cn = _connector(state, cmd)
+    _expect_version(cn, cmd)
+    update: dict[str, Any] = {"health": _health(cmd, cn)}
+    if cmd.args.get("synced"):
+        update["last_synced_at"] = now
+    updated = cn.model_copy(update=update)
+    return [
+        _save(cmd, "connector", updated, now, new_id, "connector.touch: health probe")
+    ], updated.public()
 
 
 def _connector_uninstall(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
@@ -562,6 +725,10 @@ _HANDLERS = {
     "connector.install": _connector_install,
     "connector.set_status": _connector_set_status,
     "connector.uninstall": _connector_uninstall,
+    "connector.authorize": _connector_authorize,
+    "connector.reauthorize": _connector_reauthorize,
+    "connector.credentials": _connector_credentials,
+    "connector.touch": _connector_touch,
 }
 
 

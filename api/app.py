@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from agents.secrets import SecretBox
 from api.auth import require_scope
 from api.broker import BoundedProducer
+from api.connector_health import ConnectorHealthMonitor
 from api.controllers.api_keys import ApiKeysController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
 from api.controllers.dead_letters import DeadLettersController
@@ -142,6 +143,10 @@ def create_app(settings: Settings) -> Litestar:
             reads=reads,
             metrics=metrics,
         )
+        # Connector health probes and OAuth token refresh (decisions §43).
+        health_monitor = ConnectorHealthMonitor(app.state["fibric"])
+        health_monitor.start()
+        app.state["fibric"].extra["connector_health"] = health_monitor
         app.state["fibric"].extra["webhooks"] = webhooks
         app.state["fibric"].extra["hub"] = hub
         if metrics is not None:
@@ -169,6 +174,7 @@ def create_app(settings: Settings) -> Litestar:
                 log.warning("stopping with ledger records not yet stored (drain incomplete)")
             elif not settings.kafka_memory_only:
                 log.info("durable broker: no ledger drain at shutdown")
+            await health_monitor.stop()
             await runtime.close()
             await commands.stop()
             await sink.stop()

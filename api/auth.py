@@ -84,6 +84,16 @@ async def require_scope(
 ) -> None:
     """Guard on every /v1 route: authenticate, check the route's scope, count the rate budget."""
     state = api_state(connection)
+    if handler.opt.get("auth") == "none":
+        # authenticated by something else than a key (the OAuth callback's signed state);
+        # counted in the unauthenticated budget
+        verdict = state.limiter.hit(*UNAUTHENTICATED)
+        connection.scope["state"].setdefault("response_headers", {}).update(verdict.headers())
+        if not verdict.allowed:
+            raise FibricError(
+                ErrorCode.RATE_LIMITED, "Rate limit exceeded; retry after Retry-After seconds."
+            )
+        return
     header = connection.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()

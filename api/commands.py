@@ -26,13 +26,36 @@ async def run_command(
     type_: CommandType,
     args: dict[str, Any],
 ) -> dict[str, Any]:
+    return await command_as(
+        state,
+        type_,
+        tenant_id=auth.tenant.id,
+        livemode=auth.key.livemode,
+        actor=auth.key.id,
+        request_id=request.scope["state"]["request_id"],
+        args=args,
+    )
+
+
+async def command_as(
+    state: ApiState,
+    type_: CommandType,
+    *,
+    tenant_id: str,
+    livemode: bool,
+    actor: str,
+    request_id: str,
+    args: dict[str, Any],
+) -> dict[str, Any]:
+    """A command on behalf of a tenant without an API key in hand: the OAuth callback (the
+    state names the tenant) and the connector health probe (decisions §43)."""
     try:
         reply = await state.commands.call(
             type_,
-            tenant_id=auth.tenant.id,
-            livemode=auth.key.livemode,
-            actor=auth.key.id,
-            request_id=request.scope["state"]["request_id"],
+            tenant_id=tenant_id,
+            livemode=livemode,
+            actor=actor,
+            request_id=request_id,
             args=args,
         )
     except CommandTimeout:

@@ -53,6 +53,9 @@ def code_for_http_status(status: int) -> ConnectorErrorCode:
         return ConnectorErrorCode.AUTH_FAILED
     if status == 404:
         return ConnectorErrorCode.NOT_FOUND
+    if status == 429:
+        # rate limited (AWS ThrottlingException, Kustomer's 429): the same call passes later
+        return ConnectorErrorCode.UPSTREAM_ERROR
     if 400 <= status < 500:
         # 400/409/422 etc.: the upstream refused these arguments for this object's state
         # (e.g. Magento "A hold action is not available."); retrying unchanged will not help.

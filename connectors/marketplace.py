@@ -57,6 +57,17 @@ class ServerSpec(BaseModel):
     module: str | None = None  # python -m <module> for stdio
 
 
+class OAuthEndpoints(BaseModel):
+    """Where an oauth2 listing's authorization dance goes (RFC 6749 §3). The catalogue names the
+    provider's defaults; a deployment overrides any of them, and sets its registered client,
+    through ``FIBRIC_OAUTH_PROVIDERS`` (decisions §43)."""
+
+    authorize_url: str
+    token_url: str
+    scopes: list[str] = []
+    client_id: str = "fibric"
+
+
 class Listing(BaseModel):
     id: str  # "cn-magento"
     object: Literal["marketplace_listing"] = "marketplace_listing"
@@ -71,6 +82,8 @@ class Listing(BaseModel):
     price: Price | None = None  # None = free during early access
     server: ServerSpec | None  # None only for early-access listings
     authorize_url: str | None = None  # oauth2 listings: where the authorization dance starts
+    # oauth2 listings: the token endpoint and scopes besides the authorize endpoint (§43)
+    oauth: OAuthEndpoints | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Listing:
@@ -115,6 +128,8 @@ def listing_problems(listing: Listing) -> list[str]:
         out.append("early-access listings are provisioned by hand and ship no server")
     if listing.auth_type == "oauth2" and not listing.authorize_url:
         out.append("oauth2 listings need an authorize_url")
+    if listing.auth_type == "oauth2" and listing.status == "live" and listing.oauth is None:
+        out.append("live oauth2 listings need their oauth endpoints")
     keys = [k.name for k in listing.config_keys]
     if len(set(keys)) != len(keys):
         out.append("duplicate config keys")

@@ -43,6 +43,8 @@ def upstream_message(body: Any, status: int) -> str:
             for i, v in enumerate(params, start=1):
                 msg = msg.replace(f"%{i}", str(v))
         return msg[:MAX_UPSTREAM_MESSAGE_CHARS]
+    if isinstance(body, dict) and isinstance(body.get("Message"), str):
+        return body["Message"][:MAX_UPSTREAM_MESSAGE_CHARS]  # AWS restJson1 error bodies
     if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
         first = body["errors"][0]
         if isinstance(first, dict):

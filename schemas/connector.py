@@ -11,11 +11,39 @@ from pydantic import BaseModel, ConfigDict, Field
 CONNECTOR_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}[a-z0-9]$|^[a-z0-9]$")
 
 
+# Stored fields no response shows.
+CONNECTOR_PRIVATE = ("tenant_id", "deleted", "remote_url", "oauth_nonce", "grant")
+
+
 class ConnectorTool(BaseModel):
     name: str
     side_effect: bool
     capability: str | None = None
     compensating_tool: str | None = None
+
+
+class ProbeError(BaseModel):
+    code: str  # a connector error code: auth_failed, upstream_error, timeout, ...
+    message: str
+    at: datetime
+
+
+class ConnectorHealth(BaseModel):
+    """The last health probe (``connector.check``) of a connector (decisions §43)."""
+
+    last_probe_at: datetime | None = None
+    ok: bool | None = None
+    latency_ms: int | None = None
+    consecutive_failures: int = 0
+    last_error: ProbeError | None = None
+    # oauth2: when the access token was last renewed, and when the current one expires
+    token_refreshed_at: datetime | None = None
+    token_expires_at: datetime | None = None
+
+
+# Statuses (spec §2.4 and the connector.status_changed webhook): degraded = reachable with
+# failures the health probe expects to pass; error = needs a person (credentials, revoked grant).
+ConnectorStatus = Literal["connected", "degraded", "pending_auth", "error"]
 
 
 class Connector(BaseModel):
@@ -34,9 +62,10 @@ class Connector(BaseModel):
     tools: list[ConnectorTool]
     auth: dict[str, Any]  # {"type": …, "hint": …}
     config: dict[str, Any]
-    status: Literal["connected", "pending_auth", "error"]
+    status: ConnectorStatus
     status_detail: str | None = None
     authorize_url: str | None = None
+    health: ConnectorHealth | None = None
     price: dict[str, Any] | None = None
     remote_url: str | None = None
     created_at: datetime
@@ -44,16 +73,30 @@ class Connector(BaseModel):
     last_synced_at: datetime | None = None
     version: int = 1
     deleted: bool = False
+    # oauth2 (decisions §43, internal): the nonce of the one state the callback accepts now
+    # (None once used), and the grant's standing; a revoked grant refuses dispatches.
+    oauth_nonce: str | None = None
+    grant: Literal["pending", "granted", "revoked"] | None = None
 
     def public(self) -> dict[str, Any]:
-        d = self.model_dump(mode="json", exclude={"tenant_id", "deleted", "remote_url"})
+        d = self.model_dump(mode="json", exclude=set(CONNECTOR_PRIVATE))
         d["tools"] = [{"name": t.name, "side_effect": t.side_effect} for t in self.tools]
         d["installed_at"] = d["created_at"]  # the spec's name (§2.4)
         if d.get("authorize_url") is None:
             d.pop("authorize_url")
         if d.get("status_detail") is None:
             d.pop("status_detail")
+        if d.get("health") is None:
+            d.pop("health")
         return d
+
+    def refused_because(self) -> str | None:
+        """Why a dispatch to this connector is refused (``connector_unavailable``), or None."""
+        if self.status == "pending_auth":
+            return "the connector is pending authorization"
+        if self.grant == "revoked":
+            return "the connector's authorization was revoked; authorize it again"
+        return None
 
     def summary(self) -> dict[str, Any]:
         d = self.public()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from schemas.config import ApiKey
-from schemas.connector import Connector
+from schemas.connector import CONNECTOR_PRIVATE, Connector
 from schemas.envelope import Event
 from schemas.operator import Guardrail, LastRun, Operator
 
@@ -189,7 +189,7 @@ class ConnectorAuth(BaseModel):
     hint: str | None
 
 
-CONNECTOR_INTERNAL = ("tenant_id", "deleted", "remote_url")
+CONNECTOR_INTERNAL = CONNECTOR_PRIVATE
 if TYPE_CHECKING:  # derived at import time; mypy sees the base model
     ConnectorObject = BaseModel
 else:
@@ -200,12 +200,13 @@ else:
         fields={
             "tools": (list[ToolObject], ...),
             "auth": (ConnectorAuth, ...),
-            # `degraded` is documented (webhook connector.status_changed) but never set by this build
+            # degraded/error are set by the health probe (decisions §43)
             "status": (Literal["connected", "degraded", "pending_auth", "error"], ...),
             "installed_at": (datetime, ...),
         },
         doc='``object: "connector"``, an installed instance (spec §2.4, seed 001). '
-        "``status_detail`` and ``authorize_url`` are present only when set.",
+        "``status_detail``, ``authorize_url`` and ``health`` (the last health probe) are "
+        "present only when set.",
     )
 
 
@@ -325,6 +326,19 @@ class WorkerHealth(BaseModel):
     stalled: dict[str, Any]
 
 
+class VaultHealth(BaseModel):
+    """The secrets backend in ``/readyz`` (decisions §43; the peer's ``/health/secrets``)."""
+
+    model_config = _PUBLIC
+
+    status: Literal["healthy", "unhealthy"]
+    backend: Literal["fernet"]
+    checks: dict[str, Literal["ok", "failed"]]
+    entries: int
+    sampled: int
+    undecryptable: int
+
+
 class Readiness(BaseModel):
     """``/readyz``: ``ready`` only when every check passes (503 ``not_ready`` otherwise)."""
 
@@ -333,3 +347,4 @@ class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
     workers: list[WorkerHealth]
+    vault: VaultHealth | None = None

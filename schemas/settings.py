@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     # At most this many stored events are replayed to a stream that starts from a cursor (more
     # than that is a backfill for GET /v1/events paging, not a live stream).
     stream_backfill_max: int = Field(default=100_000, ge=1, le=10_000_000)
+    # OAuth 2.0 providers of oauth2 listings (decisions §43), JSON keyed by listing id:
+    # {"cn-amazon-connect": {"authorize_url", "token_url", "client_id", "client_secret",
+    # "scopes"}}; any field left out keeps the catalogue's default. The client secret is this
+    # deployment's registration with the provider, never a tenant's.
+    oauth_providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Token endpoint deadline per request (exchange and refresh).
+    oauth_timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
+    # Connector health (decisions §43): every installed connector's connector.check runs this
+    # often (0 turns the probe off), each probe bounded by the timeout, a few at a time.
+    connector_probe_interval_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    connector_probe_timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
+    connector_probe_concurrency: int = Field(default=4, ge=1, le=64)
 
     # Prometheus metrics (docs/production.md "Metrics", decisions §41). On by default: the api
     # serves GET /metrics on its own port; a worker serves /metrics on ``metrics_port`` when it

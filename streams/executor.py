@@ -351,8 +351,9 @@ class Executor:
         cn = self.view.connectors.get(connector_id)
         if cn is None:
             return "the connector is no longer installed"
-        if cn.status == "pending_auth":
-            return "the connector is pending authorization"
+        refused = cn.refused_because()  # pending authorization, revoked grant (decisions §43)
+        if refused:
+            return refused
         if self._ensured.get(connector_id) == cn.version:
             return None
         from connectors.marketplace import load_catalogue

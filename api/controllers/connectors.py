@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import Parameter
 
 from agents.secrets import credential_hint
+from api import oauth_flow
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
@@ -41,7 +43,7 @@ from schemas.objects import (
 from schemas.operator import CAPABILITY_RE
 
 KINDS = ("saas", "hardware")
-STATUSES = ("connected", "pending_auth", "error")
+STATUSES = ("connected", "degraded", "pending_auth", "error")
 # Transport-level failures mean the source (or its connector) could not be reached: 502.
 UNREACHABLE = {"upstream_error", "timeout", "connector_crashed"}
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -52,6 +54,18 @@ def find_connector(state: ApiState, auth: AuthContext, connector_id: str) -> Con
     if cn is None or cn.tenant_id != auth.tenant.id or cn.livemode != auth.key.livemode:
         raise FibricError(ErrorCode.NOT_FOUND, f"No connector {connector_id[:60]!r}.")
     return cn
+
+
+def with_live_health(state: ApiState, cn: Connector) -> dict[str, Any]:
+    """The public connector with this process's latest health probe when it is newer than the
+    stored one (probes that changed nothing are not all written; decisions §43)."""
+    out = cn.public()
+    monitor = state.extra.get("connector_health")
+    live = monitor.latest(cn.id) if monitor is not None else None
+    stored = cn.health.last_probe_at if cn.health else None
+    if live is not None and live.last_probe_at and (stored is None or live.last_probe_at > stored):
+        out["health"] = live.model_dump(mode="json")
+    return out
 
 
 def _check_auth_shape(listing: Listing, auth: dict[str, Any]) -> None:
@@ -247,7 +261,7 @@ class ConnectorsController(Controller):
         if raw["status"] is not None and raw["status"] not in STATUSES:
             raise FibricError(
                 ErrorCode.INVALID_PARAMETER,
-                "status must be connected, pending_auth or error.",
+                "status must be connected, degraded, pending_auth or error.",
                 param="status",
             )
         if raw["capability"] is not None and not CAPABILITY_RE.match(raw["capability"]):
@@ -341,9 +355,16 @@ class ConnectorsController(Controller):
                 updated_at=now,
             )
             if listing.auth_type == "oauth2":
+                # the dance (decisions §43): a signed single-use state, PKCE, the callback below
                 draft.status = "pending_auth"
-                base = listing.authorize_url or ""
-                draft.authorize_url = f"{base}{'&' if '?' in base else '?'}state={draft.id}"
+                draft.grant = "pending"
+                draft.oauth_nonce, draft.authorize_url = oauth_flow.start(
+                    state,
+                    listing=listing,
+                    connector_id=draft.id,
+                    tenant_id=auth.tenant.id,
+                    livemode=auth.key.livemode,
+                )
             else:
                 draft.tools = await self._verify(state, draft, listing, data.auth)
                 draft.last_synced_at = datetime.now(UTC)
@@ -409,8 +430,76 @@ class ConnectorsController(Controller):
         self, request: Request[Any, Any, Any], connector_id: str
     ) -> Response[ConnectorObject]:
         """The full connector object with tools and health; secrets are never included."""
-        cn = find_connector(api_state(request), auth_of(request), connector_id)
-        return respond(ConnectorObject, cn.public())
+        state = api_state(request)
+        cn = find_connector(state, auth_of(request), connector_id)
+        return respond(ConnectorObject, with_live_health(state, cn))
+
+    @get(
+        "/oauth/callback",
+        opt={"auth": "none", "route_class": "config_write"},
+        operation_id="completeConnectorAuthorization",
+        security=[{}],
+        **documented(404, 409, 422, 502, 503),
+    )
+    async def oauth_callback(
+        self,
+        request: Request[Any, Any, Any],
+        state_: str | None = Parameter(query="state", default=None, max_length=300),
+        code: str | None = Parameter(default=None, max_length=2048),
+        error: str | None = Parameter(default=None, max_length=200),
+        error_description: str | None = Parameter(default=None, max_length=1000),
+    ) -> Response[ConnectorObject]:
+        """OAuth 2.0 redirect target (RFC 6749 §4.1.2; no API key: the signed, single-use
+        ``state`` names and authenticates the connector). Exchanges the code at the provider's
+        token endpoint (PKCE), seals the tokens in the vault and answers the connector,
+        ``connected``. A declined or failed exchange moves it to ``error`` (422 ``auth_failed``,
+        502 ``connector_upstream_error``); a rate-limited one keeps it ``pending_auth`` (503 with
+        ``Retry-After``: retry the same callback)."""
+        state = api_state(request)
+        result = await oauth_flow.complete(
+            state,
+            request.scope["state"]["request_id"],
+            raw_state=state_,
+            code=code,
+            error=error,
+            error_description=error_description,
+        )
+        return respond(ConnectorObject, result)
+
+    @post(
+        "/{connector_id:str}/authorize",
+        opt={"scope": "connectors:write", "route_class": "config_write"},
+        operation_id="authorizeConnector",
+        status_code=200,
+        **documented(404, 409, 503),
+    )
+    async def authorize_connector(
+        self, request: Request[Any, Any, Any], connector_id: str
+    ) -> Response[ConnectorObject]:
+        """(Re)start the OAuth 2.0 authorization of an oauth2 connector: a fresh
+        ``authorize_url`` (the previous one stops working) and status ``pending_auth``. For an
+        expired link, a failed exchange or a revoked grant."""
+        state, auth = api_state(request), auth_of(request)
+        cn = find_connector(state, auth, connector_id)
+        if cn.auth.get("type") != "oauth2":
+            raise FibricError(
+                ErrorCode.STATE_CONFLICT, f"{cn.id} does not authorize through OAuth 2.0."
+            )
+        nonce, url = oauth_flow.start(
+            state,
+            listing=load_catalogue()[cn.listing],
+            connector_id=cn.id,
+            tenant_id=auth.tenant.id,
+            livemode=auth.key.livemode,
+        )
+        result = await run_command(
+            state,
+            request,
+            auth,
+            "connector.reauthorize",
+            {"connector_id": cn.id, "nonce": nonce, "authorize_url": url},
+        )
+        return respond(ConnectorObject, result)
 
     @post(
         "/{connector_id:str}/test",

@@ -48,8 +48,8 @@ async def healthz() -> Response[Health]:
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     """Readiness: 200 only when the broker answers, a worker heartbeat is fresh and no worker
-    agent is stuck retrying a batch, ClickHouse answers and the ledger sink is inserting; 503
-    with the failing checks otherwise."""
+    agent is stuck retrying a batch, ClickHouse answers, the ledger sink is inserting and the
+    vault seals and opens its entries with this key; 503 with the failing checks otherwise."""
     state = api_state(request)
     broker_ok = True
     try:
@@ -66,6 +66,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
         "clickhouse": await state.store.ping(),
         "ledger_sink": state.sink.healthy,
     }
+    vault = vault_health(state)
+    checks["vault"] = vault["status"] == "healthy"
     ready = all(checks.values())
     body = {
         "status": "ready" if ready else "not_ready",
@@ -78,8 +80,42 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
             }
             for w in workers
         ],
+        "vault": vault,
     }
     return respond(Readiness, body, 200 if ready else 503)
+
+
+# Stored vault entries test-opened per readiness check (a wrong FIBRIC_SECRET_KEY fails them all).
+VAULT_SAMPLE = 20
+
+
+def vault_health(state: Any) -> dict[str, Any]:
+    """The secrets backend (the peer's ``GET /health/secrets``): sealing and opening work with
+    this FIBRIC_SECRET_KEY, and a sample of the stored entries opens with it."""
+    checks = {"seal": "ok", "open_stored": "ok"}
+    try:
+        probe = {"probe": "readyz"}
+        if state.box.open(state.box.seal(probe)) != probe:
+            checks["seal"] = "failed"
+    except Exception:  # noqa: BLE001 - reported, never raised
+        checks["seal"] = "failed"
+    entries = list(state.view.vault.values())[-VAULT_SAMPLE:]
+    failed = 0
+    for entry in entries:
+        try:
+            state.box.open(entry.ciphertext)
+        except Exception:  # noqa: BLE001 - counted
+            failed += 1
+    if failed:
+        checks["open_stored"] = "failed"
+    return {
+        "status": "healthy" if all(v == "ok" for v in checks.values()) else "unhealthy",
+        "backend": "fernet",
+        "checks": checks,
+        "entries": len(state.view.vault),
+        "sampled": len(entries),
+        "undecryptable": failed,
+    }
 
 
 def _jsonable(value: Any) -> Any:
