@@ -19,6 +19,7 @@ from api.controllers.connectors import ConnectorsController, MarketplaceControll
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
+from api.controllers.governance import AuditLogController, GovernanceController
 from api.controllers.guardrails import GuardrailsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
@@ -194,6 +195,8 @@ def create_app(settings: Settings) -> Litestar:
             ApiKeysController,
             WebhooksController,
             GuardrailsController,
+            GovernanceController,
+            AuditLogController,
         ],
         guards=[require_scope],
     )

@@ -35,6 +35,7 @@ SCOPES: tuple[str, ...] = (
     "webhooks:write",
     "guardrails:read",
     "guardrails:write",
+    "governance:read",
 )
 
 _READ = tuple(s for s in SCOPES if s.endswith(":read") and not s.startswith("keys:"))
