@@ -31,8 +31,8 @@ OPERATOR_ROLLBACK_FIELDS = (
     "triggers",
     "playbook",
 )
-GUARDRAIL_DIFF_FIELDS = ("name", "description", "status", "rules")
-GUARDRAIL_ROLLBACK_FIELDS = ("description", "status", "rules")
+GUARDRAIL_DIFF_FIELDS = ("name", "description", "status", "rules", "budgets")
+GUARDRAIL_ROLLBACK_FIELDS = ("description", "status", "rules", "budgets")
 
 Path = list[str | int]
 

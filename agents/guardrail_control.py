@@ -130,8 +130,9 @@ def _delete(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
 
 
 def _rollback(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
-    """A new version with the ``description``, ``status`` and ``rules`` of earlier version
-    ``version`` (its stored state sent by the api as ``target``)."""
+    """A new version with the ``description``, ``status``, ``rules`` and ``budgets`` of earlier
+    version ``version`` (its stored state sent by the api as ``target``). Budgets keep what they
+    have spent: spend is keyed by policy and position (decisions §36), not by version."""
     gp = _policy(state, cmd)
     target = dict(cmd.args.get("target") or {})
     version = int(cmd.args.get("version") or 0)
@@ -141,6 +142,8 @@ def _rollback(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
         )
     changes: dict[str, Any] = {f: target.get(f) for f in GUARDRAIL_ROLLBACK_FIELDS}
     changes["rules"] = _rules(changes["rules"])
+    changes["budgets"] = _budgets(changes["budgets"])
+    _not_empty(changes["rules"], changes["budgets"])
     updated = gp.model_copy(update={**changes, "version": gp.version + 1, "updated_at": now})
     differ = sorted(f for f in GUARDRAIL_ROLLBACK_FIELDS if getattr(gp, f) != getattr(updated, f))
     note = _note(updated, "guardrail.rollback") + f" to v{version}"

@@ -8,9 +8,10 @@ completes the history from ``config_log``, which keeps every change.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from litestar import Request
+from litestar.params import Parameter
 
 from agents.governance import diff
 from api.auth import AuthContext
@@ -20,6 +21,8 @@ from ledger.governance import config_versions
 from schemas.errors import ErrorCode, FibricError
 
 M = TypeVar("M")
+# A version in a path: an integer >= 1 (a version that does not exist is 404).
+Version = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="A version number (>= 1).")]
 
 
 async def history(

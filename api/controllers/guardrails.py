@@ -27,7 +27,7 @@ from api.controllers.loop import tool_tier
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.respond import documented, respond
 from api.state import ApiState
-from api.versions import history, parse_version, pick, version_diff
+from api.versions import Version, history, pick, version_diff
 from schemas.connector import Connector
 from schemas.errors import ErrorCode, FibricError
 from schemas.governance import VersionDiff
@@ -395,35 +395,35 @@ class GuardrailsController(Controller):
         return respond(ListOf[GuardrailPolicyObject], data)
 
     @get(
-        "/{guardrail_id:str}/versions/{version:str}",
+        "/{guardrail_id:str}/versions/{version:int}",
         opt={"scope": "guardrails:read", "route_class": "config_read"},
         operation_id="retrieveGuardrailPolicyVersion",
         **documented(404),
     )
     async def retrieve_version(
-        self, request: Request[Any, Any, Any], guardrail_id: str, version: str
+        self, request: Request[Any, Any, Any], guardrail_id: str, version: Version
     ) -> Response[GuardrailPolicyObject]:
         """The policy as it was at one version (receipts cite it in ``rule``)."""
         state, auth = api_state(request), auth_of(request)
         gp = find_policy(state, auth, guardrail_id)
-        v = parse_version(version)
+        v = version
         found = pick(await _versions(state, auth, gp), v, f"Guardrail policy {gp.id}")
         return respond(GuardrailPolicyObject, found.public())
 
     @get(
-        "/{guardrail_id:str}/versions/{version:str}/diff",
+        "/{guardrail_id:str}/versions/{version:int}/diff",
         opt={"scope": "guardrails:read", "route_class": "config_read"},
         operation_id="diffGuardrailPolicyVersion",
         **documented(404),
     )
     async def diff_version(
-        self, request: Request[Any, Any, Any], guardrail_id: str, version: str
+        self, request: Request[Any, Any, Any], guardrail_id: str, version: Version
     ) -> Response[VersionDiff]:
         """Field-level changes of ``version`` against ``against`` (default: the version before
         it), e.g. ``rules[0].decision`` changed from ``BLOCK`` to ``ALERT``."""
         state, auth = api_state(request), auth_of(request)
         gp = find_policy(state, auth, guardrail_id)
-        v = parse_version(version)
+        v = version
         versions = await _versions(state, auth, gp)
         what = f"Guardrail policy {gp.id}"
         body = version_diff(
@@ -432,20 +432,20 @@ class GuardrailsController(Controller):
         return respond(VersionDiff, body)
 
     @post(
-        "/{guardrail_id:str}/versions/{version:str}/rollback",
+        "/{guardrail_id:str}/versions/{version:int}/rollback",
         opt={"scope": "guardrails:write", "route_class": "config_write"},
         operation_id="rollbackGuardrailPolicy",
         status_code=200,
         **documented(404, 503),
     )
     async def rollback(
-        self, request: Request[Any, Any, Any], guardrail_id: str, version: str
+        self, request: Request[Any, Any, Any], guardrail_id: str, version: Version
     ) -> Response[GuardrailPolicyObject]:
         """Roll back: a NEW version with the ``description``, ``status`` and ``rules`` of
         ``version``; the next plan is judged by it."""
         state, auth = api_state(request), auth_of(request)
         gp = find_policy(state, auth, guardrail_id)
-        v = parse_version(version)
+        v = version
         body = await read_body(request)
 
         async def handle() -> Response[GuardrailPolicyObject]:

