@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from agents.globs import matches
+from schemas.guardrail import GuardrailPolicy
+
 # The fields a version diff compares: an object's configuration, not its bookkeeping (ids,
 # timestamps, the version itself, the last run's counters).
 OPERATOR_DIFF_FIELDS = (
@@ -257,3 +260,59 @@ def exact_quantile(values: Sequence[float], q: float) -> float | None:
         return None
     s = sorted(values)
     return float(s[min(int(q * len(s)), len(s) - 1)])
+
+
+def _glob_ok(pattern: str | None, *names: str | None) -> bool:
+    return pattern is None or any(n is not None and matches(pattern, n) for n in names)
+
+
+def budgets_consumed(
+    policies: Sequence[GuardrailPolicy],
+    executions: Iterable[tuple[str, str, str, int, float]],
+    hits: Iterable[tuple[str, int, str, int]],
+    connector_names: Mapping[str, tuple[str, ...]],
+) -> list[dict[str, Any]]:
+    """Each budget of the active ``policies`` with what the window's executions that it counts
+    consumed (count and summed value, over all its scope values: the report's window, not the
+    budget's sliding one) and how many actions its exhaustion refused (BLOCK) or let run over a
+    soft cap (ALERT). ``executions``: (operator name, connector id, tool, count, value);
+    ``hits``: (policy id, budget index, decision, count); ``connector_names``: a connector id →
+    the id, name and listing its glob may match (as the executor matches)."""
+    rows = list(executions)
+    by_hit: dict[tuple[str, int], dict[str, int]] = {}
+    for gid, index, decision, n in hits:
+        d = by_hit.setdefault((gid, index), {})
+        d[decision] = d.get(decision, 0) + n
+    out = []
+    for gp in policies:
+        if gp.status != "active":
+            continue
+        for i, b in enumerate(gp.budgets):
+            n, total = 0, 0.0
+            for op_name, cn_id, tool, count, value in rows:
+                if (
+                    _glob_ok(b.operator, op_name)
+                    and _glob_ok(b.connector, *connector_names.get(cn_id, (cn_id,)))
+                    and _glob_ok(b.tool, tool)
+                ):
+                    n += count
+                    total += value
+            hit = by_hit.get((gp.id, i), {})
+            out.append(
+                {
+                    "guardrail_id": gp.id,
+                    "guardrail": gp.name,
+                    "guardrail_version": gp.version,
+                    "index": i,
+                    "per": list(b.per),
+                    "window_seconds": b.window_seconds,
+                    "max_count": b.max_count,
+                    "max_value": b.max_value,
+                    "on_exhausted": b.on_exhausted,
+                    "consumed_count": n,
+                    "consumed_value": round(total, 6),
+                    "exhausted_blocked": hit.get("BLOCK", 0),
+                    "exhausted_alerted": hit.get("ALERT", 0),
+                }
+            )
+    return out

@@ -200,3 +200,36 @@ async def approvals(
     by_operator = await agg(("op_id", "op_name"), ("operator_id", "operator_name"), False)
     by_approver = await agg(("decided_by",), ("approver",), True)
     return {"overall": overall[0], "by_operator": by_operator, "by_approver": by_approver}
+
+
+# ---- budgets consumed (decisions §36, §38) ------------------------------------------------------
+async def executions(
+    store: LedgerStore, scope: Scope, since: datetime, until: datetime
+) -> list[tuple[str, str, str, int, float]]:
+    """Executions stored in the window (applied or undone receipts: what a budget counts), as
+    (operator name, connector id, tool, count, summed value)."""
+    where, params = _window(scope, since, until, None)
+    rows = await store.query(
+        "SELECT operator_name, ifNull(connector_id, ''), ifNull(tool, ''), count(), "
+        "sum(ifNull(value, 0)) FROM (SELECT id, operator_name, connector_id, tool, value "
+        f"FROM receipts WHERE {where} AND outcome IN ('applied', 'undone') LIMIT 1 BY id) "
+        "GROUP BY 1, 2, 3",
+        params,
+    )
+    return [(str(a), str(b), str(c), int(n), float(v)) for a, b, c, n, v in rows]
+
+
+async def budget_hits(
+    store: LedgerStore, scope: Scope, since: datetime, until: datetime
+) -> list[tuple[str, int, str, int]]:
+    """Receipts of the window decided by an exhausted budget, as (policy id, budget index,
+    decision, count): BLOCK = refused, ALERT = ran over a soft cap."""
+    where, params = _window(scope, since, until, None)
+    rows = await store.query(
+        "SELECT JSONExtractString(rule, 'guardrail_id'), JSONExtractInt(rule, 'budget'), "
+        "decision, count() FROM (SELECT id, rule, decision FROM receipts "
+        f"WHERE {where} AND rule IS NOT NULL AND JSONExtractString(rule, 'rule') = "
+        "'budget_exhausted' LIMIT 1 BY id) GROUP BY 1, 2, 3",
+        params,
+    )
+    return [(str(g), int(i), str(d), int(n)) for g, i, d, n in rows]

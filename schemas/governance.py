@@ -132,15 +132,33 @@ class BlockedTool(BaseModel):
     operators: int  # how many operators were blocked on it
 
 
+class BudgetConsumed(BaseModel):
+    model_config = _PUBLIC
+
+    guardrail_id: str
+    guardrail: str  # the policy's name
+    guardrail_version: int
+    index: int  # the budget's position in the policy's ``budgets``
+    per: list[str]
+    window_seconds: int
+    max_count: int | None
+    max_value: float | None
+    on_exhausted: Literal["BLOCK", "ALERT"]
+    consumed_count: int  # executions it counts in the report's window (all scope values)
+    consumed_value: float  # their summed ``value``
+    exhausted_blocked: int  # actions refused because it was exhausted
+    exhausted_alerted: int  # actions that ran over it as a soft cap (on_exhausted ALERT)
+
+
 class BudgetsSection(BaseModel):
-    """Budgets consumed in the window. Until budgets are enforced (issue 12 item 6),
-    ``available`` is false and ``data`` empty."""
+    """Budgets consumed in the window: every budget of the tenant's active guardrail policies
+    (decisions §36), whatever ``operator_id`` the report is filtered by."""
 
     model_config = _PUBLIC
 
     available: bool
     detail: str
-    data: list[dict[str, Any]]
+    data: list[BudgetConsumed]
 
 
 class GovernanceReport(BaseModel):

@@ -14,13 +14,21 @@ from agents.governance import (
     approval_counts,
     audit_action,
     audit_verb,
+    budgets_consumed,
     summarise_dispositions,
 )
 from api.auth import AuthContext, api_state, auth_of
 from api.controllers.events import parse_time
 from api.pagination import decode_cursor, list_body, parse_limit
 from api.respond import documented, respond
-from ledger.governance import AuditFilters, approvals, audit_log, dispositions
+from ledger.governance import (
+    AuditFilters,
+    approvals,
+    audit_log,
+    budget_hits,
+    dispositions,
+    executions,
+)
 from schemas.config import ConfigRecord
 from schemas.errors import ErrorCode, FibricError
 from schemas.governance import ApprovalStatistics, AuditLogEntry, GovernanceReport
@@ -28,9 +36,10 @@ from schemas.objects import ListOf
 
 # The window when none is given: the last 7 days up to now.
 DEFAULT_WINDOW = timedelta(days=7)
-BUDGETS_PENDING = (
-    "Budgets (issue 12 item 6) are not enforced yet: nothing is consumed, so this section is "
-    "empty. Once they are, each entry is one budget with its cap and what the window consumed."
+BUDGETS_DETAIL = (
+    "Every budget of the tenant's active guardrail policies: the executions it counts in this "
+    "window (all its scope values summed; its own sliding window is what the executor enforces) "
+    "and the actions its exhaustion refused or let run over a soft cap."
 )
 # the command names an audit_log ``action`` filter accepts
 AUDIT_ACTIONS = frozenset(
@@ -120,6 +129,22 @@ async def approval_statistics(
     }
 
 
+async def budgets_section(
+    request: Request[Any, Any, Any], auth: AuthContext, since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    state = api_state(request)
+    policies = state.view.guardrails_of(auth.tenant.id, auth.key.livemode)
+    if not any(p.budgets for p in policies):
+        return []
+    names = {
+        c.id: (c.id, c.name, c.listing)
+        for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)
+    }
+    runs = await executions(state.store, auth.scope, since, until)
+    hits = await budget_hits(state.store, auth.scope, since, until)
+    return budgets_consumed(policies, runs, hits, names)
+
+
 class GovernanceController(Controller):
     path = "/governance"
     tags = ["governance"]
@@ -133,8 +158,8 @@ class GovernanceController(Controller):
     async def report(self, request: Request[Any, Any, Any]) -> Response[GovernanceReport]:
         """Dispositions of ``[since, until)`` (default: the last 7 days) by operator, tool,
         decision and outcome; approval counts, latency p50/p95 and the veto rate; the most
-        blocked tools; budgets consumed (empty until budgets exist). Optional
-        ``operator_id``."""
+        blocked tools; what each budget of the tenant's active policies consumed and how often
+        its exhaustion refused an action. Optional ``operator_id`` (not applied to budgets)."""
         state, auth = api_state(request), auth_of(request)
         _only(request, frozenset({"since", "until", "operator_id"}))
         since, until = window(request)
@@ -153,7 +178,11 @@ class GovernanceController(Controller):
             "dispositions": rows,
             "veto_rate": appr["veto_rate"],
             "approvals": {k: appr[k] for k in keep},
-            "budgets": {"available": False, "detail": BUDGETS_PENDING, "data": []},
+            "budgets": {
+                "available": True,
+                "detail": BUDGETS_DETAIL,
+                "data": await budgets_section(request, auth, since, until),
+            },
         }
         return respond(GovernanceReport, body)
 

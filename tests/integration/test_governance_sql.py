@@ -11,7 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agents.governance import approval_counts, exact_quantile, summarise_dispositions
-from ledger.governance import AuditFilters, approvals, audit_log, config_versions, dispositions
+from ledger.governance import (
+    AuditFilters,
+    approvals,
+    audit_log,
+    budget_hits,
+    config_versions,
+    dispositions,
+    executions,
+)
 from ledger.store import CONFIG_COLUMNS, RECEIPT_COLUMNS, LedgerStore, Scope, receipt_row
 from ledger.tables import TABLES
 from schemas.config import ConfigRecord
@@ -92,11 +100,14 @@ def build_receipts(seed: int = 7):
             expected["expired"] += 1
         else:
             expected["pending"] += 1
-    for k in range(30):  # plain dispositions
+    for k in range(30):  # plain dispositions, some refused by an exhausted budget
         i += 1
         decision, outcome = rnd.choice([("ALLOW", "applied"), ("BLOCK", "refused")])
         tool = rnd.choice(["order.hold", "order.cancel", "refund.issue"])
-        out.append(rc(i, f"pl_x{k}", decision, outcome, tool, at=T0 + timedelta(seconds=k)))
+        r = rc(i, f"pl_x{k}", decision, outcome, tool, at=T0 + timedelta(seconds=k))
+        if decision == "BLOCK" and k % 2:
+            r.rule = {"rule": "budget_exhausted", "guardrail_id": "grd_b", "budget": k % 4 // 2}
+        out.append(r)
     return out, expected
 
 
@@ -229,3 +240,19 @@ def test_config_versions_by_object_id(store):
     recs = run(config_versions(store, T, "operator", "op_1"))
     assert [r.id for r in recs] == ["cfg_0001", "cfg_0002", "cfg_0003", "cfg_0009"]
     assert run(config_versions(store, "t_other", "operator", "op_1")) == []
+
+
+def test_budget_executions_and_exhaustions(store):
+    day = T0 + timedelta(days=1)
+    runs = run(executions(store, SCOPE, T0, day))
+    applied = [r for r in store.receipts if r.outcome == "applied"]
+    assert sum(n for *_, n, _ in runs) == len(applied)
+    assert sum(v for *_, v in runs) == pytest.approx(5.0 * len(applied))
+    hits = run(budget_hits(store, SCOPE, T0, day))
+    want: dict[tuple[str, int, str], int] = {}
+    for r in store.receipts:
+        if r.rule and r.rule.get("rule") == "budget_exhausted":
+            k = (r.rule["guardrail_id"], r.rule["budget"], r.decision)
+            want[k] = want.get(k, 0) + 1
+    assert want and {(g, i, d): n for g, i, d, n in hits} == want
+    assert run(budget_hits(store, Scope("t_other", False), T0, day)) == []

@@ -17,6 +17,7 @@ from agents.governance import (
     approval_counts,
     audit_action,
     audit_verb,
+    budgets_consumed,
     diff,
     exact_quantile,
     ratio,
@@ -303,3 +304,39 @@ def test_approval_counts_rates_and_empty_windows():
     assert ratio(1, 3) == 0.3333 and ratio(0, 0) is None
     assert exact_quantile([4, 1, 3, 2], 0.5) == 3 and exact_quantile([1], 0.95) == 1
     assert exact_quantile([], 0.5) is None
+
+
+def test_budgets_consumed_match_the_budget_globs_and_count_exhaustions():
+    from schemas.guardrail import GuardrailPolicy
+
+    gp = GuardrailPolicy.model_validate(
+        {
+            "id": "grd_1",
+            "tenant_id": "t",
+            "livemode": False,
+            "name": "caps",
+            "rules": [],
+            "budgets": [
+                {"tool": "order.*", "window_seconds": 3600, "max_count": 20},
+                {"connector": "magento", "per": ["entity"], "window_seconds": 60, "max_value": 9},
+            ],
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+    )
+    off = gp.model_copy(update={"id": "grd_2", "status": "disabled"})
+    runs = [
+        ("risk", "cn_1", "order.hold", 3, 30.0),
+        ("risk", "cn_2", "order.notify", 2, 0.0),
+        ("risk", "cn_1", "refund.issue", 1, 5.0),
+    ]
+    names = {"cn_1": ("cn_1", "magento", "cn-magento"), "cn_2": ("cn_2", "slack", "cn-slack")}
+    hits = [("grd_1", 0, "BLOCK", 4), ("grd_1", 1, "ALERT", 1), ("grd_9", 0, "BLOCK", 7)]
+    got = budgets_consumed([gp, off], runs, hits, names)
+    assert [(b["index"], b["consumed_count"], b["consumed_value"]) for b in got] == [
+        (0, 5, 30.0),
+        (1, 4, 35.0),
+    ]
+    assert [(b["exhausted_blocked"], b["exhausted_alerted"]) for b in got] == [(4, 0), (0, 1)]
+    assert got[1]["per"] == ["entity"] and got[0]["guardrail"] == "caps"
+    assert budgets_consumed([off], runs, hits, names) == []
