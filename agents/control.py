@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from agents.executor import receipt, revet, undo_action
+from agents.governance import OPERATOR_ROLLBACK_FIELDS
 from schemas.commands import Command, Reply, ReplyError
 from schemas.config import (
     LAST_USED_RESOLUTION_S,
@@ -456,6 +457,26 @@ def _operator_resume(state: ConfigState, cmd: Command, now: datetime, new_id: Id
     return [rec], result
 
 
+def _operator_rollback(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
+    """A new version whose configuration (``agents.governance.OPERATOR_ROLLBACK_FIELDS``) is
+    that of an earlier version ``version``, whose stored state the api sends as ``target``
+    (it reads the history; this writer checks it still fits: capabilities bound, guardrails
+    valid). Status is not restored: pause and resume stay their own commands."""
+    op = _operator(state, cmd)
+    target = dict(cmd.args.get("target") or {})
+    version = int(cmd.args.get("version") or 0)
+    if target.get("id") != op.id or not 1 <= version <= op.version:
+        raise Refusal(404, ErrorCode.NOT_FOUND, f"Operator {op.id} has no version {version}.")
+    changes = {f: target.get(f) for f in OPERATOR_ROLLBACK_FIELDS}
+    _unbound(state, cmd, list(changes["capabilities"] or []))
+    changes["guardrails"] = [Guardrail.model_validate(g) for g in changes["guardrails"] or []]
+    updated = op.model_copy(update={**changes, "version": op.version + 1, "updated_at": now})
+    updated = Operator.model_validate(updated.model_dump())
+    differ = sorted(f for f in OPERATOR_ROLLBACK_FIELDS if getattr(op, f) != getattr(updated, f))
+    note = f"operator.rollback: to v{version}" + (f" {', '.join(differ)}" if differ else "")
+    return [_save(cmd, "operator", updated, now, new_id, note)], updated.public()
+
+
 def _operator_record_run(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     op = _operator(state, cmd)
     updated = op.model_copy(
@@ -722,6 +743,7 @@ _HANDLERS = {
     "operator.pause": _operator_pause,
     "operator.resume": _operator_resume,
     "operator.record_run": _operator_record_run,
+    "operator.rollback": _operator_rollback,
     "connector.install": _connector_install,
     "connector.set_status": _connector_set_status,
     "connector.uninstall": _connector_uninstall,

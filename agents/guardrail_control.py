@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from agents.control import ConfigState, Decision, IdFactory, Refusal, _save, _tenant
+from agents.governance import GUARDRAIL_ROLLBACK_FIELDS
 from agents.webhook_control import decide as decide_webhooks
 from schemas.commands import Command, Reply
 from schemas.errors import ErrorCode
@@ -128,10 +129,33 @@ def _delete(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     return [rec], {"id": gp.id, "object": "guardrail_policy", "deleted": True}
 
 
+def _rollback(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
+    """A new version with the ``description``, ``status``, ``rules`` and ``budgets`` of earlier
+    version ``version`` (its stored state sent by the api as ``target``). Budgets keep what they
+    have spent: spend is keyed by policy and position (decisions §36), not by version."""
+    gp = _policy(state, cmd)
+    target = dict(cmd.args.get("target") or {})
+    version = int(cmd.args.get("version") or 0)
+    if target.get("id") != gp.id or target.get("deleted") or not 1 <= version <= gp.version:
+        raise Refusal(
+            404, ErrorCode.NOT_FOUND, f"Guardrail policy {gp.id} has no version {version}."
+        )
+    changes: dict[str, Any] = {f: target.get(f) for f in GUARDRAIL_ROLLBACK_FIELDS}
+    changes["rules"] = _rules(changes["rules"])
+    changes["budgets"] = _budgets(changes["budgets"])
+    _not_empty(changes["rules"], changes["budgets"])
+    updated = gp.model_copy(update={**changes, "version": gp.version + 1, "updated_at": now})
+    differ = sorted(f for f in GUARDRAIL_ROLLBACK_FIELDS if getattr(gp, f) != getattr(updated, f))
+    note = _note(updated, "guardrail.rollback") + f" to v{version}"
+    note += f" {','.join(differ)}" if differ else ""
+    return [_save(cmd, "guardrail_policy", updated, now, new_id, note)], updated.public()
+
+
 _HANDLERS = {
     "guardrail.create": _create,
     "guardrail.update": _update,
     "guardrail.delete": _delete,
+    "guardrail.rollback": _rollback,
 }
 
 

@@ -20,6 +20,7 @@ from api.controllers.connectors import ConnectorsController, MarketplaceControll
 from api.controllers.dead_letters import DeadLettersController
 from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
+from api.controllers.governance import AuditLogController, GovernanceController
 from api.controllers.guardrails import GuardrailsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
@@ -202,6 +203,8 @@ def create_app(settings: Settings) -> Litestar:
             WebhooksController,
             GuardrailsController,
             SqlController,
+            GovernanceController,
+            AuditLogController,
         ],
         guards=[require_scope],
     )

@@ -24,6 +24,7 @@ CommandType = Literal[
     "operator.pause",
     "operator.resume",
     "operator.record_run",
+    "operator.rollback",
     "connector.install",
     "connector.set_status",
     "connector.uninstall",
@@ -43,6 +44,7 @@ CommandType = Literal[
     "guardrail.create",
     "guardrail.update",
     "guardrail.delete",
+    "guardrail.rollback",
 ]
 
 # All tenant.create commands share this partition key: one writer sees every slug.

@@ -38,6 +38,7 @@ SCOPES: tuple[str, ...] = (
     # read-only SQL over the tenant's ledger rows (POST /v1/sql): off by default, in no role
     # preset; grant it to a key with explicit scopes (decisions §42)
     "ledger:query",
+    "governance:read",
 )
 
 _READ = tuple(s for s in SCOPES if s.endswith(":read") and not s.startswith("keys:"))

@@ -41,6 +41,9 @@ class ConfigView:
         self.keys_by_hash: dict[str, ApiKey] = {}
         self.keys: dict[str, ApiKey] = {}
         self.operators: dict[str, Operator] = {}
+        # op_ id -> every version it had, each as first written (a run's counters rewrite the
+        # current operator, not its version), for GET /v1/operators/{id}/versions (§38)
+        self.operator_versions: dict[str, dict[int, Operator]] = {}
         self._operators_index: dict[tuple[str, bool], list[Operator]] | None = None
         self.connectors: dict[str, Connector] = {}
         self.vault: dict[str, VaultEntry] = {}
@@ -134,6 +137,11 @@ class ConfigView:
             self.command_results[rec.command_id] = ([*ids, rec.id], result or rec.result)
         if rec.kind == "operator":
             op = Operator.model_validate(rec.data)
+            op_history = self.operator_versions.setdefault(op.id, {})
+            newest = max(op_history, default=0)
+            op_history.setdefault(op.version, op)
+            if newest > op.version:
+                return  # an older version delivered late never replaces a newer one
             self._operators_index = None
             if op.deleted:
                 self.operators.pop(op.id, None)

@@ -18,6 +18,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from agents import budget
 from agents.executor import vet
 from agents.globs import matches
+from agents.governance import GUARDRAIL_DIFF_FIELDS
 from agents.planning import bind_connector
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
@@ -26,8 +27,10 @@ from api.controllers.loop import tool_tier
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.respond import documented, respond
 from api.state import ApiState
+from api.versions import Version, history, pick, version_diff
 from schemas.connector import Connector
 from schemas.errors import ErrorCode, FibricError
+from schemas.governance import VersionDiff
 from schemas.guardrail import (
     DeletedGuardrail,
     EvaluateRequest,
@@ -384,11 +387,78 @@ class GuardrailsController(Controller):
         limit = parse_limit(request.query_params.get("limit"))
         raw: dict[str, Any] = {"guardrail_id": gp.id}
         after = decode_cursor(request.query_params.get("cursor"), raw, "guardrail_versions")
-        versions = [
-            v for v in state.view.guardrail_versions.get(gp.id, {}).values() if not v.deleted
-        ]
+        versions = [v for v in (await _versions(state, auth, gp)).values() if not v.deleted]
         page, more, last = paginate(
             versions, lambda v: (v.updated_at, f"{v.version:010d}"), limit, after
         )
         data = list_body([v.public() for v in page], more, last, raw, "guardrail_versions")
         return respond(ListOf[GuardrailPolicyObject], data)
+
+    @get(
+        "/{guardrail_id:str}/versions/{version:int}",
+        opt={"scope": "guardrails:read", "route_class": "config_read"},
+        operation_id="retrieveGuardrailPolicyVersion",
+        **documented(404),
+    )
+    async def retrieve_version(
+        self, request: Request[Any, Any, Any], guardrail_id: str, version: Version
+    ) -> Response[GuardrailPolicyObject]:
+        """The policy as it was at one version (receipts cite it in ``rule``)."""
+        state, auth = api_state(request), auth_of(request)
+        gp = find_policy(state, auth, guardrail_id)
+        v = version
+        found = pick(await _versions(state, auth, gp), v, f"Guardrail policy {gp.id}")
+        return respond(GuardrailPolicyObject, found.public())
+
+    @get(
+        "/{guardrail_id:str}/versions/{version:int}/diff",
+        opt={"scope": "guardrails:read", "route_class": "config_read"},
+        operation_id="diffGuardrailPolicyVersion",
+        **documented(404),
+    )
+    async def diff_version(
+        self, request: Request[Any, Any, Any], guardrail_id: str, version: Version
+    ) -> Response[VersionDiff]:
+        """Field-level changes of ``version`` against ``against`` (default: the version before
+        it), e.g. ``rules[0].decision`` changed from ``BLOCK`` to ``ALERT``."""
+        state, auth = api_state(request), auth_of(request)
+        gp = find_policy(state, auth, guardrail_id)
+        v = version
+        versions = await _versions(state, auth, gp)
+        what = f"Guardrail policy {gp.id}"
+        body = version_diff(
+            request, auth, "guardrail_policy", gp.id, versions, v, GUARDRAIL_DIFF_FIELDS, what
+        )
+        return respond(VersionDiff, body)
+
+    @post(
+        "/{guardrail_id:str}/versions/{version:int}/rollback",
+        opt={"scope": "guardrails:write", "route_class": "config_write"},
+        operation_id="rollbackGuardrailPolicy",
+        status_code=200,
+        **documented(404, 503),
+    )
+    async def rollback(
+        self, request: Request[Any, Any, Any], guardrail_id: str, version: Version
+    ) -> Response[GuardrailPolicyObject]:
+        """Roll back: a NEW version with the ``description``, ``status`` and ``rules`` of
+        ``version``; the next plan is judged by it."""
+        state, auth = api_state(request), auth_of(request)
+        gp = find_policy(state, auth, guardrail_id)
+        v = version
+        body = await read_body(request)
+
+        async def handle() -> Response[GuardrailPolicyObject]:
+            target = pick(await _versions(state, auth, gp), v, f"Guardrail policy {gp.id}")
+            args = {"guardrail_id": gp.id, "version": v, "target": target.model_dump(mode="json")}
+            result = await run_command(state, request, auth, "guardrail.rollback", args)
+            return respond(GuardrailPolicyObject, result)
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+
+async def _versions(
+    state: ApiState, auth: AuthContext, gp: GuardrailPolicy
+) -> dict[int, GuardrailPolicy]:
+    known = state.view.guardrail_versions.get(gp.id, {})
+    return await history(state, auth, "guardrail_policy", gp.id, known, GuardrailPolicy)

@@ -11,14 +11,17 @@ from typing import Any
 import orjson
 from litestar import Controller, Request, Response, get, patch, post
 
+from agents.governance import OPERATOR_DIFF_FIELDS
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.respond import documented, respond
 from api.state import ApiState
+from api.versions import Version, history, pick, version_diff
 from schemas.envelope import EventEnvelope
 from schemas.errors import ErrorCode, FibricError
+from schemas.governance import VersionDiff
 from schemas.objects import ListOf, OperatorObject, OperatorPaused, OperatorResumed
 from schemas.operator import (
     CAPABILITY_RE,
@@ -240,3 +243,114 @@ class OperatorsController(Controller):
             return respond(OperatorResumed, result)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
+
+    # ---- versions (issue 12 item 5, decisions §38) --------------------------------------------
+    @get(
+        "/{operator_id:str}/versions",
+        opt={"scope": "operators:read", "route_class": "config_read"},
+        operation_id="listOperatorVersions",
+        **documented(404),
+    )
+    async def list_versions(
+        self, request: Request[Any, Any, Any], operator_id: str
+    ) -> Response[ListOf[OperatorObject]]:
+        """Every version of the operator as it was written, newest first (plans and receipts
+        cite ``guardrail_version``, the operator's version)."""
+        state, auth = api_state(request), auth_of(request)
+        op = find_operator(state, auth, operator_id)
+        _known_params(request, frozenset({"limit", "cursor"}))
+        limit = parse_limit(request.query_params.get("limit"))
+        raw: dict[str, Any] = {"operator_id": op.id}
+        after = decode_cursor(request.query_params.get("cursor"), raw, "operator_versions")
+        versions = await _versions(state, auth, op)
+        page, more, last = paginate(
+            [v for v in versions.values() if not v.deleted],
+            lambda v: (v.updated_at, f"{v.version:010d}"),
+            limit,
+            after,
+        )
+        data = list_body([v.public() for v in page], more, last, raw, "operator_versions")
+        return respond(ListOf[OperatorObject], data)
+
+    @get(
+        "/{operator_id:str}/versions/{version:int}",
+        opt={"scope": "operators:read", "route_class": "config_read"},
+        operation_id="retrieveOperatorVersion",
+        **documented(404),
+    )
+    async def retrieve_version(
+        self, request: Request[Any, Any, Any], operator_id: str, version: Version
+    ) -> Response[OperatorObject]:
+        """The operator as it was at one version."""
+        state, auth = api_state(request), auth_of(request)
+        op = find_operator(state, auth, operator_id)
+        v = version
+        found = pick(await _versions(state, auth, op), v, f"Operator {op.id}")
+        return respond(OperatorObject, found.public())
+
+    @get(
+        "/{operator_id:str}/versions/{version:int}/diff",
+        opt={"scope": "operators:read", "route_class": "config_read"},
+        operation_id="diffOperatorVersion",
+        **documented(404),
+    )
+    async def diff_version(
+        self, request: Request[Any, Any, Any], operator_id: str, version: Version
+    ) -> Response[VersionDiff]:
+        """Field-level changes of ``version`` against ``against`` (default: the version before
+        it): each with ``field``, ``path``, ``op`` (added, removed, changed), ``before`` and
+        ``after``."""
+        state, auth = api_state(request), auth_of(request)
+        op = find_operator(state, auth, operator_id)
+        v = version
+        versions = await _versions(state, auth, op)
+        body = version_diff(
+            request, auth, "operator", op.id, versions, v, OPERATOR_DIFF_FIELDS, f"Operator {op.id}"
+        )
+        return respond(VersionDiff, body)
+
+    @post(
+        "/{operator_id:str}/versions/{version:int}/rollback",
+        opt={"scope": "operators:write", "route_class": "config_write"},
+        operation_id="rollbackOperator",
+        status_code=200,
+        **documented(404, 422, 503),
+    )
+    async def rollback(
+        self, request: Request[Any, Any, Any], operator_id: str, version: Version
+    ) -> Response[OperatorObject]:
+        """Roll back: a NEW version whose configuration (outcome, capabilities, guardrails,
+        model, schedule, triggers, playbook) is that of ``version``; status is kept (pause and
+        resume are their own routes). Refused with ``capability_unbound`` when a capability of
+        that version is no longer fulfilled by an installed connector."""
+        state, auth = api_state(request), auth_of(request)
+        op = find_operator(state, auth, operator_id)
+        v = version
+        body = await read_body(request)
+
+        async def handle() -> Response[OperatorObject]:
+            target = pick(await _versions(state, auth, op), v, f"Operator {op.id}")
+            args = {
+                "operator_id": op.id,
+                "version": v,
+                "target": target.model_dump(mode="json"),
+            }
+            result = await run_command(state, request, auth, "operator.rollback", args)
+            return respond(OperatorObject, result)
+
+        return await state.idempotency.run(request, auth.scope, body, handle)
+
+
+async def _versions(state: ApiState, auth: AuthContext, op: Operator) -> dict[int, Operator]:
+    known = state.view.operator_versions.get(op.id, {})
+    return await history(state, auth, "operator", op.id, known, Operator)
+
+
+def _known_params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            f"{unknown[0][:60]} is not a recognised parameter.",
+            param=unknown[0][:60],
+        )
