@@ -23,6 +23,7 @@ from api.controllers.guardrails import GuardrailsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
+from api.controllers.replays import ReplaysController
 from api.controllers.streams import (
     EventStreamController,
     LoopStreamController,
@@ -193,6 +194,7 @@ def create_app(settings: Settings) -> Litestar:
             ExportsController,
             ApiKeysController,
             WebhooksController,
+            ReplaysController,
             GuardrailsController,
         ],
         guards=[require_scope],

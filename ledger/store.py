@@ -20,7 +20,9 @@ import clickhouse_connect
 import orjson
 
 from agents.globs import glob_to_regex, is_glob
+from agents.replay import StoredVerdicts
 from schemas.envelope import DeadLetter, Event
+from schemas.operator import Operator
 from schemas.plan import ActionRecord, Plan, Receipt
 from schemas.webhook import Attempt, Delivery
 
@@ -151,7 +153,10 @@ RECEIPT_COLUMNS = (
     "request_id",
     "latency_ms",
     "proposed_at",
+    "policy_versions",  # 0006: JSON, additive (decisions §37)
+    "shadow_verdict",
 )
+RECEIPT_JSON = ("rule", "result", "error", "policy_versions", "shadow_verdict")
 
 
 def _dumps(v: Any) -> str | None:
@@ -227,6 +232,8 @@ def receipt_row(r: Receipt) -> list[Any]:
         r.request_id,
         r.latency_ms,
         r.proposed_at,
+        _dumps(r.policy_versions),
+        _dumps(r.shadow_verdict),
     ]
 
 
@@ -235,7 +242,7 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
     d["created_at"] = _utc(d["created_at"])
     if d["proposed_at"] is not None:
         d["proposed_at"] = _utc(d["proposed_at"])
-    for k in ("rule", "result", "error"):
+    for k in RECEIPT_JSON:
         d[k] = orjson.loads(d[k]) if d[k] is not None else None
     return Receipt.model_validate(d)
 
@@ -297,6 +304,7 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
     d = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
     d["at"] = _utc(d["at"])
     return Attempt.model_validate(d)
+
 
 IDEMPOTENCY_COLUMNS = (
     "tenant_id",
@@ -833,6 +841,103 @@ class LedgerStore:
             {"t": scope.tenant_id, "m": scope.livemode, "id": export_id},
         )
         return orjson.loads(rows[0][0]) if rows else None
+
+    # ---- policy replay (api/replays.py, decisions §37) ---------------------------------------
+    def _replay_where(self, scope: Scope, filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The receipts a replay re-judges: the tenant's, in the window, one per action (an
+        action's verdict: DEDUP dispositions and whole-plan refusals carry none)."""
+        params: dict[str, Any] = {
+            "t": scope.tenant_id,
+            "m": scope.livemode,
+            "since": filters["since"],
+            "until": filters["until"],
+        }
+        clauses = [
+            "tenant_id = {t:String}",
+            "livemode = {m:Bool}",
+            "created_at >= {since:DateTime64(6, 'UTC')}",
+            "created_at < {until:DateTime64(6, 'UTC')}",
+            "action_id IS NOT NULL",
+            "decision IN ('ALLOW', 'ALERT', 'BLOCK')",
+        ]
+        if filters.get("operator"):
+            params["op"] = filters["operator"]
+            clauses.append("(operator_id = {op:String} OR operator_name = {op:String})")
+        tool = filters.get("tool")
+        if tool:
+            if is_glob(tool):
+                params["tool_re"] = glob_to_regex(tool)
+                clauses.append("match(assumeNotNull(tool), {tool_re:String})")
+            else:
+                params["tool"] = tool
+                clauses.append("tool = {tool:String}")
+        return " AND ".join(clauses), params
+
+    async def replay_count(self, scope: Scope, filters: dict[str, Any]) -> int:
+        """Receipt rows in a replay's window (what it scans)."""
+        where, params = self._replay_where(scope, filters)
+        rows = await self.query(f"SELECT count() FROM receipts WHERE {where}", params)
+        return int(rows[0][0])
+
+    async def replay_inputs(
+        self, scope: Scope, filters: dict[str, Any], bucket: int, buckets: int
+    ) -> list[StoredVerdicts]:
+        """One bucket (by action id hash) of the stored verdicts, grouped by judge input: each
+        action's first receipt in the window, then one row per distinct (operator, version,
+        connector, tool, value, decision) with its count and up to three plan ids."""
+        where, params = self._replay_where(scope, filters)
+        params.update(b=bucket, nb=buckets)
+        rows = await self.query(
+            "SELECT t.1, t.2, t.3, t.4, t.5, t.6, t.7, count(), groupArray(3)(t.8) FROM ("
+            "SELECT argMin((operator_id, guardrail_version, connector_id, connector_name, "
+            "assumeNotNull(tool), value, decision, plan_id), (created_at, id)) AS t "
+            f"FROM receipts WHERE {where} AND cityHash64(action_id) % {{nb:UInt32}} = {{b:UInt32}} "
+            "GROUP BY action_id) GROUP BY t.1, t.2, t.3, t.4, t.5, t.6, t.7",
+            params,
+        )
+        return [
+            StoredVerdicts(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], int(r[7]), r[8])
+            for r in rows
+        ]
+
+    async def operator_versions(self, scope: Scope) -> list[Operator]:
+        """Every stored version of the tenant's operators (the config log's operator records)."""
+        rows = await self.query(
+            "SELECT record FROM config_log WHERE tenant_id = {t:String} AND kind = 'operator' "
+            "ORDER BY at, id LIMIT 1 BY id",
+            {"t": scope.tenant_id},
+        )
+        out = []
+        for (raw,) in rows:
+            op = Operator.model_validate(orjson.loads(raw)["data"])
+            if op.livemode == scope.livemode:
+                out.append(op)
+        return out
+
+    async def save_replay(self, scope: Scope, doc: dict[str, Any], version: int) -> None:
+        await self.insert(
+            "guardrail_replays",
+            [
+                [
+                    scope.tenant_id,
+                    scope.livemode,
+                    datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")),
+                    doc["id"],
+                    version,
+                    orjson.dumps(doc).decode(),
+                ]
+            ],
+            ("tenant_id", "livemode", "created_at", "id", "version", "doc"),
+        )
+
+    async def get_replay(self, scope: Scope, replay_id: str) -> tuple[dict[str, Any], int] | None:
+        """The newest version of a replay job and its version number."""
+        rows = await self.query(
+            "SELECT doc, version FROM guardrail_replays WHERE tenant_id = {t:String} AND "
+            "livemode = {m:Bool} AND id = {id:String} ORDER BY version DESC LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": replay_id},
+        )
+        return (orjson.loads(rows[0][0]), int(rows[0][1])) if rows else None
 
     async def plan_ids_for_events(self, scope: Scope, event_ids: list[str]) -> dict[str, list[str]]:
         if not event_ids:
