@@ -53,6 +53,15 @@ class _Line:
     examples: dict[str, list[str]] = field(default_factory=dict)
 
 
+def thresholds(candidate: Sequence[GuardrailPolicy], operators: Iterable[Operator]) -> list[float]:
+    """Every ``max_value`` the judge may compare an action's value with (the candidate's rules
+    and every operator version's guardrails). Two values with the same count of thresholds
+    below them get the same decision, so the ledger groups stored actions by that count."""
+    out = {r.max_value for p in candidate for r in p.rules if r.max_value is not None}
+    out |= {g.max_value for op in operators for g in op.guardrails if g.max_value is not None}
+    return sorted(out)
+
+
 def transition(before: str, after: str) -> str:
     return f"{before}->{after}"
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import clickhouse_connect
 import orjson
 
 from agents.globs import glob_to_regex, is_glob
-from agents.replay import StoredVerdicts
+from agents.replay import Replayer, StoredVerdicts
 from schemas.envelope import DeadLetter, Event
 from schemas.operator import Operator
 from schemas.plan import ActionRecord, Plan, Receipt
@@ -112,6 +113,9 @@ EXPORT_CHUNK = 10_000
 # insert would refuse a batch spanning more months, so the limit is lifted (0 = no limit).
 INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
 
+# Receipt rows a policy replay groups per ClickHouse query (actions are bucketed by a hash of
+# their id), so one bucket's distinct judge inputs stay a bounded list whatever the window holds.
+REPLAY_BUCKET_ROWS = 1_000_000
 # Receipt list/export filters matched by equality (plus the since/until time window); the api
 # takes its list of accepted query parameters from here.
 RECEIPT_EQ_FILTERS = (
@@ -883,22 +887,46 @@ class LedgerStore:
         self, scope: Scope, filters: dict[str, Any], bucket: int, buckets: int
     ) -> list[StoredVerdicts]:
         """One bucket (by action id hash) of the stored verdicts, grouped by judge input: each
-        action's first receipt in the window, then one row per distinct (operator, version,
-        connector, tool, value, decision) with its count and up to three plan ids."""
+        action's first receipt in the window, then one row per (operator, version, connector,
+        tool, value class, decision) with its count, a representative value and up to three
+        plan ids. A value class is the values between two consecutive ``thresholds`` (every
+        ``max_value`` the judge may compare with): the judge compares a value with nothing
+        else, so all the values of a class get the same decision (decisions §37)."""
         where, params = self._replay_where(scope, filters)
-        params.update(b=bucket, nb=buckets)
+        params.update(b=bucket, nb=buckets, th=sorted(filters.get("thresholds") or []))
         rows = await self.query(
-            "SELECT t.1, t.2, t.3, t.4, t.5, t.6, t.7, count(), groupArray(3)(t.8) FROM ("
+            "SELECT t.1, t.2, t.3, t.4, t.5, min(t.6), t.7, count(), groupArray(3)(t.8) FROM ("
             "SELECT argMin((operator_id, guardrail_version, connector_id, connector_name, "
             "assumeNotNull(tool), value, decision, plan_id), (created_at, id)) AS t "
             f"FROM receipts WHERE {where} AND cityHash64(action_id) % {{nb:UInt32}} = {{b:UInt32}} "
-            "GROUP BY action_id) GROUP BY t.1, t.2, t.3, t.4, t.5, t.6, t.7",
+            "GROUP BY action_id) GROUP BY t.1, t.2, t.3, t.4, t.5, t.7, "
+            "if(isNull(t.6), -1, arrayCount(x -> x < assumeNotNull(t.6), {th:Array(Float64)}))",
             params,
         )
         return [
             StoredVerdicts(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], int(r[7]), r[8])
             for r in rows
         ]
+
+    async def rejudge(
+        self,
+        scope: Scope,
+        filters: dict[str, Any],
+        replayer: Replayer,
+        bucket_rows: int = REPLAY_BUCKET_ROWS,
+        progress: Callable[[int, float], Any] | None = None,
+    ) -> int:
+        """Feed the window's stored verdicts to ``replayer``, bucket by bucket (the judging in
+        a thread, off the event loop); returns the receipt rows scanned. ``progress(rows,
+        fraction)`` is called after each bucket."""
+        rows = await self.replay_count(scope, filters)
+        buckets = max(1, math.ceil(rows / bucket_rows))
+        for b in range(buckets):
+            groups = await self.replay_inputs(scope, filters, b, buckets)
+            await asyncio.to_thread(replayer.feed, groups)
+            if progress is not None:
+                progress(rows, (b + 1) / buckets)
+        return rows
 
     async def operator_versions(self, scope: Scope) -> list[Operator]:
         """Every stored version of the tenant's operators (the config log's operator records)."""

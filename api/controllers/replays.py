@@ -16,7 +16,6 @@ import contextlib
 import csv
 import io
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from agents.replay import Replayer, csv_rows
+from agents.replay import Replayer, csv_rows, thresholds
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.controllers.events import parse_time
@@ -40,9 +39,6 @@ from schemas.ids import new_id
 
 log = logging.getLogger(__name__)
 
-# Receipt rows per ClickHouse query of a job (actions are bucketed by a hash of their id), so
-# one bucket's groups stay a bounded list in memory whatever the window holds.
-BUCKET_ROWS = 500_000
 HEARTBEAT = timedelta(seconds=5)
 STALE_AFTER = timedelta(seconds=60)
 # Replays running at once per tenant and mode in one api process (each is a full scan).
@@ -135,13 +131,12 @@ async def run_replay(job: _Job, filters: dict[str, Any], candidate: list[Guardra
         current = {o.id: o for o in state.view.operators_of(scope.tenant_id, scope.livemode)}
         connectors = {c.id: c for c in state.view.connectors_of(scope.tenant_id, scope.livemode)}
         replayer = Replayer(candidate, operators, current, connectors)
-        rows = await state.store.replay_count(scope, filters)
-        buckets = max(1, math.ceil(rows / BUCKET_ROWS))
-        job.doc.update(rows_scanned=rows, progress=0.0)
-        for b in range(buckets):
-            groups = await state.store.replay_inputs(scope, filters, b, buckets)
-            await asyncio.to_thread(replayer.feed, groups)
-            job.doc["progress"] = round((b + 1) / buckets, 4)
+        filters["thresholds"] = thresholds(candidate, [*operators.values(), *current.values()])
+
+        def progress(rows: int, fraction: float) -> None:
+            job.doc.update(rows_scanned=rows, progress=round(fraction, 4))
+
+        await state.store.rejudge(scope, filters, replayer, progress=progress)
         outcome: dict[str, Any] = {
             **replayer.result(),
             "status": "complete",

@@ -3,6 +3,7 @@ executor's judge (decisions §37)."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 
 from agents.executor import judge, receipt, vet
 from agents.planning import build_plan
-from agents.replay import Replayer, StoredVerdicts, csv_rows
+from agents.replay import Replayer, StoredVerdicts, csv_rows, thresholds
 from schemas.connector import Connector
 from schemas.guardrail import GuardrailPolicy, GuardrailRule, ReplayRequest
 from schemas.operator import Guardrail, Operator
@@ -315,3 +316,21 @@ def test_replay_request_shape():
     ):
         with pytest.raises(ValidationError):
             ReplayRequest.model_validate(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(rule_st, max_size=5),
+    tool_st,
+    st.floats(min_value=0, max_value=1000, allow_nan=False),
+    st.floats(min_value=0, max_value=1000, allow_nan=False),
+)
+def test_values_between_the_same_thresholds_get_the_same_decision(rules, tool, v1, v2):
+    """Why the ledger may group stored actions by value class (decisions §37)."""
+    cand = [policy(*[{**r, "mode": "enforce"} for r in rules])] if rules else []
+    th = thresholds(cand, [operator()])
+    if bisect_left(th, v1) == bisect_left(th, v2):
+        r = replayer(cand)
+        assert r.verdict(operator(), stored(tool=tool, value=v1)) == r.verdict(
+            operator(), stored(tool=tool, value=v2)
+        )
