@@ -162,7 +162,12 @@ def _fill(store: LedgerStore, n: int) -> None:
 
 async def _measure(store: LedgerStore, n: int) -> dict[str, Any]:
     scope = Scope(TENANT, False)
-    filters = {"since": T0, "until": T0 + timedelta(days=30), "operator": None, "tool": None}
+    filters: dict[str, Any] = {
+        "since": T0,
+        "until": T0 + timedelta(days=30),
+        "operator": None,
+        "tool": None,
+    }
     ops = {(o.id, o.version): o for o in await store.operator_versions(scope)}
     cns = {"cn_1": _connector()}
     cand = candidate()
