@@ -325,6 +325,11 @@ def _glob_ok(pattern: str | None, *names: str | None) -> bool:
     return pattern is None or any(n is not None and matches(pattern, n) for n in names)
 
 
+def is_shadow(p: GuardrailPolicy, r: GuardrailRule) -> bool:
+    """A rule is shadow when it or its policy is (decisions §37)."""
+    return p.mode == "shadow" or r.mode == "shadow"
+
+
 def judge(
     guardrails: Sequence[Guardrail],
     policies: Sequence[GuardrailPolicy],
@@ -334,6 +339,7 @@ def judge(
     side_effect: bool,
     value: float | None,
     connector_names: Sequence[str] = (),
+    include_shadow: bool = False,
 ) -> Verdict:
     """One action against the operator's ``guardrails`` and the tenant's ``policies``
     (decisions §35). Pure. Precedence, first that applies:
@@ -345,13 +351,17 @@ def judge(
     5. the union of matching rules (operator's and tenant's): any ALERT → ALERT, else any ALLOW
        → ALLOW, else BLOCK (default closed).
 
-    With no matching tenant rule the verdict is exactly the operator guardrails' verdict."""
+    With no matching tenant rule the verdict is exactly the operator guardrails' verdict.
+
+    Shadow rules (:func:`is_shadow`) take no part unless ``include_shadow``: then every rule
+    judges as if enforced (the shadow verdict, and policy replay's candidate verdict)."""
     matching = [
         (p, i, r)
         for p in policies
         if p.status == "active" and not p.deleted
         for i, r in enumerate(p.rules)
-        if _glob_ok(r.operator, operator_name)
+        if (include_shadow or not is_shadow(p, r))
+        and _glob_ok(r.operator, operator_name)
         and _glob_ok(r.connector, *connector_names)
         and _glob_ok(r.tool, tool)
     ]
@@ -415,17 +425,52 @@ def vet(
     now. A deleted operator or an uninstalled connector blocks (default closed)."""
     if operator is None:
         return Verdict(decision="BLOCK", rule=None, reason="the operator no longer exists")
+    cited = policy_versions(operator, policies)
     if connector is None:
-        return Verdict(decision="BLOCK", rule=None, reason="the connector is no longer installed")
-    return judge(
-        operator.guardrails,
-        policies,
-        operator_name=operator.name,
-        tool=tool,
-        side_effect=side_effect,
-        value=value,
-        connector_names=(connector.id, connector.name, connector.listing),
-    )
+        return Verdict(
+            decision="BLOCK",
+            rule=None,
+            reason="the connector is no longer installed",
+            policy_versions=cited,
+        )
+    args: dict[str, Any] = {
+        "operator_name": operator.name,
+        "tool": tool,
+        "side_effect": side_effect,
+        "value": value,
+        "connector_names": (connector.id, connector.name, connector.listing),
+    }
+    v = judge(operator.guardrails, policies, **args)
+    v.policy_versions = cited
+    if any(is_shadow(p, r) for p in in_force(policies) for r in p.rules):
+        v.shadow_verdict = shadow_of(
+            v, judge(operator.guardrails, policies, **args, include_shadow=True)
+        )
+    return v
+
+
+def in_force(policies: Sequence[GuardrailPolicy]) -> list[GuardrailPolicy]:
+    """The tenant policies that judge (active, not deleted), shadow ones included."""
+    return [p for p in policies if p.status == "active" and not p.deleted]
+
+
+def policy_versions(
+    operator: Operator, policies: Sequence[GuardrailPolicy]
+) -> list[dict[str, Any]]:
+    """Every policy version that judges an action of ``operator`` now: the operator's guardrails
+    (its version) and each tenant policy in force, ``id@version`` with its mode."""
+    own = {"kind": "operator", "id": operator.id, "name": operator.name}
+    return [{**own, "version": operator.version}, *(p.citation() for p in in_force(policies))]
+
+
+def shadow_of(enforced: Verdict, shadow: Verdict) -> dict[str, Any]:
+    """The receipt's ``shadow_verdict``: the would-be verdict with shadow rules enforced."""
+    return {
+        "decision": shadow.decision,
+        "rule": shadow.rule,
+        "reason": shadow.reason,
+        "differs": shadow.decision != enforced.decision,
+    }
 
 
 def revet(
@@ -524,6 +569,8 @@ def receipt(
         latency_ms=latency_ms,
         proposed_at=a.proposed_at,
         created_at=now,
+        policy_versions=a.verdict.policy_versions,
+        shadow_verdict=a.verdict.shadow_verdict,
     )
 
 
@@ -551,6 +598,14 @@ def plan_receipt(plan: Plan, reason: str, now: datetime) -> Receipt:
         rule=None,
         reason=f"plan refused: {reason}",
         created_at=now,
+        policy_versions=[
+            {
+                "kind": "operator",
+                "id": plan.operator_id,
+                "name": plan.operator_name,
+                "version": plan.guardrail_version,
+            }
+        ],
     )
 
 

@@ -85,6 +85,7 @@ def _create(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
         name=str(body["name"]),
         description=body.get("description"),
         status=body.get("status") or "active",
+        mode=body.get("mode") or "enforce",
         rules=rules,
         budgets=budgets,
         created_at=now,
@@ -113,6 +114,10 @@ def _update(state: Any, cmd: Command, now: datetime, new_id: IdFactory):
     if "status" in changes and changes["status"] not in ("active", "disabled"):
         raise Refusal(
             400, ErrorCode.INVALID_PARAMETER, "status must be active or disabled.", param="status"
+        )
+    if "mode" in changes and changes["mode"] not in ("enforce", "shadow"):
+        raise Refusal(
+            400, ErrorCode.INVALID_PARAMETER, "mode must be enforce or shadow.", param="mode"
         )
     changes = {k: v for k, v in changes.items() if getattr(gp, k) != v}
     if not changes:

@@ -26,6 +26,7 @@ from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
 from api.controllers.sql import SqlController
+from api.controllers.replays import ReplaysController
 from api.controllers.streams import (
     EventStreamController,
     LoopStreamController,
@@ -201,6 +202,7 @@ def create_app(settings: Settings) -> Litestar:
             ExportsController,
             ApiKeysController,
             WebhooksController,
+            ReplaysController,
             GuardrailsController,
             SqlController,
             GovernanceController,

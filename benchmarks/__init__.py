@@ -28,6 +28,8 @@ Scenarios implemented so far:
   guardrail rules and for the executor's budget step with 1 and 10 budgets (in-process);
 - ``S4G`` (benchmarks/policy.py, on the loop stack): S4 and S3 without, then with, tenant
   policies and budgets, as same-run ratios (issue 12: S4 with ≥ 0.8 × S4 without).
+- ``replay``: policy replay over 1M receipt rows in chDB (in-process, benchmarks/replay.py):
+  receipt rows re-judged per second against the naive one-judge-per-action replay.
 
 Every throughput scenario (naive, naive_exec, S1, S2, S3, S4, S3L) reports ``cpu_us_per_item``:
 µs of CPU per event / action / request summed over every process of the run (broker, worker(s)
@@ -42,6 +44,7 @@ Every scenario prints one machine-readable line; results go to ``results.json`` 
 SCENARIOS = (
     "globs",
     "policy",
+    "replay",
     "ceilings",
     "naive",
     "naive_exec",

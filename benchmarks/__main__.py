@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Fibric benchmarks: ceilings, the naive baselines, scenarios S1-S10, S3L, "
-        "globs.",
+        "globs, replay.",
     )
     p.add_argument(
         "scenarios",
@@ -285,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
 
             attempt("policy", run_policy)
             emit("policy")
+        if "replay" in chosen:
+            from benchmarks.replay import run_replay
+
+            replay_rows = 10_000 if args.tiny else 100_000 if args.quick else 1_000_000
+            attempt("replay", lambda: run_replay(replay_rows))
+            emit("replay")
         stacks = Stacks(
             work, sizes.partitions, shared=args.quick or args.tiny, existing=args.existing
         )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,11 @@ import clickhouse_connect
 import orjson
 
 from agents.globs import glob_to_regex, is_glob
+from agents.replay import Replayer, StoredVerdicts
 from ledger import analyst
 from schemas.envelope import DeadLetter, Event
 from schemas.errors import ErrorCode, FibricError
+from schemas.operator import Operator
 from schemas.plan import ActionRecord, Plan, Receipt
 from schemas.webhook import Attempt, Delivery
 
@@ -112,6 +115,9 @@ EXPORT_CHUNK = 10_000
 # insert would refuse a batch spanning more months, so the limit is lifted (0 = no limit).
 INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
 
+# Receipt rows a policy replay groups per ClickHouse query (actions are bucketed by a hash of
+# their id), so one bucket's distinct judge inputs stay a bounded list whatever the window holds.
+REPLAY_BUCKET_ROWS = 1_000_000
 # Receipt list/export filters matched by equality (plus the since/until time window); the api
 # takes its list of accepted query parameters from here.
 RECEIPT_EQ_FILTERS = (
@@ -153,7 +159,10 @@ RECEIPT_COLUMNS = (
     "request_id",
     "latency_ms",
     "proposed_at",
+    "policy_versions",  # 0006: JSON, additive (decisions §37)
+    "shadow_verdict",
 )
+RECEIPT_JSON = ("rule", "result", "error", "policy_versions", "shadow_verdict")
 
 
 def _dumps(v: Any) -> str | None:
@@ -229,6 +238,8 @@ def receipt_row(r: Receipt) -> list[Any]:
         r.request_id,
         r.latency_ms,
         r.proposed_at,
+        _dumps(r.policy_versions),
+        _dumps(r.shadow_verdict),
     ]
 
 
@@ -237,7 +248,7 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
     d["created_at"] = _utc(d["created_at"])
     if d["proposed_at"] is not None:
         d["proposed_at"] = _utc(d["proposed_at"])
-    for k in ("rule", "result", "error"):
+    for k in RECEIPT_JSON:
         d[k] = orjson.loads(d[k]) if d[k] is not None else None
     return Receipt.model_validate(d)
 
@@ -299,6 +310,7 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
     d = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
     d["at"] = _utc(d["at"])
     return Attempt.model_validate(d)
+
 
 IDEMPOTENCY_COLUMNS = (
     "tenant_id",
@@ -961,6 +973,127 @@ class LedgerStore:
             {"t": scope.tenant_id, "m": scope.livemode, "id": export_id},
         )
         return orjson.loads(rows[0][0]) if rows else None
+
+    # ---- policy replay (api/replays.py, decisions §37) ---------------------------------------
+    def _replay_where(self, scope: Scope, filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The receipts a replay re-judges: the tenant's, in the window, one per action (an
+        action's verdict: DEDUP dispositions and whole-plan refusals carry none)."""
+        params: dict[str, Any] = {
+            "t": scope.tenant_id,
+            "m": scope.livemode,
+            "since": filters["since"],
+            "until": filters["until"],
+        }
+        clauses = [
+            "tenant_id = {t:String}",
+            "livemode = {m:Bool}",
+            "created_at >= {since:DateTime64(6, 'UTC')}",
+            "created_at < {until:DateTime64(6, 'UTC')}",
+            "action_id IS NOT NULL",
+            "decision IN ('ALLOW', 'ALERT', 'BLOCK')",
+        ]
+        if filters.get("operator"):
+            params["op"] = filters["operator"]
+            clauses.append("(operator_id = {op:String} OR operator_name = {op:String})")
+        tool = filters.get("tool")
+        if tool:
+            if is_glob(tool):
+                params["tool_re"] = glob_to_regex(tool)
+                clauses.append("match(assumeNotNull(tool), {tool_re:String})")
+            else:
+                params["tool"] = tool
+                clauses.append("tool = {tool:String}")
+        return " AND ".join(clauses), params
+
+    async def replay_count(self, scope: Scope, filters: dict[str, Any]) -> int:
+        """Receipt rows in a replay's window (what it scans)."""
+        where, params = self._replay_where(scope, filters)
+        rows = await self.query(f"SELECT count() FROM receipts WHERE {where}", params)
+        return int(rows[0][0])
+
+    async def replay_inputs(
+        self, scope: Scope, filters: dict[str, Any], bucket: int, buckets: int
+    ) -> list[StoredVerdicts]:
+        """One bucket (by action id hash) of the stored verdicts, grouped by judge input: each
+        action's first receipt in the window, then one row per (operator, version, connector,
+        tool, value class, decision) with its count, a representative value and up to three
+        plan ids. A value class is the values between two consecutive ``thresholds`` (every
+        ``max_value`` the judge may compare with): the judge compares a value with nothing
+        else, so all the values of a class get the same decision (decisions §37)."""
+        where, params = self._replay_where(scope, filters)
+        params.update(b=bucket, nb=buckets, th=sorted(filters.get("thresholds") or []))
+        rows = await self.query(
+            "SELECT t.1, t.2, t.3, t.4, t.5, min(t.6), t.7, count(), groupArray(3)(t.8) FROM ("
+            "SELECT argMin((operator_id, guardrail_version, connector_id, connector_name, "
+            "assumeNotNull(tool), value, decision, plan_id), (created_at, id)) AS t "
+            f"FROM receipts WHERE {where} AND cityHash64(action_id) % {{nb:UInt32}} = {{b:UInt32}} "
+            "GROUP BY action_id) GROUP BY t.1, t.2, t.3, t.4, t.5, t.7, "
+            "if(isNull(t.6), -1, arrayCount(x -> x < assumeNotNull(t.6), {th:Array(Float64)}))",
+            params,
+        )
+        return [
+            StoredVerdicts(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], int(r[7]), r[8])
+            for r in rows
+        ]
+
+    async def rejudge(
+        self,
+        scope: Scope,
+        filters: dict[str, Any],
+        replayer: Replayer,
+        bucket_rows: int = REPLAY_BUCKET_ROWS,
+        progress: Callable[[int, float], Any] | None = None,
+    ) -> int:
+        """Feed the window's stored verdicts to ``replayer``, bucket by bucket (the judging in
+        a thread, off the event loop); returns the receipt rows scanned. ``progress(rows,
+        fraction)`` is called after each bucket."""
+        rows = await self.replay_count(scope, filters)
+        buckets = max(1, math.ceil(rows / bucket_rows))
+        for b in range(buckets):
+            groups = await self.replay_inputs(scope, filters, b, buckets)
+            await asyncio.to_thread(replayer.feed, groups)
+            if progress is not None:
+                progress(rows, (b + 1) / buckets)
+        return rows
+
+    async def operator_versions(self, scope: Scope) -> list[Operator]:
+        """Every stored version of the tenant's operators (the config log's operator records)."""
+        rows = await self.query(
+            "SELECT record FROM config_log WHERE tenant_id = {t:String} AND kind = 'operator' "
+            "ORDER BY at, id LIMIT 1 BY id",
+            {"t": scope.tenant_id},
+        )
+        out = []
+        for (raw,) in rows:
+            op = Operator.model_validate(orjson.loads(raw)["data"])
+            if op.livemode == scope.livemode:
+                out.append(op)
+        return out
+
+    async def save_replay(self, scope: Scope, doc: dict[str, Any], version: int) -> None:
+        await self.insert(
+            "guardrail_replays",
+            [
+                [
+                    scope.tenant_id,
+                    scope.livemode,
+                    datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00")),
+                    doc["id"],
+                    version,
+                    orjson.dumps(doc).decode(),
+                ]
+            ],
+            ("tenant_id", "livemode", "created_at", "id", "version", "doc"),
+        )
+
+    async def get_replay(self, scope: Scope, replay_id: str) -> tuple[dict[str, Any], int] | None:
+        """The newest version of a replay job and its version number."""
+        rows = await self.query(
+            "SELECT doc, version FROM guardrail_replays WHERE tenant_id = {t:String} AND "
+            "livemode = {m:Bool} AND id = {id:String} ORDER BY version DESC LIMIT 1",
+            {"t": scope.tenant_id, "m": scope.livemode, "id": replay_id},
+        )
+        return (orjson.loads(rows[0][0]), int(rows[0][1])) if rows else None
 
     async def plan_ids_for_events(self, scope: Scope, event_ids: list[str]) -> dict[str, list[str]]:
         if not event_ids:

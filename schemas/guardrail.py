@@ -11,6 +11,7 @@ and the tool name. How they combine with an operator's own guardrails is
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +22,9 @@ from schemas.operator import GLOB_PATTERN, NAME_RE
 
 RuleDecision = Literal["ALLOW", "ALERT", "BLOCK"]
 PolicyStatus = Literal["active", "disabled"]
+# ``shadow``: judged on real traffic, its would-be verdict recorded on the receipt
+# (``shadow_verdict``), never acted on (decisions §37). A rule is shadow when it or its policy is.
+PolicyMode = Literal["enforce", "shadow"]
 # Rules per policy and policies per tenant and mode: every action is judged against all active
 # rules of its tenant, so both are bounded (a policy is a reviewed document, not a data set).
 MAX_RULES = 100
@@ -61,6 +65,7 @@ class GuardrailRule(BaseModel):
     tool: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_GLOB)
     max_value: float | None = Field(default=None, json_schema_extra={"minimum": 0})
     decision: RuleDecision
+    mode: PolicyMode = "enforce"
 
     @field_validator("operator", "connector", "tool")
     @classmethod
@@ -87,6 +92,8 @@ class GuardrailRule(BaseModel):
             # one, e.g. 1e149, would not even serialise as an int64)
             out["max_value"] = int(mv) if mv.is_integer() and abs(mv) <= 2**53 else mv
         out["decision"] = self.decision
+        if self.mode == "shadow":
+            out["mode"] = "shadow"  # cited rules of enforced policies read as before
         return out
 
 
@@ -160,6 +167,7 @@ class GuardrailPolicy(BaseModel):
     name: str
     description: str | None = None
     status: PolicyStatus = "active"
+    mode: PolicyMode = "enforce"
     version: int = 1
     rules: list[GuardrailRule]
     budgets: list[GuardrailBudget] = Field(default_factory=list)
@@ -177,6 +185,16 @@ class GuardrailPolicy(BaseModel):
         """How a verdict cites this policy."""
         return {"id": self.id, "name": self.name, "version": self.version}
 
+    def citation(self) -> dict[str, Any]:
+        """How a receipt's ``policy_versions`` cites this policy (``id@version`` and its mode)."""
+        return {
+            "kind": "guardrail_policy",
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "mode": self.mode,
+        }
+
 
 # ---- API objects and bodies ----------------------------------------------------------------------
 class GuardrailRuleObject(BaseModel):
@@ -187,6 +205,7 @@ class GuardrailRuleObject(BaseModel):
     tool: str | None = None
     max_value: float | None = None
     decision: RuleDecision
+    mode: PolicyMode = "enforce"
 
 
 class GuardrailBudgetObject(BaseModel):
@@ -213,6 +232,7 @@ class GuardrailPolicyObject(BaseModel):
     name: str
     description: str | None
     status: PolicyStatus
+    mode: PolicyMode = "enforce"
     version: int
     rules: list[GuardrailRuleObject]
     budgets: list[GuardrailBudgetObject]
@@ -234,6 +254,7 @@ class GuardrailCreate(BaseModel):
     name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern})
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     status: PolicyStatus = "active"
+    mode: PolicyMode = "enforce"
     rules: list[GuardrailRule] = Field(default_factory=list, max_length=MAX_RULES)
     budgets: list[GuardrailBudget] = Field(default_factory=list, max_length=MAX_BUDGETS)
 
@@ -259,6 +280,7 @@ class GuardrailUpdate(BaseModel):
 
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     status: PolicyStatus | None = None
+    mode: PolicyMode | None = None
     rules: list[GuardrailRule] | None = Field(default=None, max_length=MAX_RULES)
     budgets: list[GuardrailBudget] | None = Field(default=None, max_length=MAX_BUDGETS)
 
@@ -360,6 +382,7 @@ class EvaluatedAction(BaseModel):
     # the budgets that would count this action, with what is left of each now (decisions §36);
     # null for an action no budget counts
     budget: list[BudgetLeft] | None = None
+    shadow_verdict: dict[str, Any] | None = None  # with the shadow rules enforced (§37)
 
 
 class Evaluation(BaseModel):
@@ -375,3 +398,88 @@ class Evaluation(BaseModel):
     policies: list[dict[str, Any]]  # the tenant policies in force: {id, name, version}
     decision: RuleDecision  # the plan's: BLOCK if any BLOCK, else ALERT if any ALERT, else ALLOW
     actions: list[EvaluatedAction]
+
+
+# ---- policy replay (decisions §37) -------------------------------------------------------------
+REPLAY_REF = r"^grd_[0-9A-Z]{26}(@[1-9][0-9]{0,8})?$"
+
+
+class ReplayRequest(BaseModel):
+    """``POST /v1/guardrails/replays``: re-judge the stored actions whose receipts fall in
+    ``[since, until)`` (default until: now), optionally one ``operator`` (id or name) and a
+    ``tool`` (name or glob), under a candidate: either ``guardrails`` (a whole candidate set of
+    policies, in the create shape, replacing the tenant's) or ``guardrail`` (``grd_…@N``: the
+    tenant's set with that policy at version N, or at its current version without ``@N``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    since: str = Field(min_length=1, json_schema_extra={"format": "date-time"})
+    until: str | None = Field(default=None, min_length=1, json_schema_extra={"format": "date-time"})
+    operator: str | None = Field(default=None, min_length=1, max_length=100)
+    tool: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_GLOB)
+    guardrail: str | None = Field(default=None, json_schema_extra={"pattern": REPLAY_REF})
+    guardrails: list[GuardrailCreate] | None = Field(default=None, max_length=MAX_POLICIES)
+
+    @field_validator("tool")
+    @classmethod
+    def _tool(cls, v: str | None) -> str | None:
+        return _check_glob(v, "tool")
+
+    @field_validator("guardrail")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(REPLAY_REF, v):
+            raise ValueError("guardrail must be grd_… or grd_…@version")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> ReplayRequest:
+        if (self.guardrail is None) == (self.guardrails is None):
+            raise ValueError("send exactly one of guardrail or guardrails")
+        return self
+
+
+class ReplayLine(BaseModel):
+    """One operator and tool of a replay: verdicts re-judged, how many flipped, the count per
+    transition (``ALLOW->BLOCK``, unchanged ones too) and up to three example plan ids per flip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operator_id: str
+    operator: str
+    tool: str
+    judged: int
+    flipped: int
+    transitions: dict[str, int]
+    examples: dict[str, list[str]]
+
+
+class GuardrailReplay(BaseModel):
+    """``object: "guardrail_replay"``: a replay job and, once ``complete``, its result. Nothing
+    a replay does changes a policy, a plan or a receipt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^grr_")
+    object: Literal["guardrail_replay"] = "guardrail_replay"
+    livemode: bool
+    status: Literal["running", "complete", "failed"]
+    since: datetime
+    until: datetime
+    filters: dict[str, Any]  # operator, tool as sent
+    candidate: dict[str, Any]  # {"guardrail": "grd_…@N"} or {"guardrails": [names]}
+    policies: list[dict[str, Any]]  # the candidate set judged: {id, name, version, mode}
+    rows_scanned: int | None = None  # receipt rows in the window
+    progress: float | None = None  # 0..1
+    judged: int | None = None  # actions re-judged
+    flipped: int | None = None
+    skipped: int | None = None  # actions whose operator the config history does not know
+    distinct_inputs: int | None = None  # judge calls (identical inputs are judged once)
+    operator_version_missing: int | None = None  # judged with the operator's current version
+    flips: dict[str, int] | None = None  # flips by transition, every operator and tool
+    results: list[ReplayLine] | None = None
+    duration_ms: float | None = None
+    created_at: datetime
+    heartbeat_at: datetime | None = None
+    completed_at: datetime | None = None
+    failure: str | None = None

@@ -21,6 +21,7 @@ PREFIXES = frozenset(
     {"ev", "op", "cn", "pl", "act", "rc", "exp", "req", "co", "t", "key", "dl", "cfg", "run", "cur"}
     | {"whk", "whd"}  # webhook endpoints and deliveries
     | {"grd"}  # tenant guardrail policies
+    | {"grr"}  # guardrail policy replays
 )
 
 

@@ -64,6 +64,13 @@ class Verdict(BaseModel):
     decision: Decision
     rule: dict[str, Any] | None = None  # the guardrail that decided (with its index), or None
     reason: str
+    # every policy version that judged the action (the operator's guardrails, then each tenant
+    # guardrail policy in force, shadow ones included): set by agents.executor.vet, copied onto
+    # every receipt of the action (decisions §37)
+    policy_versions: list[dict[str, Any]] | None = None
+    # what the verdict would be with the shadow rules enforced (None: no shadow rule in force);
+    # recorded, never acted on
+    shadow_verdict: dict[str, Any] | None = None
 
 
 class ActionRecord(BaseModel):
@@ -146,6 +153,9 @@ class Receipt(BaseModel):
     latency_ms: float | None = None
     proposed_at: datetime | None = None
     created_at: datetime
+    # additive (decisions §37): the versions that judged the action, and the shadow verdict
+    policy_versions: list[dict[str, Any]] | None = None
+    shadow_verdict: dict[str, Any] | None = None
 
 
 # ---- the documented API objects (spec §2.8, §2.9, §2.11) -----------------------------------------
@@ -179,6 +189,8 @@ class PlanVerdict(BaseModel):
     tier: Tier  # the trust tier of the tool (connector catalogue)
     rule: dict[str, Any] | None  # the guardrail that decided; None = default-closed fall-through
     reason: str  # ours, kept
+    policy_versions: list[dict[str, Any]] | None = None  # every version that judged (§37)
+    shadow_verdict: dict[str, Any] | None = None  # the would-be verdict of shadow rules
 
 
 class ReceiptVerdict(BaseModel):

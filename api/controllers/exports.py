@@ -79,7 +79,7 @@ def _path(state: ApiState, scope: Scope, export_id: str, fmt: str) -> Path:
 # The export row is the receipt object of GET /v1/receipts (spec §2.11), column for column in
 # this order; CSV and Parquet hold nested values (verdict, rule, result, error) as JSON text.
 EXPORT_COLUMNS = tuple(ReceiptObject.model_fields)
-NESTED = {"verdict", "rule", "result", "error"}
+NESTED = {"verdict", "rule", "result", "error", "policy_versions", "shadow_verdict"}
 TIMESTAMPS = {"proposed_at", "created_at", "at"}
 
 

@@ -213,6 +213,7 @@ async def evaluate_actions(
                 "rule": v.rule,
                 "reason": v.reason,
                 "budget": left,
+                "shadow_verdict": v.shadow_verdict,
             }
         )
     decisions = {a["decision"] for a in out}

@@ -150,6 +150,10 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     assert [r["segments"] for r in g["rows"]] == list(range(1, 21))
     assert all(r["shaped_matches"] for r in g["rows"])
     assert g["hostile_us_max"] > 0 and g["typical_us_max"] > 0
+    # policy replay over stored receipts: every action judged, the candidate flips some
+    rp = sc["replay"]
+    assert rp["rows_scanned"] == rp["rows"] == 10_000 and rp["actions_judged"] == 9_091
+    assert rp["flipped"] > 0 and rp["groups"] == rp["distinct_inputs"]
     assert doc["lines"] == [ln for ln in r.stdout.splitlines() if ln.strip()]
 
     md = (out / "results.md").read_text()
@@ -169,6 +173,7 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
         "S10",
         "S3L",
         "globs",
+        "replay",
     ):
         assert f"| {name} |" in md
 

@@ -25,8 +25,8 @@ from schemas.operator import OperatorCreate
 from schemas.settings import Settings
 
 METHODS = ("get", "post", "patch", "put", "delete")
-# The download's 200 is the file itself (three media types, a binary string each).
-BINARY_OK = {"downloadExport"}
+# The downloads' 200 is the file itself (a receipt export; a guardrail replay's result).
+BINARY_OK = {"downloadExport", "exportGuardrailReplay"}
 STREAMING = re.compile(r"/(stream|ws)$")
 
 
