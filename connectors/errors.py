@@ -34,11 +34,14 @@ class ConnectorError(Exception):
         *,
         status: int | None = None,
         outcome_unknown: bool = False,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = ConnectorErrorCode(code)
         self.message = message
         self.status = status
+        # An upstream's 429 ``Retry-After`` (seconds), for a server that waits and retries.
+        self.retry_after_s = retry_after_s
         # True when a write may have reached the upstream (timeout after sending, 500/504):
         # the idempotency journal then must not free the key for a blind retry.
         self.outcome_unknown = outcome_unknown
@@ -53,6 +56,9 @@ def code_for_http_status(status: int) -> ConnectorErrorCode:
         return ConnectorErrorCode.AUTH_FAILED
     if status == 404:
         return ConnectorErrorCode.NOT_FOUND
+    if status == 429:
+        # Rate limited: nothing was done, and the same call succeeds later (not invalid_args).
+        return ConnectorErrorCode.UPSTREAM_ERROR
     if 400 <= status < 500:
         # 400/409/422 etc.: the upstream refused these arguments for this object's state
         # (e.g. Magento "A hold action is not available."); retrying unchanged will not help.
