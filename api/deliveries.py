@@ -156,6 +156,7 @@ class WebhookDispatcher:
         self._dirty: list[Delivery] = []
         self._attempts: list[Attempt] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
         self._secrets_cache: dict[str, tuple[str, list[tuple[str, datetime | None]]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         # Attempts run in a child process at a lower CPU priority, or inline (decisions §40).
@@ -590,15 +591,18 @@ class WebhookDispatcher:
 
     # ---- recording -------------------------------------------------------------------------
     async def flush(self) -> None:
-        dirty, attempts = self._dirty, self._attempts
-        if not dirty and not attempts:
-            return
-        self._dirty, self._attempts = [], []
-        try:
-            await self.store.save_delivery_states(dirty, attempts)
-        except Exception:
-            self._dirty[:0], self._attempts[:0] = dirty, attempts  # kept for the next round
-            raise
+        # One flush at a time: a caller that flushes to read ClickHouse next (a refill, which
+        # must not read back as pending what has finished; a test) waits for the one under way.
+        async with self._flush_lock:
+            dirty, attempts = self._dirty, self._attempts
+            if not dirty and not attempts:
+                return
+            self._dirty, self._attempts = [], []
+            try:
+                await self.store.save_delivery_states(dirty, attempts)
+            except Exception:
+                self._dirty[:0], self._attempts[:0] = dirty, attempts  # kept for the next round
+                raise
 
     async def _flush_loop(self) -> None:
         while True:
