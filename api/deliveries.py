@@ -31,12 +31,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import orjson
 
 from agents.secrets import SecretBox
 from api.controllers.loop import TERMINAL, Publisher, action_public, plan_public, receipt_public
-from connectors.egress import EgressRefused, egress_client
+from api.webhook_sender import SenderProcess, attempt_inline
+from connectors.egress import EgressRefused
+from connectors.lean_http import LeanClient
 from ledger.store import LedgerStore, Scope
 from schemas.config import ConfigRecord
 from schemas.connector import Connector
@@ -155,8 +156,13 @@ class WebhookDispatcher:
         self._dirty: list[Delivery] = []
         self._attempts: list[Attempt] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
         self._secrets_cache: dict[str, tuple[str, list[tuple[str, datetime | None]]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Attempts run in a child process at a lower CPU priority, or inline (decisions §40).
+        self.sender: SenderProcess | None = None
+        if settings.webhook_sender == "process":
+            self.sender = SenderProcess(settings.webhook_sender_nice)
         self.stats = {"created": 0, "attempts": 0, "succeeded": 0, "failed": 0}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -186,6 +192,8 @@ class WebhookDispatcher:
         for q in self.queues.values():
             if q.client is not None:
                 await q.client.aclose()
+        if self.sender is not None:
+            await self.sender.aclose()
 
     # ---- 2. deriving deliveries from stored rows -------------------------------------------
     def _subscriptions(self) -> dict[tuple[str, bool], list[WebhookEndpoint]]:
@@ -236,11 +244,22 @@ class WebhookDispatcher:
             occurred_at: datetime,
             data: dict[str, Any],
         ) -> None:
-            for ep in subs.get(scope, ()):
-                if type_ not in ep.types or occurred_at < ep.created_at:
-                    continue  # an endpoint hears of what happens after it exists
-                did = derived_id("whd", _ms(occurred_at), ep.id, type_, key)
-                body = orjson.dumps(envelope(did, type_, occurred_at, ep.livemode, ep.id, data))
+            eps = [
+                ep
+                for ep in subs.get(scope, ())
+                # an endpoint hears of what happens after it exists
+                if type_ in ep.types and occurred_at >= ep.created_at
+            ]
+            if not eps:
+                return
+            # The object is serialised once, however many endpoints carry it (decisions §40).
+            frag = orjson.Fragment(orjson.dumps(data))
+            at_ms = _ms(occurred_at)
+            object_id = str(data.get("id", key))
+            window = max(now, occurred_at)
+            for ep in eps:
+                did = derived_id("whd", at_ms, ep.id, type_, key)
+                body = orjson.dumps(envelope(did, type_, occurred_at, ep.livemode, ep.id, frag))
                 out.append(
                     Delivery(
                         id=did,
@@ -249,11 +268,11 @@ class WebhookDispatcher:
                         endpoint_id=ep.id,
                         type=type_,
                         lane=lane,
-                        object_id=str(data.get("id", key)),
+                        object_id=object_id,
                         occurred_at=occurred_at,
                         created_at=occurred_at,
                         next_attempt_at=now,
-                        window_start=max(now, occurred_at),
+                        window_start=window,
                         body=body.decode(),
                     )
                 )
@@ -444,60 +463,49 @@ class WebhookDispatcher:
         now = self.clock()
         return [s for s, until in cached[1] if until is None or until > now]
 
-    def _client(self, q: _EndpointQueue, ep: WebhookEndpoint) -> Any:
+    def _client(self, q: _EndpointQueue, ep: WebhookEndpoint) -> LeanClient:
         if q.client is None or q.client_url != ep.url:
             old, q.client = q.client, None
             if old is not None:
                 self._spawn(old.aclose())
-            n = self.settings.webhook_concurrency
-            q.client = egress_client(
+            q.client = LeanClient(
                 ep.url,
                 livemode=ep.livemode,
-                timeout=httpx.Timeout(self.settings.webhook_timeout_s),
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                max_connections=self.settings.webhook_concurrency,
+                excerpt_bytes=RESPONSE_EXCERPT_BYTES,
             )
             q.client_url = ep.url
         return q.client
 
-    async def _post(self, q: _EndpointQueue, ep: WebhookEndpoint, d: Delivery):
-        """One attempt: (status code, error, response excerpt). Bounded in time as a whole, so a
-        receiver that trickles its answer cannot hold a slot."""
+    async def _post(
+        self, q: _EndpointQueue, ep: WebhookEndpoint, d: Delivery
+    ) -> tuple[int | None, str | None, str, float]:
+        """One attempt: (status code, error, response excerpt, latency in ms). Bounded in time as
+        a whole, so a receiver that trickles its answer cannot hold a slot."""
         body = d.body.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "Fibric-Signature": signature_header(self._secrets(ep), body, int(time.time())),
-            "Fibric-Delivery-Id": d.id,
-            "Fibric-Delivery-Type": d.type,
-            "Fibric-Webhook-Id": ep.id,
-        }
+        headers = [
+            ("Content-Type", "application/json"),
+            ("User-Agent", USER_AGENT),
+            ("Fibric-Signature", signature_header(self._secrets(ep), body, int(time.time()))),
+            ("Fibric-Delivery-Id", d.id),
+            ("Fibric-Delivery-Type", d.type),
+            ("Fibric-Webhook-Id", ep.id),
+        ]
+        timeout = self.settings.webhook_timeout_s
+        if self.sender is not None:
+            n = self.settings.webhook_concurrency
+            return await self.sender.post(ep.url, ep.livemode, n, headers, d.body, timeout)
         try:
             client = self._client(q, ep)
-            async with asyncio.timeout(self.settings.webhook_timeout_s):
-                async with client.stream("POST", ep.url, content=body, headers=headers) as resp:
-                    excerpt = b""
-                    async for chunk in resp.aiter_bytes():
-                        excerpt += chunk
-                        if len(excerpt) >= RESPONSE_EXCERPT_BYTES:
-                            break
-                    text = excerpt[:RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace")
-                    if 300 <= resp.status_code < 400:
-                        return resp.status_code, "redirect not followed", text
-                    return resp.status_code, None, text
         except EgressRefused as exc:
-            return None, f"refused by the egress policy: the URL {exc.reason}", ""
-        except TimeoutError:
-            return None, f"timed out after {self.settings.webhook_timeout_s:g}s", ""
-        except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}", ""
+            return None, f"refused by the egress policy: the URL {exc.reason}", "", 0.0
+        return await attempt_inline(client, headers, body, timeout)
 
     async def _attempt(
         self, q: _EndpointQueue, ep: WebhookEndpoint, lane_key: str, d: Delivery
     ) -> None:
         try:
-            started = time.monotonic()
-            code, error, excerpt = await self._post(q, ep, d)
-            latency = (time.monotonic() - started) * 1000
+            code, error, excerpt, latency = await self._post(q, ep, d)
             now = self.clock()
             n = d.attempts + 1
             update: dict[str, Any] = {
@@ -583,15 +591,18 @@ class WebhookDispatcher:
 
     # ---- recording -------------------------------------------------------------------------
     async def flush(self) -> None:
-        dirty, attempts = self._dirty, self._attempts
-        if not dirty and not attempts:
-            return
-        self._dirty, self._attempts = [], []
-        try:
-            await self.store.save_delivery_states(dirty, attempts)
-        except Exception:
-            self._dirty[:0], self._attempts[:0] = dirty, attempts  # kept for the next round
-            raise
+        # One flush at a time: a caller that flushes to read ClickHouse next (a refill, which
+        # must not read back as pending what has finished; a test) waits for the one under way.
+        async with self._flush_lock:
+            dirty, attempts = self._dirty, self._attempts
+            if not dirty and not attempts:
+                return
+            self._dirty, self._attempts = [], []
+            try:
+                await self.store.save_delivery_states(dirty, attempts)
+            except Exception:
+                self._dirty[:0], self._attempts[:0] = dirty, attempts  # kept for the next round
+                raise
 
     async def _flush_loop(self) -> None:
         while True:

@@ -34,11 +34,14 @@ class ConnectorError(Exception):
         *,
         status: int | None = None,
         outcome_unknown: bool = False,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = ConnectorErrorCode(code)
         self.message = message
         self.status = status
+        # An upstream's 429 ``Retry-After`` (seconds), for a server that waits and retries.
+        self.retry_after_s = retry_after_s
         # True when a write may have reached the upstream (timeout after sending, 500/504):
         # the idempotency journal then must not free the key for a blind retry.
         self.outcome_unknown = outcome_unknown

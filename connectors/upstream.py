@@ -1,8 +1,9 @@
 """The HTTP client our connector servers use to reach a vendor's REST API.
 
 One ``httpx.AsyncClient`` per server process (keep-alive), bounded timeouts, and one mapping
-from HTTP outcomes to connector errors: 401/403 -> auth_failed, 404 -> not_found, other 4xx ->
-invalid_args, 5xx / unreachable / timeout -> upstream_error. It must never put credentials in
+from HTTP outcomes to connector errors: 401/403 -> auth_failed, 404 -> not_found, 429 ->
+upstream_error (not applied; its ``Retry-After`` kept), other 4xx -> invalid_args, 5xx /
+unreachable / timeout -> upstream_error. It must never put credentials in
 an error message or a log line (they travel only in the Authorization header), and it sends
 nothing but through the egress policy (``egress.py``): checked addresses, the configured host
 only, redirects never followed (a 3xx is an upstream error).
@@ -10,6 +11,8 @@ only, redirects never followed (a 3xx is an upstream error).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -60,6 +63,33 @@ def error_for_status(status: int, body: Any, *, write: bool) -> ConnectorError:
         upstream_message(body, status),
         status=status,
         outcome_unknown=write and status in AMBIGUOUS_WRITE_STATUSES,
+    )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (RFC 9110: delay-seconds or an HTTP date), None if absent or
+    unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def rate_limited(retry_after: str | None, body: Any) -> ConnectorError:
+    """A 429: not applied (a write can be sent again), retryable after ``Retry-After``."""
+    wait = retry_after_seconds(retry_after)
+    after = f"; retry after {wait:g} s" if wait is not None else ""
+    return ConnectorError(
+        ConnectorErrorCode.UPSTREAM_ERROR,
+        f"rate limited by the upstream (HTTP 429: {upstream_message(body, 429)}){after}",
+        status=429,
+        retry_after_s=wait,
     )
 
 
@@ -135,6 +165,8 @@ class Upstream:
             body = resp.json() if resp.content else None
         except ValueError:
             body = None
+        if resp.status_code == 429:
+            raise rate_limited(resp.headers.get("Retry-After"), body)
         if resp.status_code >= 400:
             raise error_for_status(resp.status_code, body, write=write)
         if 300 <= resp.status_code < 400:

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
     # Attempts in flight at once per endpoint (different lanes only; a lane is sequential).
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    # Where attempts run (decisions §40): "process" — a child of the api (api/webhook_sender.py)
+    # at `webhook_sender_nice` below the loop's priority, so deliveries take the CPU the loop
+    # leaves; "inline" — on the api's own event loop (no child; same client, same guarantees).
+    webhook_sender: Literal["process", "inline"] = "process"
+    webhook_sender_nice: int = Field(default=10, ge=0, le=19)
 
     # Live streams (api/hub.py, api/controllers/streams.py, decisions §33). A stream with no
     # frame for this long gets a ``: keep-alive`` comment (proxies drop connections idle for

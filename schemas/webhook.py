@@ -259,9 +259,10 @@ def envelope(
     occurred_at: datetime,
     livemode: bool,
     webhook_id: str,
-    data: dict[str, Any],
+    data: dict[str, Any] | Any,
 ) -> dict[str, Any]:
-    """The delivery envelope (spec §2.13): exactly one current API object in ``data``."""
+    """The delivery envelope (spec §2.13): exactly one current API object in ``data`` (a dict,
+    or the object already serialised as an ``orjson.Fragment``)."""
     return {
         "id": delivery_id,
         "object": "webhook_delivery",

@@ -11,11 +11,14 @@ Talks to ``config.base_url`` (e.g. ``https://acme.api.kustomerapp.com``) with th
 
 Called with no arguments (the connection test), reads do a cheap live read and dry runs check
 auth and reachability. Minimal by design (two capabilities); it must never log or return the
-API key.
+API key. A 429 (Kustomer's org-wide rate limit) with a short ``Retry-After`` is waited out and
+sent once more (a 429 applied nothing); a longer one is an ``upstream_error`` naming the wait.
+Tested against ``connectors/fakes/kustomer.py``, a stand-in written from Kustomer's API docs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -28,6 +31,10 @@ LISTING_ID = "cn-kustomer"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Notes are short hand-off texts; Kustomer rejects very large bodies anyway.
 MAX_NOTE_CHARS = 10_000
+# A 429 whose Retry-After is at most this long is waited out once, inside the call's deadline.
+RETRY_AFTER_MAX_WAIT_S = 2.0
+# Pages of a conversation's notes (newest first, 100 a page) a reconcile reads at most.
+RECONCILE_PAGES = 5
 CUSTOMER_FIELDS = (
     "name",
     "displayName",
@@ -72,6 +79,13 @@ def build(env: ConnectorEnv) -> FibricServer:
             )
         if not token:
             raise ConnectorError(ConnectorErrorCode.AUTH_FAILED, "no API key in the credentials")
+        try:
+            return await http.request(method, path, **kw)
+        except ConnectorError as exc:
+            wait = exc.retry_after_s
+            if exc.status != 429 or wait is None or wait > RETRY_AFTER_MAX_WAIT_S:
+                raise
+        await asyncio.sleep(wait)
         return await http.request(method, path, **kw)
 
     @server.check
@@ -101,10 +115,17 @@ def build(env: ConnectorEnv) -> FibricServer:
         if conversation_id is None or body is None:
             return None  # the call itself will refuse these arguments
         _check_id("conversation_id", conversation_id)
-        listing = await request("GET", f"/v1/conversations/{conversation_id}/notes")
-        for item in (listing or {}).get("data") or []:
-            if (item.get("attributes") or {}).get("body") == body:
-                return {"note_id": item.get("id"), "conversation_id": conversation_id}
+        for page in range(1, RECONCILE_PAGES + 1):
+            listing = await request(
+                "GET",
+                f"/v1/conversations/{conversation_id}/notes",
+                params={"page": page, "pageSize": 100},
+            )
+            for item in (listing or {}).get("data") or []:
+                if (item.get("attributes") or {}).get("body") == body:
+                    return {"note_id": item.get("id"), "conversation_id": conversation_id}
+            if not ((listing or {}).get("links") or {}).get("next"):
+                break
         return None
 
     @server.tool(

@@ -4,6 +4,7 @@ one that is slow, one that answers 410, tenancy, and a kill -9 of the api mid-re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -12,11 +13,14 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import client, create_operator, install_sandbox, make_stack, new_tenant
+from fibric.admin import Admin
+from schemas.settings import Settings
+from tests.conftest import Tenant, client, create_operator, install_sandbox, make_stack
 from tests.e2e.test_kafka_pipeline import _role_pid, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -68,12 +72,15 @@ class Receiver:
                     code = 500
                 else:
                     code = 200
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain")
                 out = b"ok" if code == 200 else b"nope: try again"
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender gave up (its timeout) or was killed: it hears nothing
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -85,6 +92,31 @@ class Receiver:
 
     def bodies(self, path: str) -> list[dict]:
         return [json.loads(r["body"]) for r in self.at(path)]
+
+
+def _senders(api_pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if ppid == api_pid and b"api.webhook_sender" in cmd:
+            out.append(int(d))
+    return out
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def verify(secret: str, body: bytes, header: str) -> bool:
@@ -110,6 +142,27 @@ def hooks(tmp_path_factory):
     s.stop()
 
 
+# The module's tenants, made at once when it starts (config round trips overlap instead of
+# adding up): name -> (operator decision, keys). Tests that share "main" use their own order ids
+# and receiver paths, and each asserts only on the endpoints it creates.
+SHOPS = {
+    "main": ("ALLOW", ("admin", "live", "ingest")),
+    "other": ("ALLOW", ("admin",)),
+    "alert": ("ALERT", ("admin",)),
+}
+
+
+@pytest.fixture(scope="module")
+def shops(hooks) -> dict[str, Shop]:
+    suffix = uuid.uuid4().hex[:6]
+    tenants = asyncio.run(_tenants(hooks, {f"{k}-{suffix}": v[1] for k, v in SHOPS.items()}))
+    with ThreadPoolExecutor(len(SHOPS)) as pool:
+        made = pool.map(
+            lambda kv: Shop(hooks, tenants[f"{kv[0]}-{suffix}"], kv[1][0]), SHOPS.items()
+        )
+        return dict(zip(SHOPS, made, strict=True))
+
+
 @pytest.fixture(scope="module")
 def receiver():
     r = Receiver()
@@ -118,16 +171,38 @@ def receiver():
     r.server.shutdown()
 
 
+async def _tenants(stack, wanted: dict[str, tuple[str, ...]]) -> dict[str, Tenant]:
+    """Tenants with only the keys each test uses, made concurrently through one admin client
+    (what `fibric admin` does, without a process and a config-log sync per key)."""
+    settings = Settings(
+        kafka_bootstrap=stack.bootstrap, partitions=int(stack.env["FIBRIC_PARTITIONS"])
+    )
+    async with Admin(settings) as admin:
+
+        async def one(slug: str, roles: tuple[str, ...]) -> Tenant:
+            t = await admin.create_tenant(slug, None)
+            keys = {}
+            for role in roles:
+                mode = "live" if role == "live" else "test"
+                _, keys[role] = await admin.create_key(
+                    t.id, "admin" if role == "live" else role, None, mode, None
+                )
+            return Tenant(t.id, slug, keys)
+
+        made = await asyncio.gather(*(one(slug, roles) for slug, roles in wanted.items()))
+        return dict(zip(wanted, made, strict=True))
+
+
 class Shop:
-    def __init__(self, stack, prefix: str) -> None:
-        self.tenant = new_tenant(stack, f"{prefix}-{uuid.uuid4().hex[:6]}")
+    def __init__(self, stack, tenant: Tenant, decision: str = "ALLOW") -> None:
+        self.tenant = tenant
         self.c = client(stack, self.tenant.keys["admin"])
         install_sandbox(self.c)
         self.op = create_operator(
             self.c,
             "holder",
             ["order.hold"],
-            [{"tool": "order.hold", "decision": "ALLOW"}],
+            [{"tool": "order.hold", "decision": decision}],
             [{"when": "order.created", "then": [HOLD]}],
         )
 
@@ -154,8 +229,8 @@ class Shop:
         return r.json()["data"]
 
 
-def test_endpoints_api_rules(hooks, receiver):
-    shop = Shop(hooks, "whapi")
+def test_endpoints_api_rules(hooks, shops, receiver):
+    shop = shops["main"]
     live = client(hooks, shop.tenant.keys["live"])
     r = live.post("/v1/webhooks", json={"url": f"{receiver.url}/x", "types": ["plan.proposed"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "url"  # live: HTTPS only
@@ -181,7 +256,7 @@ def test_endpoints_api_rules(hooks, receiver):
     assert got["secret"] is None and got["secret_hint"].endswith(ep["secret"][-4:])
     assert ep["secret"] not in shop.c.get("/v1/webhooks").text
 
-    other = Shop(hooks, "whother")
+    other = shops["other"]
     for path in (f"/v1/webhooks/{ep['id']}", f"/v1/webhooks/{ep['id']}/deliveries"):
         r = other.c.get(path)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
@@ -201,12 +276,12 @@ def test_endpoints_api_rules(hooks, receiver):
     assert shop.c.get(f"/v1/webhooks/{ep['id']}").status_code == 404
 
 
-def test_deliveries_are_signed_full_objects_and_retried_under_one_id(hooks, receiver):
-    shop = Shop(hooks, "whsig")
+def test_deliveries_are_signed_full_objects_and_retried_under_one_id(shops, receiver):
+    shop = shops["main"]
     receiver.fail["/flaky"] = 2
     ok = shop.endpoint(f"{receiver.url}/ok", ["receipt.written", "plan.proposed", "plan.disposed"])
     flaky = shop.endpoint(f"{receiver.url}/flaky", ["action.disposed"])
-    shop.order("SO-1")
+    shop.order("SIG-1")
 
     def disposed():
         return [b for b in receiver.bodies("/ok") if b["type"] == "plan.disposed"]
@@ -253,15 +328,15 @@ def test_deliveries_are_signed_full_objects_and_retried_under_one_id(hooks, rece
     assert again["id"] == d["id"] and again["body"] == receiver.at("/flaky")[-2]["body"]
 
 
-def test_slow_receiver_does_not_hold_the_loop_or_other_endpoints(hooks, receiver):
-    shop = Shop(hooks, "whslow")
+def test_slow_receiver_does_not_hold_the_loop_or_other_endpoints(shops, receiver):
+    shop = shops["main"]
     receiver.hold.add("/slow")
     shop.endpoint(f"{receiver.url}/slow", ["receipt.written"])
     fast = shop.endpoint(f"{receiver.url}/fast", ["receipt.written"])
-    shop.order("SO-1")
+    shop.order("SLOW-1")
     assert receiver.held.wait(60)
     # while the slow receiver holds its request, the loop goes on and the other endpoint hears
-    shop.order("SO-2")
+    shop.order("SLOW-2")
     wait_for(lambda: len(receiver.at("/fast")) >= 2, timeout=60)
     receipts = shop.c.get("/v1/receipts", params={"operator_id": shop.op["id"]}).json()["data"]
     assert len(receipts) >= 2
@@ -271,11 +346,11 @@ def test_slow_receiver_does_not_hold_the_loop_or_other_endpoints(hooks, receiver
     assert all(r["headers"]["Fibric-Webhook-Id"] == fast["id"] for r in receiver.at("/fast"))
 
 
-def test_410_fails_the_delivery_and_suspends_the_endpoint(hooks, receiver):
-    shop = Shop(hooks, "whgone")
+def test_410_fails_the_delivery_and_suspends_the_endpoint(shops, receiver):
+    shop = shops["main"]
     receiver.gone.add("/gone")
     ep = shop.endpoint(f"{receiver.url}/gone", ["receipt.written"])
-    shop.order("SO-1")
+    shop.order("GONE-1")
 
     def suspended():
         got = shop.c.get(f"/v1/webhooks/{ep['id']}").json()
@@ -290,13 +365,13 @@ def test_410_fails_the_delivery_and_suspends_the_endpoint(hooks, receiver):
     assert r.status_code == 409 and r.json()["error"]["code"] == "state_conflict"
 
 
-def test_tenants_never_receive_each_others_objects(hooks, receiver):
-    a, b = Shop(hooks, "wha"), Shop(hooks, "whb")
+def test_tenants_never_receive_each_others_objects(shops, receiver):
+    a, b = shops["main"], shops["other"]
     ea = a.endpoint(f"{receiver.url}/tenant-a", ["receipt.written", "plan.proposed"])
     eb = b.endpoint(f"{receiver.url}/tenant-b", ["receipt.written", "plan.proposed"])
-    a.order("SO-A1")
-    b.order("SO-B1")
-    a.order("SO-A2")
+    a.order("TEN-A1")
+    b.order("TEN-B1")
+    a.order("TEN-A2")
     wait_for(lambda: len(receiver.at("/tenant-a")) >= 4, timeout=60)
     wait_for(lambda: len(receiver.at("/tenant-b")) >= 2, timeout=60)
     for shop, ep, path, other in ((a, ea, "/tenant-a", b), (b, eb, "/tenant-b", a)):
@@ -310,32 +385,35 @@ def test_tenants_never_receive_each_others_objects(hooks, receiver):
             assert other.c.get(f"/v1/{kind}/{oid}").status_code == 404
 
 
-def test_rotation_signs_with_both_secrets_during_the_overlap(hooks, receiver):
-    shop = Shop(hooks, "whrot")
+def test_rotation_signs_with_both_secrets_during_the_overlap(shops, receiver):
+    shop = shops["main"]
     ep = shop.endpoint(f"{receiver.url}/rot", ["receipt.written"])
     r = shop.c.post(f"/v1/webhooks/{ep['id']}/rotate_secret", json={"overlap_s": 3600})
     assert r.status_code == 200, r.text
     new = r.json()["secret"]
     assert new and new != ep["secret"] and r.json()["secret_rotated_at"]
-    shop.order("SO-1")
+    shop.order("ROT-1")
     (req,) = wait_for(lambda: receiver.at("/rot"), timeout=60)
     sig = req["headers"]["Fibric-Signature"]
     assert sig.count("v1=") == 2
     assert verify(new, req["body"], sig) and verify(ep["secret"], req["body"], sig)
 
 
-def test_kill_9_of_the_api_mid_retry_loses_no_delivery(hooks, receiver):
-    shop = Shop(hooks, "whkill")
+def test_kill_9_of_the_api_mid_retry_loses_no_delivery(hooks, shops, receiver):
+    shop = shops["main"]
     receiver.fail["/kill"] = 4
     ep = shop.endpoint(f"{receiver.url}/kill", ["receipt.written"])
-    orders = [f"SO-{i}" for i in range(5)]
+    orders = [f"KILL-{i}" for i in range(5)]
     for o in orders:
         shop.order(o)
     # every delivery has failed at least once: they are mid-retry
     wait_for(lambda: len({r["id"] for r in receiver.at("/kill")}) >= 5, timeout=60)
     pid = _role_pid(hooks, "api")
+    (sender,) = _senders(pid)  # the api's sending process (decisions §40)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: _role_pid(hooks, "api") not in (0, pid), timeout=60)
+    # the old api's sender saw its stdin close and exited: it never outlives its api
+    wait_for(lambda: not os.path.exists(f"/proc/{sender}") or _zombie(sender), timeout=30)
     shop.c = client(hooks, shop.tenant.keys["admin"])
 
     def delivered():
@@ -359,17 +437,8 @@ def test_kill_9_of_the_api_mid_retry_loses_no_delivery(hooks, receiver):
     assert wait_for(all_succeeded, timeout=60)
 
 
-def test_a_held_plan_is_announced_for_approval_and_its_veto_disposes_it(hooks, receiver):
-    tenant = new_tenant(hooks, f"whalert-{uuid.uuid4().hex[:6]}")
-    c = client(hooks, tenant.keys["admin"])
-    install_sandbox(c)
-    create_operator(
-        c,
-        "careful",
-        ["order.hold"],
-        [{"tool": "order.hold", "decision": "ALERT"}],
-        [{"when": "order.created", "then": [HOLD]}],
-    )
+def test_a_held_plan_is_announced_for_approval_and_its_veto_disposes_it(hooks, shops, receiver):
+    c = client(hooks, shops["alert"].tenant.keys["admin"])  # a new client: the api restarted
     types = ["plan.proposed", "plan.awaiting_approval", "action.needs_approval", "plan.disposed"]
     r = c.post("/v1/webhooks", json={"url": f"{receiver.url}/alert", "types": types})
     assert r.status_code == 201, r.text

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -123,12 +125,8 @@ def batch(*receipts: Receipt) -> dict[str, dict[str, Any]]:
 
 
 def dispatcher(store, view, **settings) -> WebhookDispatcher:
-    s = Settings(
-        webhook_backoff_base_s=0.05,
-        webhook_backoff_max_s=0.2,
-        webhook_timeout_s=2,
-        **settings,
-    )
+    base = {"webhook_backoff_base_s": 0.05, "webhook_backoff_max_s": 0.2, "webhook_timeout_s": 2}
+    s = Settings(**{**base, **settings})
     return WebhookDispatcher(s, store, view, BOX, Commands(view))
 
 
@@ -307,3 +305,54 @@ async def test_a_connector_status_change_is_delivered_as_the_connector_object(st
     await until(lambda: d.stats["succeeded"] == 1)
     assert d.stats["created"] == 1  # the install is not a status change
     await d.stop()
+
+
+@pytest.mark.parametrize("sender", ["process", "inline"])
+async def test_both_senders_deliver_signed_in_lane_order(store, receiver, sender):
+    """The child process (the default, decisions §40) and the inline sender are one contract."""
+    view = View()
+    ep = endpoint(view, f"{receiver.url}/{sender}")
+    receiver.fail[f"/{sender}"] = 1
+    d = dispatcher(store, view, webhook_sender=sender)
+    await d.start()
+    rs = [receipt("order:P", i) for i in range(5)]
+    await d.on_batch(batch(*reversed(rs)))
+    await until(lambda: d.stats["succeeded"] == 5)
+    assert receipt_ids(receiver, f"/{sender}") == [r.id for r in rs for _ in range(2)]
+    for r in receiver.at(f"/{sender}"):
+        assert verify_signature(SECRET, r["body"], r["headers"]["Fibric-Signature"], time.time())
+    await d.flush()
+    page = await store.list_deliveries(Scope("t_1", False), ep.id, None, 10, None)
+    attempts = await store.attempts_for(Scope("t_1", False), [x.id for x in page.items])
+    assert sorted(a.status_code for a in attempts) == [200] * 5 + [500] * 5
+    assert all(a.latency_ms > 0 for a in attempts)
+    assert (d.sender is None) == (sender == "inline")
+    await d.stop()
+
+
+async def test_a_killed_sending_process_is_replaced_and_the_attempt_sent_again(store, receiver):
+    """kill -9 of the sending child mid-attempt: a new child sends the same delivery again,
+    under the same id and body; nothing is lost, and the attempt record has no gap."""
+    view = View()
+    ep = endpoint(view, f"{receiver.url}/child")
+    receiver.hold.add("/child")
+    d = dispatcher(store, view, webhook_timeout_s=20)
+    await d.start()
+    r1 = receipt("order:K", 1)
+    await d.on_batch(batch(r1))
+    await until(lambda: receiver.held.is_set())
+    assert d.sender is not None and d.sender.proc is not None
+    first = d.sender.proc.pid
+    os.kill(first, signal.SIGKILL)
+    receiver.hold.discard("/child")
+    receiver.release.set()
+    await until(lambda: d.stats["succeeded"] == 1)
+    assert d.sender.proc.pid != first and d.sender.spawned == 2
+    sent = receiver.at("/child")
+    assert len(sent) == 2 and len({r["id"] for r in sent}) == 1
+    assert len({r["body"] for r in sent}) == 1
+    await d.flush()
+    (done,) = (await store.list_deliveries(Scope("t_1", False), ep.id, None, 10, None)).items
+    assert done.status == "succeeded" and done.attempts == 1  # the lost attempt is not counted
+    await d.stop()
+    assert d.sender.proc is None  # stopped with the dispatcher
