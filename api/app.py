@@ -25,8 +25,8 @@ from api.controllers.guardrails import GuardrailsController
 from api.controllers.health import healthz, openapi, readyz
 from api.controllers.loop import ActionsController, PlansController, ReceiptsController
 from api.controllers.operators import OperatorsController
-from api.controllers.sql import SqlController
 from api.controllers.replays import ReplaysController
+from api.controllers.sql import SqlController
 from api.controllers.streams import (
     EventStreamController,
     LoopStreamController,
