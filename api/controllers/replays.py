@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from litestar import Controller, Request, Response, get, post
@@ -289,7 +289,10 @@ class ReplaysController(Controller):
         **{**documented(400, 404, 409), "operation_class": ExportOperation},
     )
     async def export_replay(
-        self, request: Request[Any, Any, Any], replay_id: str, format: str = "csv"
+        self,
+        request: Request[Any, Any, Any],
+        replay_id: str,
+        format: Literal["csv", "jsonl"] = "csv",
     ) -> Response[bytes]:
         """A complete replay's result as a file: ``format=csv`` (one row per operator, tool and
         transition, with example plan ids) or ``jsonl`` (one ``results`` line each)."""

@@ -48,7 +48,8 @@ HOLDS = _policy(tool="order.hold", window_seconds=3600, max_count=CAP)
 
 def make_executor(broker, connector, store, policy=HOLDS) -> Executor:
     cn = SimpleNamespace(
-        id="cn_1", name="shop", listing="magento", status="connected", version=1, remote_url=None
+        id="cn_1", name="shop", listing="magento", status="connected", version=1, remote_url=None,
+        refused_because=lambda: None,
     )
     view = SimpleNamespace(
         connectors={"cn_1": cn},

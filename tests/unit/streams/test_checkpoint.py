@@ -126,7 +126,9 @@ def batch() -> list[tuple[ActionRecord, int]]:
 
 
 def make_executor(tmp_path, broker, connector, store):
-    cn = SimpleNamespace(id="cn_1", status="connected", version=1, remote_url=None)
+    cn = SimpleNamespace(
+        id="cn_1", status="connected", version=1, remote_url=None, refused_because=lambda: None
+    )
     view = SimpleNamespace(connectors={"cn_1": cn}, guardrails_of=lambda tenant, livemode: [])
     ex = Executor("unused:0", broker, connector, view, box=None, store=store)
     ex._ensured["cn_1"] = 1
