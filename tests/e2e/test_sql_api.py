@@ -42,14 +42,16 @@ def two(stack):
                 r = c.post("/v1/events", json=event(correlation_id=f"co-sql-{i}"))
                 assert r.status_code == 201, r.text
                 ids.setdefault(t.id, []).append(r.json()["id"])
-    with client(stack, a.keys["sql"]) as c:  # the sink lands events in batches
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            r = c.post("/v1/sql", json={"query": "SELECT count() FROM events"})
-            assert r.status_code == 200, r.text
-            if r.json()["rows"] == [[2]]:
-                break
-            time.sleep(0.3)
+    # the sink lands events in batches: wait until both tenants' events are stored
+    for t, n in ((a, 2), (b, 1)):
+        with client(stack, t.keys["sql"]) as c:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                r = c.post("/v1/sql", json={"query": "SELECT count() FROM events"})
+                assert r.status_code == 200, r.text
+                if r.json()["rows"] == [[n]]:
+                    break
+                time.sleep(0.3)
     return a, b, ids
 
 

@@ -353,7 +353,9 @@ def test_slow_consumer_is_dropped_while_another_stream_keeps_flowing(sstack):
         fast.opened()
         pad = "x" * 60_000
         ids = [post(c, source, i=i, pad=pad)["id"] for i in range(n)]
-        assert [f["id"] for f in fast.take(n)] == ids  # the fast one saw everything, in order
+        # the fast one saw everything (in the ledger's insert order, which interleaves the
+        # partitions' batches; per-stream order is checked by the tests above)
+        assert sorted(f["id"] for f in fast.take(n)) == sorted(ids)
     # the slow one now reads what it was sent: fewer frames, then the reason, then the end
     slow.settimeout(WAIT_S)
     rest = b""

@@ -205,7 +205,10 @@ async def test_an_unknown_outcome_is_reconciled_not_written_twice(kus, kfake: Fa
     assert r.ok, r
     (note,) = kfake.notes_of(CONV)
     assert r.content == {"note_id": note["id"], "conversation_id": CONV}
-    assert kfake.count("note.create") == 1 and kfake.count("note.list") >= 1
+    # exactly one note either way: the retry reconciles by listing the conversation's notes, or
+    # (on a loaded machine, when the held first call has finished by then) the connector's
+    # journal answers it with the first call's result
+    assert kfake.count("note.create") == 1
 
 
 async def test_an_unknown_outcome_that_was_not_applied_is_sent(kus, kfake: FakeKustomer):
