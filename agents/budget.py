@@ -25,7 +25,7 @@ executions reserved and not released in any window of ``window_seconds`` stay wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,14 +60,20 @@ class BudgetState:
     reserved: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # id -> (at, amount)
     buckets: Mapping[int, tuple[int, float]] = field(default_factory=dict)  # end -> (n, sum)
     last_ms: int = 0  # the latest time seen: the window never moves backwards
+    # rebuilt from the ledger's receipts (ledger/exec_restore.py), not written by an executor:
+    # a worker that still has its own record merges this one into it (:func:`merge`)
+    restored: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "budget": 1,
             "reserved": {k: [at, v] for k, (at, v) in self.reserved.items()},
             "buckets": [[end, n, v] for end, (n, v) in sorted(self.buckets.items())],
             "last_ms": self.last_ms,
         }
+        if self.restored:
+            doc["restored"] = True
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BudgetState:
@@ -75,6 +81,7 @@ class BudgetState:
             reserved={str(k): (int(at), float(v)) for k, (at, v) in doc["reserved"].items()},
             buckets={int(end): (int(n), float(v)) for end, n, v in doc["buckets"]},
             last_ms=int(doc.get("last_ms") or 0),
+            restored=bool(doc.get("restored")),
         )
 
 
@@ -174,6 +181,38 @@ def commit(state: BudgetState, action_id: str, limits: Limits) -> BudgetState:
     n, total = state.buckets.get(end, (0, 0.0))
     reserved = {k: x for k, x in state.reserved.items() if k != action_id}
     return BudgetState(reserved, {**state.buckets, end: (n + 1, total + v)}, state.last_ms)
+
+
+def rebuilt(spends: Iterable[tuple[int, float]], now_ms: int, limits: Limits) -> BudgetState:
+    """The committed spend of stored executions ``(at_ms, amount)`` — what :func:`commit` would
+    have left for them — as a ``restored`` state: the ledger's answer when a worker's disk and
+    the broker's changelog are both gone (decisions §36). Executions still in flight at the
+    crash have no receipt yet: their reservations live on the worker's disk or are lost with
+    it (and are re-reserved when the orphaned intent is replayed)."""
+    g = limits.bucket_ms
+    buckets: dict[int, tuple[int, float]] = {}
+    last = 0
+    for at, v in spends:
+        end = (at // g + 1) * g
+        n, total = buckets.get(end, (0, 0.0))
+        buckets[end] = (n + 1, total + float(v))
+        last = max(last, at)
+    state = prune(BudgetState({}, buckets, last), max(now_ms, last), limits)
+    return BudgetState(state.reserved, state.buckets, state.last_ms, restored=True)
+
+
+def merge(local: BudgetState, restored: BudgetState) -> BudgetState:
+    """A worker's own record with a :func:`rebuilt` one for the same key: per bucket the larger
+    count and sum (both describe the same executions; neither is ever below the truth it saw),
+    the worker's reservations kept. Never under-counts; it can over-count an execution whose
+    reservation the worker still holds while its receipt is already stored — the safe side."""
+    ends = set(local.buckets) | set(restored.buckets)
+    buckets = {}
+    for end in ends:
+        a = local.buckets.get(end, (0, 0.0))
+        b = restored.buckets.get(end, (0, 0.0))
+        buckets[end] = (max(a[0], b[0]), max(a[1], b[1]))
+    return BudgetState(local.reserved, buckets, max(local.last_ms, restored.last_ms))
 
 
 def release(state: BudgetState, action_id: str) -> BudgetState:

@@ -55,7 +55,8 @@ from schemas.settings import Settings
 from streams.commands import CommandClient
 from streams.config_log import config_log_size, publish
 from streams.config_view import ConfigView
-from streams.kafka import ensure_topics, make_producer
+from streams.execstate import write_restore_mark
+from streams.kafka import ensure_topics, make_producer, probe
 from streams.topics import CONFIG, DLQ, LEDGER, LEDGER_GROUP
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,15 @@ def create_app(settings: Settings) -> Litestar:
         producer = make_producer(settings.kafka_bootstrap)
         await producer.start()
         await restore_config(store, producer, settings.kafka_bootstrap)
-        await restore_exec_state(store, producer, settings.kafka_bootstrap)
         view = ConfigView(settings.kafka_bootstrap)
         await view.start()
         await view.sync()
+        # after the view: budget spend is rebuilt under the tenants' current policies
+        await restore_exec_state(store, producer, settings.kafka_bootstrap, view)
+        if settings.kafka_memory_only:  # workers wait for this before loading state (§49)
+            cluster = await probe(settings.kafka_bootstrap)
+            if cluster is not None:
+                write_restore_mark(settings.resolved_home, cluster)
         pending = PendingEvents(settings.read_your_writes_ttl_s)
         sink = LedgerSink(
             settings.kafka_bootstrap,

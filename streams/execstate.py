@@ -25,7 +25,7 @@ from typing import cast
 import orjson
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from agents.budget import BUDGET_PREFIX, BudgetState
+from agents.budget import BUDGET_PREFIX, BudgetState, merge
 from agents.executor import KeyState, StateRecord
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,31 @@ def _state_key(partition: int, key: str) -> bytes:
 
 def _offset_key(partition: int) -> bytes:
     return _OFFSET + f"{partition:05d}".encode()
+
+
+# On the memory-only embedded broker the api republishes the changelog from the ledger at start
+# (ledger/exec_restore.py); it then writes the broker's cluster id here, and a worker waits for
+# that before it loads its partitions' state (decisions §49). Not used against a durable Kafka.
+RESTORE_MARK = "exec-restored"
+
+
+def restore_mark(home: Path) -> Path:
+    return home / "run" / RESTORE_MARK
+
+
+def write_restore_mark(home: Path, cluster_id: str) -> None:
+    path = restore_mark(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(cluster_id)
+    tmp.replace(path)  # atomic: a reader sees the old id or the new one
+
+
+def restored_for(mark: Path, cluster_id: str) -> bool:
+    try:
+        return mark.read_text() == cluster_id
+    except OSError:
+        return False
 
 
 class ExecStateStore:
@@ -168,13 +193,28 @@ class ExecStateStore:
         last, n = None, 0
         for offset, key, value in records:
             if value:
-                wb.put(_STATE + f"{partition:05d}\x1f".encode() + key, value)
+                full = _STATE + f"{partition:05d}\x1f".encode() + key
+                if key.startswith(_BUDGET) and b'"restored":true' in value:
+                    value = self._merged(full, value)
+                wb.put(full, value)
             n += 1
             last = offset
         if last is not None:
             wb.put(_offset_key(partition), self._offset_value(last))
             self._db.write(wb, self._sync)
         return n
+
+    def _merged(self, full_key: bytes, value: bytes) -> bytes:
+        """A budget record the api rebuilt from the ledger (agents/budget.py ``rebuilt``): merged
+        into this disk's own record of the key, which may hold reservations the ledger has no
+        receipt for yet; taken as it is when this disk has none."""
+        mine = self._db.get(full_key)
+        if mine is None:
+            return value
+        merged = merge(
+            BudgetState.from_json(orjson.loads(mine)), BudgetState.from_json(orjson.loads(value))
+        )
+        return orjson.dumps(merged.to_json())
 
     def _offset_value(self, offset: int) -> bytes:
         return f"{self.cluster_id}:{offset}".encode()

@@ -29,6 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -53,7 +54,7 @@ from agents.executor import (
 from agents.secrets import SecretBox
 from schemas.plan import ActionRecord, Verdict
 from streams.checkpoint import Checkpoint, acknowledged
-from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore
+from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore, restored_for
 from streams.kafka import probe
 from streams.metrics import ExecutorMetrics
 from streams.topics import EXECSTATE, LEDGER, ledger_key, ledger_value_of_row
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 # Reading another worker's changelog for a partition must finish, or the partition's actions
 # would run without their keys' history; a minute covers millions of records.
 STATE_LOAD_TIMEOUT_S = 60.0
+RESTORE_POLL_S = 0.1
 CHANGELOG_FETCH_RECORDS = 20_000
 # Catch-up fetches: a short broker wait, and a partition counts as read to its end after one
 # empty fetch of this long (Tansu does not complete a waiting fetch early; decisions §16).
@@ -174,8 +176,10 @@ class Executor:
         worker_id: str = "",
         metrics: ExecutorMetrics | None = None,
         partitions: int = 1,
+        restore_mark: Path | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._restore_mark = restore_mark
         self.metrics = metrics
         # Every receipt record names the worker that wrote it (a Kafka header, not a column):
         # operators can trace a receipt to a replica, and S7 times one worker's recovery.
@@ -245,6 +249,7 @@ class Executor:
         if cluster is None:
             raise KafkaConnectionError(f"no broker answers at {self._bootstrap}")
         self.store.cluster_id = cluster
+        await self._await_restore(cluster)
         # partitions whose state this disk holds for another cluster: the broker was replaced
         moved = {
             p
@@ -307,6 +312,24 @@ class Executor:
                 behind,
             )
         return orphans
+
+    async def _await_restore(self, cluster: str) -> None:
+        """On the memory-only broker, wait (bounded) until the api has republished this
+        cluster's changelog from the ledger, so the catch-up reads it (decisions §49)."""
+        mark = self._restore_mark
+        if mark is None or restored_for(mark, cluster):
+            return
+        deadline = time.monotonic() + STATE_LOAD_TIMEOUT_S
+        while not restored_for(mark, cluster):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "the api has not restored the exec-state changelog of cluster %s from the "
+                    "ledger after %.0f s; loading state without it",
+                    cluster,
+                    STATE_LOAD_TIMEOUT_S,
+                )
+                return
+            await asyncio.sleep(RESTORE_POLL_S)
 
     async def _republish(self, partition: int) -> None:
         sends, receipts = [], []

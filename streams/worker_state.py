@@ -21,7 +21,7 @@ from streams.checkpoint import Checkpoint
 from streams.config_log import publish
 from streams.config_view import ConfigView
 from streams.dedup import DedupStore
-from streams.execstate import ExecStateStore
+from streams.execstate import ExecStateStore, restore_mark
 from streams.executor import Executor
 from streams.guard import Health
 from streams.kafka import make_producer
@@ -70,6 +70,11 @@ class WorkerState:
             worker_id=self.worker_id,
             metrics=ExecutorMetrics() if self.settings.metrics else None,
             partitions=self.settings.partitions,
+            restore_mark=(
+                restore_mark(self.settings.resolved_home)
+                if self.settings.kafka_memory_only
+                else None
+            ),
         )
         self.models = ModelRouter(self.settings)
         await self.view.start()

@@ -1,11 +1,13 @@
 """Budgets through the running stack (issue 12 item 6, decisions §36): a tenant policy caps
 order.hold at CAP per hour across every entity; a burst of orders, with the worker SIGKILLed
 mid-batch, applies exactly CAP holds and refuses the rest with ``budget_exhausted`` (one outcome
-per action); the dry-run evaluate shows the budget left before and after; bad budgets are 400s
+per action), and still refuses after a restart that lost both the worker's disk and the broker;
+the dry-run evaluate shows the budget left before and after; bad budgets are 400s
 and another tenant reads 404."""
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -16,6 +18,7 @@ import pytest
 from tests.conftest import client, create_operator, install_sandbox, make_stack, new_tenant
 from tests.e2e.test_crash_uniqueness import GUARDRAILS, PLAYBOOK, kill_worker, list_all
 from tests.e2e.test_events_api import assert_error
+from tests.e2e.test_exec_state_durability import ready
 from tests.e2e.test_governed_loop import publish
 from tests.e2e.test_kafka_pipeline import wait_for
 
@@ -23,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CAP = 7
 EVENTS = 40
+MORE = 6
 CAPS = {
     "name": "blast-radius",
     "budgets": [{"tool": "order.hold", "window_seconds": 3600, "max_count": CAP}],
@@ -134,6 +138,47 @@ def test_budget_caps_a_burst_across_entities_and_a_worker_kill(tmp_path):
         ))
         assert after["decision"] == "BLOCK" and after["rule"]["rule"] == "budget_exhausted"
         assert after["budget"][0]["count_left"] == 0 and after["budget"][0]["exhausted"] is True
+
+        # Disk and broker both lost (decisions §49): a restart of `fibric up` (fresh memory-only
+        # broker: empty changelog) with the worker's exec state deleted. The api rebuilds the
+        # budget's spend from the stored receipts, so the next orders' holds are all refused.
+        assert stack.stop() == 0
+        wiped = [d for d in (stack.home / "workers").glob("*/execstate") if d.is_dir()]
+        assert wiped, "no worker exec state on disk"
+        for d in wiped:
+            shutil.rmtree(d)
+        stack.start()
+        ready(stack)
+        c = client(stack, tenant.keys["admin"])
+        more = [
+            orjson.dumps(
+                {
+                    "tenant_id": tenant.id,
+                    "source": source,
+                    "event_type": "order.created",
+                    "entity_key": f"order:{90_000 + i}",
+                    "payload": {"order_id": str(90_000 + i)},
+                }
+            )
+            for i in range(MORE)
+        ]
+        publish(stack, more)
+
+        def more_settled() -> list[dict] | None:
+            rs = list_all(c, "/v1/receipts", operator_id=op_id)
+            return rs if len({x["action_id"] for x in rs}) >= 2 * (EVENTS + MORE) else None
+
+        rs = wait_for(more_settled, timeout=240, interval=2)
+        new_holds = {
+            x["action_id"]: x
+            for x in rs
+            if x["tool"] == "order.hold" and x["entity_key"] >= "order:90000"
+        }
+        assert len(new_holds) == MORE
+        assert {x["outcome"] for x in new_holds.values()} == {"refused"}, new_holds
+        assert all(x["reason"].startswith("budget_exhausted") for x in new_holds.values())
+        old_holds = [x for x in rs if x["tool"] == "order.hold" and x["outcome"] == "applied"]
+        assert len({x["action_id"] for x in old_holds}) == CAP
 
         # tenancy: another tenant neither sees the policy nor evaluates this operator
         o = client(stack, other.keys["admin"])

@@ -256,3 +256,54 @@ def test_budget_config_validation() -> None:
         "max_value": 2000,
         "on_exhausted": "BLOCK",
     }
+
+
+# ---- rebuilding spend from the ledger (decisions §49) ------------------------------------------
+spend_st = st.lists(
+    st.tuples(st.integers(0, 7_200_000), st.floats(0, 200, allow_nan=False)), max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lim=limits_st, spends=spend_st, later=st.integers(0, 3_600_000))
+def test_rebuilt_equals_what_commit_left(
+    lim: Limits, spends: list[tuple[int, float]], later: int
+) -> None:
+    """The state rebuilt from stored executions counts exactly what reserving and committing
+    each of them left, at any later time."""
+    spends = sorted(spends)
+    s = EMPTY
+    for i, (at, v) in enumerate(spends):
+        s, _ = budget.reserve(s, [], f"a{i}", v, NOW0 + at, lim, force=True)
+        s = budget.commit(s, f"a{i}", lim)
+    now = NOW0 + (spends[-1][0] if spends else 0) + later
+    r = budget.rebuilt([(NOW0 + at, v) for at, v in spends], now, lim)
+    assert r.restored and not r.reserved
+    got, want = budget.spent(r, now, lim), budget.spent(s, now, lim)
+    assert got[0] == want[0] and abs(got[1] - want[1]) < 1e-6
+    assert BudgetState.from_json(r.to_json()) == r
+
+
+@settings(max_examples=200, deadline=None)
+@given(lim=limits_st, spends=spend_st, cut=st.integers(0, 40), held=st.integers(0, 3))
+def test_merge_never_under_counts(
+    lim: Limits, spends: list[tuple[int, float]], cut: int, held: int
+) -> None:
+    """A worker's record (some executions committed, ``held`` still reserved) merged with the
+    ledger's rebuild of a prefix of them counts at least as much as either, and exactly the
+    worker's own count when the ledger saw nothing it did not."""
+    spends = sorted(spends)
+    s = EMPTY
+    for i, (at, v) in enumerate(spends):
+        s, _ = budget.reserve(s, [], f"a{i}", v, NOW0 + at, lim, force=True)
+        if i < len(spends) - held:
+            s = budget.commit(s, f"a{i}", lim)
+    committed = spends[: max(0, len(spends) - held)]
+    now = NOW0 + (spends[-1][0] if spends else 0)
+    r = budget.rebuilt([(NOW0 + at, v) for at, v in committed[:cut]], now, lim)
+    m = budget.merge(s, r)
+    assert m.reserved == s.reserved and not m.restored
+    n_m, v_m = budget.spent(m, now, lim)
+    assert n_m >= budget.spent(r, now, lim)[0]
+    n_s, v_s = budget.spent(s, now, lim)
+    assert n_m == n_s and abs(v_m - v_s) < 1e-6

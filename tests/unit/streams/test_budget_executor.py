@@ -169,3 +169,41 @@ async def test_budget_per_entity_lives_in_the_entity_partition(tmp_path):
         keys = [k for k, _ in store.budget_entries(p)]
         assert len(keys) == 1 and keys[0].startswith(BUDGET_PREFIX)
         assert keys[0].endswith(f"entity=order:{p}")
+
+
+def test_restored_budget_records_merge_into_the_disk_copy(tmp_path) -> None:
+    """The api's ledger rebuild of a budget (decisions §49) is taken as it is by a disk that has
+    no record of the key, merged into the record of one that has (its reservations kept), and
+    an executor-written record still replaces the disk's copy."""
+    import orjson
+
+    from agents import budget
+
+    lim = budget.Limits(window_ms=3_600_000, max_count=5)
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    key = BUDGET_PREFIX + "t\x1f0\x1fgrd_x\x1f0"
+    store = ExecStateStore(tmp_path / "es")
+    try:
+        rebuilt = budget.rebuilt([(now - 1000, 0.0), (now - 500, 0.0)], now, lim)
+        raw = orjson.dumps(rebuilt.to_json())
+        assert b'"restored":true' in raw
+        store.apply_changelog(0, [(0, key.encode(), raw)])
+        (got,) = store.get_budgets([(0, key)]).values()
+        assert budget.spent(got, now, lim)[0] == 2
+
+        # partition 1's disk has one commit and one reservation in flight
+        own, _ = budget.reserve(budget.EMPTY, [], "a1", None, now - 1000, lim)
+        own = budget.commit(own, "a1", lim)
+        own, _ = budget.reserve(own, [], "a2", None, now - 200, lim)
+        store.write([(1, key, own)])
+        store.apply_changelog(1, [(5, key.encode(), raw)])
+        (merged,) = store.get_budgets([(1, key)]).values()
+        assert merged.reserved.keys() == {"a2"} and not merged.restored
+        assert budget.spent(merged, now, lim)[0] == 3  # max(1, 2) committed + 1 reserved
+
+        # a record an executor wrote (no restored flag) is the changelog's truth: replaced
+        store.apply_changelog(1, [(6, key.encode(), orjson.dumps(own.to_json()))])
+        (back,) = store.get_budgets([(1, key)]).values()
+        assert back == own
+    finally:
+        store.close()
