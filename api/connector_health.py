@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents.connector_health import PROBED, Probe, next_status, record
-from agents.oauth import refresh_due
+from agents.oauth import credentials_fingerprint, refresh_due
 from api.commands import command_as
 from api.state import ApiState
 from connectors.marketplace import CHECK_TOOL, load_catalogue
@@ -47,6 +47,22 @@ def _iso(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if isinstance(ts, int | float) else None
 
 
+def _with_token_of(
+    live: ConnectorHealth | None, stored: ConnectorHealth | None
+) -> ConnectorHealth | None:
+    """``live`` with the stored token renewal when that is newer than the one ``live`` knows."""
+    if live is None or stored is None or stored.token_refreshed_at is None:
+        return live
+    if live.token_refreshed_at is not None and live.token_refreshed_at >= stored.token_refreshed_at:
+        return live
+    return live.model_copy(
+        update={
+            "token_refreshed_at": stored.token_refreshed_at,
+            "token_expires_at": stored.token_expires_at,
+        }
+    )
+
+
 class ConnectorHealthMonitor:
     def __init__(self, state: ApiState) -> None:
         self.state = state
@@ -59,7 +75,11 @@ class ConnectorHealthMonitor:
         self.rounds = 0
 
     def latest(self, connector_id: str) -> ConnectorHealth | None:
-        return self._live.get(connector_id)
+        """The last probe in this process, with the token fields of a renewal recorded since
+        (a worker renews a token on a dispatch's 401, decisions §47)."""
+        live = self._live.get(connector_id)
+        cn = self.state.view.connectors.get(connector_id)
+        return _with_token_of(live, cn.health if cn is not None else None)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
@@ -117,9 +137,13 @@ class ConnectorHealthMonitor:
                 log.warning("health probe of %s failed: %s", cn.id, type(exc).__name__)
 
     # ---- one connector ---------------------------------------------------------------------
-    def _credentials(self, cn: Connector) -> dict[str, Any]:
+    def _sealed(self, cn: Connector) -> str | None:
         entry = self.state.view.vault.get(cn.id)
-        return self.state.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
+        return entry.ciphertext if entry and entry.ciphertext else None
+
+    def _credentials(self, cn: Connector) -> dict[str, Any]:
+        sealed = self._sealed(cn)
+        return self.state.box.open(sealed) if sealed else {}
 
     async def _command(self, cn: Connector, type_: Any, args: dict[str, Any]) -> dict[str, Any]:
         return await command_as(
@@ -156,7 +180,12 @@ class ConnectorHealthMonitor:
         out = await self._command(
             cn,
             "connector.credentials",
-            {"ciphertext": self.state.box.seal(fresh), "health": health.model_dump(mode="json")},
+            {
+                "ciphertext": self.state.box.seal(fresh),
+                "health": health.model_dump(mode="json"),
+                # guarded on the tokens replaced, not the version (decisions §47)
+                "expect_credentials": credentials_fingerprint(self._sealed(cn)),
+            },
         )
         updated = cn.model_copy(update={"version": out["version"], "health": health})
         return updated, fresh
@@ -178,6 +207,8 @@ class ConnectorHealthMonitor:
                 "(invalid_grant); authorize the connector again",
                 "reason": "authorization revoked",
                 "health": health.model_dump(mode="json"),
+                # not when a worker renewed the tokens meanwhile (decisions §47)
+                "expect_credentials": credentials_fingerprint(self._sealed(cn)),
             },
         )
 
@@ -208,7 +239,7 @@ class ConnectorHealthMonitor:
         return Probe(datetime.now(UTC), False, ms, res.error_code, res.error_message)
 
     async def probe(self, cn: Connector) -> None:
-        health = self._live.get(cn.id) or cn.health or ConnectorHealth()
+        health = _with_token_of(self._live.get(cn.id), cn.health) or cn.health or ConnectorHealth()
         creds = self._credentials(cn)
         oauth = cn.auth.get("type") == "oauth2"
         refreshed = False
