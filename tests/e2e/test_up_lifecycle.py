@@ -136,9 +136,25 @@ def test_demo_populates_a_tenant_and_stops_cleanly(tmp_path):
     key = (
         next(ln for ln in text.splitlines() if "FIBRIC_KEY=" in ln).split("FIBRIC_KEY=")[1].strip()
     )
+    # all three live marketplace connectors, each against its stand-in, are connected; Amazon
+    # Connect's OAuth dance was completed by the demo against the local authorization server
+    shown = next(ln for ln in text.splitlines() if ln.startswith("fibric: connectors: "))
+    for listing in ("cn-magento", "cn-kustomer", "cn-amazon-connect"):
+        assert f"{listing} " in shown, shown
     with client(stack, key) as c:
         assert c.get("/v1/plans", params={"status": "proposed"}).json()["data"]
         assert c.get("/v1/operators").json()["data"][0]["name"] == "order-risk"
+        cns = {cn["listing"]: cn for cn in c.get("/v1/connectors").json()["data"]}
+        assert {k: v["status"] for k, v in cns.items()} == {
+            "cn-magento": "connected",
+            "cn-kustomer": "connected",
+            "cn-amazon-connect": "connected",
+        }, cns
+        # their tools run: a live read and a dry run against each stand-in (the Amazon Connect
+        # stand-in accepts the token the dance obtained: it asks the authorization server)
+        for listing in ("cn-kustomer", "cn-amazon-connect"):
+            t = c.post(f"/v1/connectors/{cns[listing]['id']}/test", json={})
+            assert t.status_code == 200 and t.json()["status"] == "passed", (listing, t.text)
     # the demo's receiver prints the held plans' signed webhook deliveries
     while time.monotonic() < deadline and "fibric: webhook plan.awaiting_approval" not in (
         out_path.read_text()
@@ -151,4 +167,4 @@ def test_demo_populates_a_tenant_and_stops_cleanly(tmp_path):
     deadline = time.monotonic() + 10
     while stack.pids() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert stack.pids() == []  # the demo store stopped too
+    assert stack.pids() == []  # the demo's stand-ins stopped too
