@@ -36,6 +36,7 @@ from connectors.oauth import TokenEndpointError, provider_for, refresh
 from schemas.connector import Connector, ConnectorHealth
 from schemas.errors import FibricError
 from schemas.ids import new_id
+from streams.oauth_refresh import REVOKE_CONFIRM_S
 
 log = logging.getLogger(__name__)
 ACTOR = "connector_health"
@@ -157,7 +158,7 @@ class ConnectorHealthMonitor:
         )
 
     async def _refresh(
-        self, cn: Connector, creds: dict[str, Any], health: ConnectorHealth
+        self, cn: Connector, creds: dict[str, Any], health: ConnectorHealth, sealed: str | None
     ) -> tuple[Connector, dict[str, Any]] | str:
         """Renew the token; the connector and credentials to go on with, or why not
         (``"revoked"``: the grant is gone; another string: the endpoint failed for now)."""
@@ -184,13 +185,28 @@ class ConnectorHealthMonitor:
                 "ciphertext": self.state.box.seal(fresh),
                 "health": health.model_dump(mode="json"),
                 # guarded on the tokens replaced, not the version (decisions §47)
-                "expect_credentials": credentials_fingerprint(self._sealed(cn)),
+                "expect_credentials": credentials_fingerprint(sealed),
             },
         )
         updated = cn.model_copy(update={"version": out["version"], "health": health})
         return updated, fresh
 
-    async def _revoked(self, cn: Connector, health: ConnectorHealth) -> None:
+    async def _renewed_elsewhere(self, cn: Connector, sealed: str | None) -> bool:
+        """After invalid_grant: did a worker renew the tokens meanwhile (a provider that rotates
+        refresh tokens refuses the slower refresher)? Checked at once and after a moment."""
+        for wait in (0.0, REVOKE_CONFIRM_S):
+            if wait:
+                await asyncio.sleep(wait)
+            await self.state.view.sync()
+            now = self._sealed(cn)
+            if now is not None and now != sealed:
+                return True
+        return False
+
+    async def _revoked(self, cn: Connector, health: ConnectorHealth, sealed: str | None) -> None:
+        if await self._renewed_elsewhere(cn, sealed):
+            log.info("refresh of %s refused: renewed elsewhere meanwhile", cn.id)
+            return
         now = datetime.now(UTC)
         health = record(
             health,
@@ -208,7 +224,7 @@ class ConnectorHealthMonitor:
                 "reason": "authorization revoked",
                 "health": health.model_dump(mode="json"),
                 # not when a worker renewed the tokens meanwhile (decisions §47)
-                "expect_credentials": credentials_fingerprint(self._sealed(cn)),
+                "expect_credentials": credentials_fingerprint(sealed),
             },
         )
 
@@ -240,21 +256,22 @@ class ConnectorHealthMonitor:
 
     async def probe(self, cn: Connector) -> None:
         health = _with_token_of(self._live.get(cn.id), cn.health) or cn.health or ConnectorHealth()
-        creds = self._credentials(cn)
+        sealed = self._sealed(cn)
+        creds = self.state.box.open(sealed) if sealed else {}
         oauth = cn.auth.get("type") == "oauth2"
         refreshed = False
         if oauth and refresh_due(creds, time.time()):
-            got = await self._refresh(cn, creds, health)
+            got = await self._refresh(cn, creds, health, sealed)
             if got == "revoked":
-                return await self._revoked(cn, health)
+                return await self._revoked(cn, health, sealed)
             if isinstance(got, tuple):
                 (cn, creds), refreshed = got, True
                 health = cn.health or health
         probe = await self._check(cn, creds)
         if oauth and not probe.ok and probe.error_code == "auth_failed" and not refreshed:
-            got = await self._refresh(cn, creds, health)  # the provider's 401: renew once
+            got = await self._refresh(cn, creds, health, sealed)  # the provider's 401: once
             if got == "revoked":
-                return await self._revoked(cn, health)
+                return await self._revoked(cn, health, sealed)
             if isinstance(got, tuple):
                 cn, creds = got
                 health = cn.health or health
