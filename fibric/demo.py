@@ -331,19 +331,7 @@ def populate(
                     },
                 }
             c.post("/v1/events", json=body)
-        time.sleep(3)
-        outcomes: dict[str, int] = {}
-        cursor = None
-        while True:
-            q: dict[str, Any] = {"limit": 100}
-            if cursor:
-                q["cursor"] = cursor
-            page = c.get("/v1/receipts", params=q).json()
-            for r in page["data"]:
-                outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-            if not page["has_more"]:
-                break
-            cursor = page["next_cursor"]
+        outcomes = settled_outcomes(c)
         proposed = c.get("/v1/plans", params={"status": "proposed", "limit": 3}).json()["data"]
         connectors = [
             (cn["listing"], cn["name"], cn["status"])
@@ -357,6 +345,43 @@ def populate(
         "store": store_url,
         "webhook": receiver[0] if receiver else None,
     }
+
+
+# The summary waits for the pipeline to work through the events it streamed: until the receipts
+# stop growing for a moment (a few seconds on an idle machine; longer on a busy one, bounded).
+SETTLE_POLL_S = 1.0
+SETTLE_QUIET_POLLS = 3
+SETTLE_MAX_S = 90.0
+
+
+def outcomes_now(c: httpx.Client) -> dict[str, int]:
+    outcomes: dict[str, int] = {}
+    cursor = None
+    while True:
+        q: dict[str, Any] = {"limit": 100}
+        if cursor:
+            q["cursor"] = cursor
+        page = c.get("/v1/receipts", params=q).json()
+        for r in page["data"]:
+            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        if not page["has_more"]:
+            return outcomes
+        cursor = page["next_cursor"]
+
+
+def settled_outcomes(c: httpx.Client) -> dict[str, int]:
+    """The receipts' outcomes once their number stopped changing (a fixed pause under-counts
+    on a loaded machine and over-waits on an idle one)."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    last, quiet = -1, 0
+    while True:
+        time.sleep(SETTLE_POLL_S)
+        outcomes = outcomes_now(c)
+        total = sum(outcomes.values())
+        quiet = quiet + 1 if total == last and total > 0 else 0
+        last = total
+        if quiet >= SETTLE_QUIET_POLLS or time.monotonic() > deadline:
+            return outcomes
 
 
 def summary(result: dict[str, Any], base_url: str) -> str:
