@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from agents.executor import receipt, revet, undo_action
 from agents.governance import OPERATOR_ROLLBACK_FIELDS
+from agents.oauth import credentials_fingerprint
 from schemas.commands import Command, Reply, ReplyError
 from schemas.config import (
     LAST_USED_RESOLUTION_S,
@@ -537,6 +538,23 @@ def _expect_version(cn: Connector, cmd: Command) -> None:
         )
 
 
+def _expect_credentials(state: ConfigState, cn: Connector, cmd: Command) -> bool:
+    """A token refresh's guard (decisions §47): the sealed tokens it replaced must still be the
+    vault's, so of two refreshers racing on one grant the first renewal stays and a revocation
+    concluded from tokens someone else already renewed is refused. False when not asked."""
+    want = cmd.args.get("expect_credentials")
+    if want is None:
+        return False
+    entry = state.vault.get(cn.id)
+    if credentials_fingerprint(entry.ciphertext if entry else None) != want:
+        raise Refusal(
+            409,
+            ErrorCode.STATE_CONFLICT,
+            f"{cn.id}'s credentials were replaced meanwhile; decide again.",
+        )
+    return True
+
+
 def _health(cmd: Command, cn: Connector) -> ConnectorHealth | None:
     raw = cmd.args.get("health")
     return ConnectorHealth.model_validate(raw) if raw is not None else cn.health
@@ -545,6 +563,7 @@ def _health(cmd: Command, cn: Connector) -> ConnectorHealth | None:
 def _connector_set_status(state: ConfigState, cmd: Command, now: datetime, new_id: IdFactory):
     cn = _connector(state, cmd)
     _expect_version(cn, cmd)
+    _expect_credentials(state, cn, cmd)
     update: dict[str, Any] = {
         "status": cmd.args["status"],
         "status_detail": cmd.args.get("detail"),
@@ -651,7 +670,11 @@ def _connector_credentials(state: ConfigState, cmd: Command, now: datetime, new_
     """Refreshed tokens, sealed: a new vault record and a new connector version (workers
     restart their session with the new token when the version moves)."""
     cn = _oauth_connector(state, cmd)
-    _expect_version(cn, cmd)
+    # a refresh guards on the tokens it replaced, not on the version: a health touch or a
+    # config change meanwhile must not throw away a renewal (the provider may have rotated the
+    # refresh token, so the old one no longer works)
+    if not _expect_credentials(state, cn, cmd):
+        _expect_version(cn, cmd)
     if cn.status == "pending_auth" or cn.grant != "granted":
         raise Refusal(409, ErrorCode.STATE_CONFLICT, f"{cn.id} holds no granted authorization.")
     updated = cn.model_copy(

@@ -199,3 +199,10 @@ def provider_error(doc: Any) -> tuple[str, str | None] | None:
         return None
     desc = doc.get("error_description")
     return doc["error"][:100], desc[:300] if isinstance(desc, str) else None
+
+
+def credentials_fingerprint(ciphertext: str | None) -> str:
+    """Names one sealed set of credentials (a vault write) without revealing anything: the
+    ``expect_credentials`` of a refresh's write, so the control agent keeps the first of two
+    refreshers' renewals and refuses one built on tokens already replaced (decisions §47)."""
+    return hashlib.sha256((ciphertext or "").encode()).hexdigest()[:32]

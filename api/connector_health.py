@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents.connector_health import PROBED, Probe, next_status, record
-from agents.oauth import refresh_due
+from agents.oauth import credentials_fingerprint, refresh_due
 from api.commands import command_as
 from api.state import ApiState
 from connectors.marketplace import CHECK_TOOL, load_catalogue
@@ -36,6 +36,7 @@ from connectors.oauth import TokenEndpointError, provider_for, refresh
 from schemas.connector import Connector, ConnectorHealth
 from schemas.errors import FibricError
 from schemas.ids import new_id
+from streams.oauth_refresh import REVOKE_CONFIRM_S
 
 log = logging.getLogger(__name__)
 ACTOR = "connector_health"
@@ -45,6 +46,22 @@ MIN_SYNC_RESOLUTION_S = 30.0
 
 def _iso(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if isinstance(ts, int | float) else None
+
+
+def _with_token_of(
+    live: ConnectorHealth | None, stored: ConnectorHealth | None
+) -> ConnectorHealth | None:
+    """``live`` with the stored token renewal when that is newer than the one ``live`` knows."""
+    if live is None or stored is None or stored.token_refreshed_at is None:
+        return live
+    if live.token_refreshed_at is not None and live.token_refreshed_at >= stored.token_refreshed_at:
+        return live
+    return live.model_copy(
+        update={
+            "token_refreshed_at": stored.token_refreshed_at,
+            "token_expires_at": stored.token_expires_at,
+        }
+    )
 
 
 class ConnectorHealthMonitor:
@@ -59,7 +76,11 @@ class ConnectorHealthMonitor:
         self.rounds = 0
 
     def latest(self, connector_id: str) -> ConnectorHealth | None:
-        return self._live.get(connector_id)
+        """The last probe in this process, with the token fields of a renewal recorded since
+        (a worker renews a token on a dispatch's 401, decisions §47)."""
+        live = self._live.get(connector_id)
+        cn = self.state.view.connectors.get(connector_id)
+        return _with_token_of(live, cn.health if cn is not None else None)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
@@ -117,9 +138,13 @@ class ConnectorHealthMonitor:
                 log.warning("health probe of %s failed: %s", cn.id, type(exc).__name__)
 
     # ---- one connector ---------------------------------------------------------------------
-    def _credentials(self, cn: Connector) -> dict[str, Any]:
+    def _sealed(self, cn: Connector) -> str | None:
         entry = self.state.view.vault.get(cn.id)
-        return self.state.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
+        return entry.ciphertext if entry and entry.ciphertext else None
+
+    def _credentials(self, cn: Connector) -> dict[str, Any]:
+        sealed = self._sealed(cn)
+        return self.state.box.open(sealed) if sealed else {}
 
     async def _command(self, cn: Connector, type_: Any, args: dict[str, Any]) -> dict[str, Any]:
         return await command_as(
@@ -133,7 +158,7 @@ class ConnectorHealthMonitor:
         )
 
     async def _refresh(
-        self, cn: Connector, creds: dict[str, Any], health: ConnectorHealth
+        self, cn: Connector, creds: dict[str, Any], health: ConnectorHealth, sealed: str | None
     ) -> tuple[Connector, dict[str, Any]] | str:
         """Renew the token; the connector and credentials to go on with, or why not
         (``"revoked"``: the grant is gone; another string: the endpoint failed for now)."""
@@ -156,12 +181,32 @@ class ConnectorHealthMonitor:
         out = await self._command(
             cn,
             "connector.credentials",
-            {"ciphertext": self.state.box.seal(fresh), "health": health.model_dump(mode="json")},
+            {
+                "ciphertext": self.state.box.seal(fresh),
+                "health": health.model_dump(mode="json"),
+                # guarded on the tokens replaced, not the version (decisions §47)
+                "expect_credentials": credentials_fingerprint(sealed),
+            },
         )
         updated = cn.model_copy(update={"version": out["version"], "health": health})
         return updated, fresh
 
-    async def _revoked(self, cn: Connector, health: ConnectorHealth) -> None:
+    async def _renewed_elsewhere(self, cn: Connector, sealed: str | None) -> bool:
+        """After invalid_grant: did a worker renew the tokens meanwhile (a provider that rotates
+        refresh tokens refuses the slower refresher)? Checked at once and after a moment."""
+        for wait in (0.0, REVOKE_CONFIRM_S):
+            if wait:
+                await asyncio.sleep(wait)
+            await self.state.view.sync()
+            now = self._sealed(cn)
+            if now is not None and now != sealed:
+                return True
+        return False
+
+    async def _revoked(self, cn: Connector, health: ConnectorHealth, sealed: str | None) -> None:
+        if await self._renewed_elsewhere(cn, sealed):
+            log.info("refresh of %s refused: renewed elsewhere meanwhile", cn.id)
+            return
         now = datetime.now(UTC)
         health = record(
             health,
@@ -178,6 +223,8 @@ class ConnectorHealthMonitor:
                 "(invalid_grant); authorize the connector again",
                 "reason": "authorization revoked",
                 "health": health.model_dump(mode="json"),
+                # not when a worker renewed the tokens meanwhile (decisions §47)
+                "expect_credentials": credentials_fingerprint(sealed),
             },
         )
 
@@ -208,22 +255,23 @@ class ConnectorHealthMonitor:
         return Probe(datetime.now(UTC), False, ms, res.error_code, res.error_message)
 
     async def probe(self, cn: Connector) -> None:
-        health = self._live.get(cn.id) or cn.health or ConnectorHealth()
-        creds = self._credentials(cn)
+        health = _with_token_of(self._live.get(cn.id), cn.health) or cn.health or ConnectorHealth()
+        sealed = self._sealed(cn)
+        creds = self.state.box.open(sealed) if sealed else {}
         oauth = cn.auth.get("type") == "oauth2"
         refreshed = False
         if oauth and refresh_due(creds, time.time()):
-            got = await self._refresh(cn, creds, health)
+            got = await self._refresh(cn, creds, health, sealed)
             if got == "revoked":
-                return await self._revoked(cn, health)
+                return await self._revoked(cn, health, sealed)
             if isinstance(got, tuple):
                 (cn, creds), refreshed = got, True
                 health = cn.health or health
         probe = await self._check(cn, creds)
         if oauth and not probe.ok and probe.error_code == "auth_failed" and not refreshed:
-            got = await self._refresh(cn, creds, health)  # the provider's 401: renew once
+            got = await self._refresh(cn, creds, health, sealed)  # the provider's 401: once
             if got == "revoked":
-                return await self._revoked(cn, health)
+                return await self._revoked(cn, health, sealed)
             if isinstance(got, tuple):
                 cn, creds = got
                 health = cn.health or health

@@ -49,10 +49,24 @@ def upstream_message(body: Any, status: int) -> str:
     if isinstance(body, dict) and isinstance(body.get("Message"), str):
         return body["Message"][:MAX_UPSTREAM_MESSAGE_CHARS]  # AWS restJson1 error bodies
     if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        # Kustomer's two documented shapes (developer.kustomer.com/docs/concepts/errors):
+        # {code, message, meta}, or JSON:API {status, code, title, detail, source}; its own
+        # advice reads code, then message ?? detail ?? title, then the source pointer
         first = body["errors"][0]
         if isinstance(first, dict):
-            text = first.get("detail") or first.get("title") or first.get("message")
+            text = first.get("message") or first.get("detail") or first.get("title")
             if isinstance(text, str):
+                code = first.get("code")
+                if isinstance(code, str) and code:
+                    text = f"{code}: {text}"
+                source = first.get("source")
+                where = (
+                    source.get("pointer") or source.get("parameter")
+                    if isinstance(source, dict)
+                    else None
+                )
+                if isinstance(where, str):
+                    text += f" (at {where})"
                 return text[:MAX_UPSTREAM_MESSAGE_CHARS]
     return f"upstream returned HTTP {status}"
 
@@ -81,9 +95,29 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def rate_limited(retry_after: str | None, body: Any) -> ConnectorError:
-    """A 429: not applied (a write can be sent again), retryable after ``Retry-After``."""
+# An ``x-ratelimit-reset`` above this is a UNIX time (Kustomer), below it a number of seconds
+# (other vendors); 10^9 s is 2001, and no window is 31 years long.
+EPOCH_SECONDS_FLOOR = 1_000_000_000
+
+
+def reset_seconds(value: str | None) -> float | None:
+    """Seconds until an ``x-ratelimit-reset`` (UNIX time or seconds), None if absent."""
+    if not value or not value.strip().isdigit():
+        return None
+    n = int(value.strip())
+    if n >= EPOCH_SECONDS_FLOOR:
+        return max(0.0, n - datetime.now(UTC).timestamp())
+    return float(n)
+
+
+def rate_limited(retry_after: str | None, body: Any, reset: str | None = None) -> ConnectorError:
+    """A 429: not applied (a write can be sent again), retryable after ``Retry-After`` or, when
+    the vendor sends none (Kustomer documents only ``x-ratelimit-reset``), its window's reset."""
     wait = retry_after_seconds(retry_after)
+    if wait is None:
+        wait = reset_seconds(reset)
+        if wait is not None:
+            wait = float(int(wait + 0.999))  # whole seconds, never early
     after = f"; retry after {wait:g} s" if wait is not None else ""
     return ConnectorError(
         ConnectorErrorCode.UPSTREAM_ERROR,
@@ -166,7 +200,9 @@ class Upstream:
         except ValueError:
             body = None
         if resp.status_code == 429:
-            raise rate_limited(resp.headers.get("Retry-After"), body)
+            raise rate_limited(
+                resp.headers.get("Retry-After"), body, resp.headers.get("x-ratelimit-reset")
+            )
         if resp.status_code >= 400:
             raise error_for_status(resp.status_code, body, write=write)
         if 300 <= resp.status_code < 400:

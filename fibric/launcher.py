@@ -132,7 +132,8 @@ class Stack:
         self.broker: Child | None = None
         self.children: list[Child] = []
         self.workers = workers
-        self.extras: list[subprocess.Popen[bytes]] = []  # e.g. the demo store
+        self.extras: list[subprocess.Popen[bytes]] = []  # e.g. the demo's stand-ins
+        self.env_extra: dict[str, str] = {}  # settings every child gets (the demo's OAuth)
         self._stop = False
         self._hurry = False  # a second Ctrl-C: stop without draining
         self.worker_metrics: dict[str, int] = {}  # worker id -> its /metrics port
@@ -149,6 +150,7 @@ class Stack:
         )
         if self.broker is not None:  # we started the memory-only broker: the api drains
             env["FIBRIC_KAFKA_MEMORY_ONLY"] = "1"
+        env.update(self.env_extra)
         env.update(extra)
         return env
 
@@ -335,7 +337,7 @@ class Stack:
         """Stop in drain order; the embedded broker keeps nothing, so anything not in ClickHouse
         when it stops is lost:
 
-        1. extras (the demo store);
+        1. extras (the demo's stand-ins and receiver);
         2. the api: it stops accepting requests, finishes those in flight, flushes its producer
            and drains the ledger sink until the workers' output for everything it accepted is
            stored (api/app.py); the workers keep running meanwhile, since they produce what the
@@ -371,6 +373,15 @@ def up(settings: Settings, workers: int = 1, demo: bool = False) -> int:
     signal.signal(signal.SIGINT, stack.request_stop)
     signal.signal(signal.SIGTERM, stack.request_stop)
     try:
+        fakes = None
+        if demo:
+            from fibric.demo import start_fakes
+
+            # started first: they come up while the stack does, and the roles get the setting
+            # that points cn-amazon-connect's OAuth dance at the local stand-in
+            fakes = start_fakes()
+            stack.extras.extend(fakes.procs)
+            stack.env_extra.update(fakes.env(settings))
         stack.start_broker_if_needed()
         asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions))
         stack.start_roles()
@@ -382,14 +393,13 @@ def up(settings: Settings, workers: int = 1, demo: bool = False) -> int:
             )
             if settings.metrics:
                 print(f"fibric: metrics at {stack.metrics_urls()}", flush=True)
-        if demo and not stack._stop:
-            from fibric.demo import populate, start_receiver, start_store, summary
+        if fakes is not None and not stack._stop:
+            from fibric.demo import populate, start_receiver, summary
 
-            store, url = start_store()
-            stack.extras.append(store)
+            fakes.wait_ready()
             hooks, hook_url, secret_file = start_receiver(settings)
             stack.extras.append(hooks)
-            result = populate(settings, url, (hook_url, secret_file))
+            result = populate(settings, fakes.store, (hook_url, secret_file), fakes)
             print(summary(result, settings.api_base_url), flush=True)
         code = stack.supervise()
     finally:

@@ -57,6 +57,7 @@ from streams.checkpoint import Checkpoint, acknowledged
 from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore, restored_for
 from streams.kafka import probe
 from streams.metrics import ExecutorMetrics
+from streams.oauth_refresh import Failed, Revoked, Superseded, TokenRenewer
 from streams.topics import EXECSTATE, LEDGER, ledger_key, ledger_value_of_row
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ class Executor:
         metrics: ExecutorMetrics | None = None,
         partitions: int = 1,
         restore_mark: Path | None = None,
+        tokens: TokenRenewer | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._restore_mark = restore_mark
@@ -194,6 +196,13 @@ class Executor:
         self.loaded: set[int] = set()
         self._load_lock = asyncio.Lock()
         self._ensured: dict[str, int] = {}
+        # oauth2 (decisions §47): the sealed credentials each connector's session runs with,
+        # the renewal this worker made that the view may not show yet (replaced -> renewed),
+        # and one renewal at a time per connector
+        self.tokens = tokens
+        self._session_creds: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        self._renewed: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self._renewing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.counts: dict[str, int] = defaultdict(int)
         self.applied_by_operator: dict[str, int] = defaultdict(int)
         # Budget spend (agents/budget.py), per (partition, budget key): read through from
@@ -379,11 +388,23 @@ class Executor:
             return refused
         if self._ensured.get(connector_id) == cn.version:
             return None
+        entry = self.view.vault.get(connector_id)
+        sealed = entry.ciphertext if entry and entry.ciphertext else None
+        renewed = self._renewed.get(connector_id)
+        if renewed is not None and sealed == renewed[0]:
+            # our renewal's write is not in the view yet: keep the fresh tokens
+            sealed, creds = renewed[1], renewed[2]
+        else:
+            self._renewed.pop(connector_id, None)
+            creds = self.box.open(sealed) if sealed else {}
+        await self._start_session(cn, sealed, creds)
+        self._ensured[connector_id] = cn.version
+        return None
+
+    async def _start_session(self, cn: Any, sealed: str | None, creds: dict[str, Any]) -> None:
         from connectors.marketplace import load_catalogue
         from connectors.pool import ConnectorSpec
 
-        entry = self.view.vault.get(connector_id)
-        creds = self.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
         listing = load_catalogue()[cn.listing]
         await self.runtime.ensure(
             ConnectorSpec(
@@ -396,8 +417,58 @@ class Executor:
                 livemode=cn.livemode,
             )
         )
-        self._ensured[connector_id] = cn.version
-        return None
+        self._session_creds[cn.id] = (sealed, creds)
+
+    def _renewable(self, a: ActionRecord, res: Any) -> bool:
+        """A 401 from the upstream of one of our bundled oauth2 servers: the upstream did not
+        act (the request was refused before it was read: our stand-ins check the token before
+        anything else, and every tool of cn-amazon-connect makes one upstream request), and the
+        server's journal freed the key (a 401 is never an unknown outcome), so one call again
+        with a renewed token cannot apply the effect twice. A remote MCP server may have done
+        other work before its 401: never retried."""
+        if self.tokens is None or res.ok or res.upstream_status != 401:
+            return False
+        cn = self.view.connectors.get(a.connector_id or "")
+        return cn is not None and cn.auth.get("type") == "oauth2" and not cn.remote_url
+
+    async def _renew(self, connector_id: str, used: str | None) -> str | None:
+        """After a 401 on a session whose tokens were sealed as ``used``: give the session
+        renewed tokens. None: call again; else why the connector cannot be used
+        (``connector_unavailable``), or ``""``: the token endpoint failed for now (the 401
+        answer stands)."""
+        assert self.tokens is not None
+        async with self._renewing[connector_id]:
+            cn = self.view.connectors.get(connector_id)
+            if cn is None:
+                return "the connector is no longer installed"
+            refused = cn.refused_because()
+            if refused:
+                return refused
+            current = self._session_creds.get(connector_id)
+            if current is None:
+                return ""
+            if current[0] != used:
+                return None  # another lane of this worker renewed it meanwhile
+            entry = self.view.vault.get(connector_id)
+            vault = entry.ciphertext if entry and entry.ciphertext else None
+            renewed = self._renewed.get(connector_id)
+            if vault and vault != used and (renewed is None or vault != renewed[0]):
+                # the api's monitor or another worker renewed it: take theirs
+                await self._start_session(cn, vault, self.box.open(vault))
+                return None
+            got = await self.tokens.renew(cn, current[1], used)
+            if isinstance(got, Superseded):
+                await self._start_session(cn, got.ciphertext, self.box.open(got.ciphertext))
+                return None
+            if isinstance(got, Revoked):
+                return got.reason
+            if isinstance(got, Failed):
+                log.info("token renewal of %s failed: %s", connector_id, got.message)
+                return ""
+            if used is not None:
+                self._renewed[connector_id] = (used, got.ciphertext, got.credentials)
+            await self._start_session(cn, got.ciphertext, got.credentials)
+            return None
 
     def reinvoke_safe(self, connector_id: str | None) -> bool:
         """Our bundled servers journal every idempotency key (connectors/journal.py), so an
@@ -515,28 +586,33 @@ class Executor:
             await self.intents.write(
                 partition, key, d.intent, [(partition, k, s) for k, s in reserved.items()]
             )
-        if self.metrics is None:
-            res = await self.calls.call(
-                a.connector_id or "",
-                a.tool,
-                a.args,
-                a.idempotency_key if a.side_effect else None,
-            )
+        used = self._session_creds.get(a.connector_id or "", (None, {}))[0]
+        res = await self._call(a)
+        unavailable = ""
+        if self._renewable(a, res):
+            # an expired or invalidated access token: renew it, then call once more with the
+            # same idempotency key (decisions §47)
+            why = await self._renew(a.connector_id or "", used)
+            if why is None:
+                res = await self._call(a)  # once: a 401 applied nothing
+            unavailable = why or ""
+        if unavailable:
+            done = decide(a, prior, datetime.now(UTC), connector_problem=unavailable)
+            assert isinstance(done, Dispose)  # a connector problem never invokes
         else:
-            res = await self._timed_call(a)
-        done = conclude(
-            a,
-            CallResult(
-                ok=res.ok,
-                content=res.content,
-                error_code=res.error_code,
-                error_message=res.error_message,
-                upstream_status=res.upstream_status,
-                latency_ms=res.latency_ms,
-            ),
-            datetime.now(UTC),
-            d.intent,
-        )
+            done = conclude(
+                a,
+                CallResult(
+                    ok=res.ok,
+                    content=res.content,
+                    error_code=res.error_code,
+                    error_message=res.error_message,
+                    upstream_status=res.upstream_status,
+                    latency_ms=res.latency_ms,
+                ),
+                datetime.now(UTC),
+                d.intent,
+            )
         if counted and out is not None:
             self._settle(a, partition, counted, done, out)
         return done
@@ -600,6 +676,16 @@ class Executor:
             s = budget.commit(s, a.id, c.limits) if how == "commit" else budget.release(s, a.id)
             self.budgets[(partition, c.key)] = s
             out.state(partition, c.key, s)
+
+    async def _call(self, a: ActionRecord) -> Any:
+        if self.metrics is None:
+            return await self.calls.call(
+                a.connector_id or "",
+                a.tool,
+                a.args,
+                a.idempotency_key if a.side_effect else None,
+            )
+        return await self._timed_call(a)
 
     async def _timed_call(self, a: ActionRecord) -> Any:
         """The tool call with its latency, error and in-flight metrics (labels: the connector's

@@ -27,6 +27,7 @@ from streams.guard import Health
 from streams.kafka import make_producer
 from streams.metrics import ExecutorMetrics
 from streams.models import ModelRouter
+from streams.oauth_refresh import TokenRenewer, command_sender
 
 
 def new_run_counts() -> dict[str, int]:
@@ -60,6 +61,9 @@ class WorkerState:
         self.producer = make_producer(self.settings.kafka_bootstrap)
         await self.producer.start()
         self.runtime = ConnectorRuntime(state_dir=self.home / "connectors")
+        tokens = TokenRenewer(
+            self.settings, self.box, self.view, command_sender(self.producer, self.instance)
+        )
         self.executor = Executor(
             self.settings.kafka_bootstrap,
             self.producer,
@@ -75,6 +79,7 @@ class WorkerState:
                 if self.settings.kafka_memory_only
                 else None
             ),
+            tokens=tokens,
         )
         self.models = ModelRouter(self.settings)
         await self.view.start()

@@ -27,11 +27,14 @@ Authentication: real Amazon Connect signs with SigV4; cn-amazon-connect sends an
 token to a gateway in front of it (the connector's documented limit). This stand-in plays that
 gateway: a missing, unknown, expired or revoked token is RFC 6750's 401 ``invalid_token``
 (``WWW-Authenticate: Bearer error="invalid_token"``). Tokens are checked by ``token_check``
-(in process: ``FakeOAuthServer.active``) or RFC 7662 introspection at ``introspect_url``.
+(in process: ``FakeOAuthServer.active``) or RFC 7662 introspection at ``introspect_url``. The
+token is checked before anything else, so a 401 has applied nothing (what makes the worker's
+one retry after renewing a token safe, decisions §47).
 
 Test controls: ``fail_status`` (answer every API request with that status and its AWS error),
 ``apply_then_fail`` (StartTaskContact creates the task, then answers 500: an unknown outcome),
-``hang_s``, counters, ``tasks()``; over HTTP ``GET /__fake__/state``, ``POST /__fake__/mode``.
+``hang_s``, counters, ``tasks()``, ``log()`` (each request's method, path, status and
+ClientToken); over HTTP ``GET /__fake__/state``, ``POST /__fake__/mode``.
 Run by hand: ``python -m connectors.fakes.amazon_connect --port N --introspect-url URL``.
 Never use this outside tests and demos.
 """
@@ -144,6 +147,7 @@ class FakeAmazonConnect:
             self.contacts: dict[str, dict[str, Any]] = {}
             self.client_tokens: dict[tuple[str, str], str] = {}
             self.counters.clear()
+            self.calls: list[dict[str, Any]] = []
             self.fail_status, self.apply_then_fail, self.hang_s = None, False, None
             self._release.set()
             self._release = threading.Event()
@@ -183,6 +187,12 @@ class FakeAmazonConnect:
     def count(self, name: str) -> int:
         with self.lock:
             return self.counters[name]
+
+    def log(self) -> list[dict[str, Any]]:
+        """Every API request answered: method, path, status and StartTaskContact's ClientToken
+        (never the bearer token), oldest first."""
+        with self.lock:
+            return [dict(c) for c in self.calls]
 
     def tasks(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -301,6 +311,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # this server sees bearer tokens
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        path = urlsplit(self.path).path
+        if not path.startswith("/__fake__/"):
+            sent = getattr(self, "_request_body", None)
+            token = sent.get("ClientToken") if isinstance(sent, dict) else None
+            with self.fake.lock:
+                self.fake.calls.append(
+                    {"method": self.command, "path": path, "status": status, "client_token": token}
+                )
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -334,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         fake = self.fake
         path = urlsplit(self.path).path
-        body = self._body()
+        body = self._request_body = self._body()
         if path.startswith("/__fake__/"):
             if method == "GET" and path == "/__fake__/state":
                 return self._send(200, fake.snapshot())

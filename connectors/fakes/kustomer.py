@@ -17,13 +17,16 @@ object ids.
   (``body`` 1 to 10,240 characters; 201 with the note). ``POST /v1/notes`` with a
   ``conversation`` attribute does the same.
 
-Errors (the "Errors" page): an ``errors`` array; 400 ``bad_request`` / ``invalid_attribute``
-(with ``source.pointer``), 401 ``unauthorized`` (no or a wrong ``Authorization: Bearer`` key),
-404 ``not_found``, 413 for a body over 100 kB, 429 ``rate_limit_exceeded``. Rate limiting: the
-org's requests per minute (300: the Professional plan) across every key, reported on every
-answer in ``x-ratelimit-limit`` / ``x-ratelimit-remaining`` / ``x-ratelimit-reset`` (seconds until
-the window resets), and a 429 carries ``Retry-After`` (seconds); note creation is also limited to
-120 notes per minute per customer.
+Errors (developer.kustomer.com/docs/concepts/errors): an ``errors`` array of ``{"code",
+"message", "meta"}``, or the JSON:API form (``status``, ``code``, ``title``, ``detail``,
+``source.pointer``, ``meta``) for an invalid attribute; 400 ``bad_request`` /
+``invalid_attribute``, 401 ``unauthorized`` (no or a wrong ``Authorization: Bearer`` key), 404
+``not_found``, 413 for a body over 100 kB, 429 ``rate_limit_exceeded``. Rate limiting
+(developer.kustomer.com/docs/concepts/rate-limits, help.kustomer.com "API rate limits"): the
+org's requests per minute (300: the legacy Professional plan) across every key, reported on
+every answer in ``x-ratelimit-limit`` / ``x-ratelimit-remaining`` / ``x-ratelimit-reset`` (the
+UTC epoch second the window resets); a 429 lasts until then (no ``Retry-After`` unless a test
+sets ``retry_after_s``); note creation is also limited to 120 notes per minute per customer.
 
 Test controls: ``counters`` (``count("note.create")``), ``fail_status`` (every API request
 answers it, with ``html=True`` as an HTML error page such as a load balancer's), ``hang_s``
@@ -89,11 +92,22 @@ def object_id() -> str:
 
 
 def error(status: int, code: str, title: str, detail: str, pointer: str | None = None) -> dict:
-    """One error in the JSON:API shape Kustomer documents (``status``, ``code``, ``title``,
-    ``detail``, optional ``source``)."""
-    err: dict[str, Any] = {"status": status, "code": code, "title": title, "detail": detail}
-    if pointer is not None:
-        err["source"] = {"pointer": pointer}
+    """One error as Kustomer documents them (developer.kustomer.com/docs/concepts/errors, "Error
+    shape"): "Most errors return an ``errors`` array. Each entry has a machine-readable
+    ``code``, a human-readable ``message``, and optional ``meta``"; "some endpoints return the
+    JSON:API error object instead, with ``status``, ``code``, ``title``, ``detail``, ``source``
+    (pointing at the bad field) and ``meta``" — this fake answers that form for an invalid
+    attribute (``pointer``), the common one otherwise."""
+    if pointer is None:
+        return {"errors": [{"code": code, "message": detail, "meta": {}}]}
+    err = {
+        "status": str(status),  # JSON:API: a string
+        "code": code,
+        "title": title,
+        "detail": detail,
+        "source": {"pointer": pointer},
+        "meta": {},
+    }
     return {"errors": [err]}
 
 
@@ -331,17 +345,24 @@ class FakeKustomer:
         now = time.monotonic()
         if now - self._window_start >= RATE_WINDOW_S:
             self._window_start, self._window_count = now, 0
-        reset = max(1, int(RATE_WINDOW_S - (now - self._window_start) + 0.999))
+        left = max(1, int(RATE_WINDOW_S - (now - self._window_start) + 0.999))
         allowed = self._window_count < self.rate_limit
         if allowed:
             self._window_count += 1
+        # Header names: help.kustomer.com "API rate limits" ("your current rate limit
+        # (x-ratelimit-limit) and remaining calls (x-ratelimit-remaining)") and
+        # developer.kustomer.com/docs/concepts/rate-limits (the budget "refills at the reset time
+        # shown in x-ratelimit-reset"): the reset is a time, UTC epoch seconds (as the
+        # singer-io/tap-kustomer client, citing Kustomer's rate-limiting page, reads it), not a
+        # number of seconds. Kustomer documents no Retry-After; one is sent only when a test
+        # asks (``retry_after_s``: a gateway in front of the API may add it).
         headers = {
             "x-ratelimit-limit": str(self.rate_limit),
             "x-ratelimit-remaining": str(max(0, self.rate_limit - self._window_count)),
-            "x-ratelimit-reset": str(reset),
+            "x-ratelimit-reset": str(int(time.time()) + left),
         }
-        if not allowed:
-            headers["Retry-After"] = str(self.retry_after_s or reset)
+        if not allowed and self.retry_after_s is not None:
+            headers["Retry-After"] = str(self.retry_after_s)
         return allowed, headers
 
     def create_note(self, conversation_id: str, body: Any) -> tuple[int, dict]:

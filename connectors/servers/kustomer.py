@@ -11,8 +11,13 @@ Talks to ``config.base_url`` (e.g. ``https://acme.api.kustomerapp.com``) with th
 
 Called with no arguments (the connection test), reads do a cheap live read and dry runs check
 auth and reachability. Minimal by design (two capabilities); it must never log or return the
-API key. A 429 (Kustomer's org-wide rate limit) with a short ``Retry-After`` is waited out and
-sent once more (a 429 applied nothing); a longer one is an ``upstream_error`` naming the wait.
+API key. A 429 (Kustomer's org-wide rate limit) whose wait is short is waited out and sent once
+more (a 429 applied nothing); a longer one is an ``upstream_error`` naming the wait. The wait is
+``Retry-After`` when a gateway sends one, else the window's reset: Kustomer documents only
+``x-ratelimit-limit`` / ``-remaining`` / ``-reset``, the reset a UTC epoch second
+(developer.kustomer.com/docs/concepts/rate-limits; help.kustomer.com "API rate limits"). Its
+error bodies are an ``errors`` array of ``{code, message, meta}`` or JSON:API objects
+(developer.kustomer.com/docs/concepts/errors); both read by ``connectors/upstream.py``.
 Tested against ``connectors/fakes/kustomer.py``, a stand-in written from Kustomer's API docs.
 """
 

@@ -68,19 +68,33 @@ def _modes(provider):
     connect.set_mode(fail_status=None, apply_then_fail=False, hang_s=None)
 
 
+def remove_connected(c: httpx.Client) -> None:
+    """Uninstall the tenant's connectors that may hold a grant (they are probed, and refreshed
+    when tokens expire), pausing the operators first; the shared connector and operator stay."""
+    keep = set(SHARED.values())
+    for op in c.get("/v1/operators", params={"limit": 100}).json()["data"]:
+        if op["id"] not in keep and op["status"] != "paused":
+            c.post(f"/v1/operators/{op['id']}/pause", json={})
+    for cn in c.get("/v1/connectors", params={"limit": 100}).json()["data"]:
+        # a pending one is never probed: it costs nothing and stays, saving the deletes
+        if cn["id"] not in keep and cn["status"] != "pending_auth":
+            r = c.delete(f"/v1/connectors/{cn['id']}")
+            assert r.status_code in (200, 204), r.text
+
+
 @pytest.fixture(autouse=True)
 def _uninstall(request):
-    """Every probed connector costs a server process in the api: each test removes its own
-    (pausing the operators that depend on them first)."""
+    """Every probed connector costs a server process in the api: each test removes the ones it
+    connected."""
     yield
     if "acme" not in request.fixturenames:
         return
     stack, tenant = request.getfixturevalue("ostack"), request.getfixturevalue("acme")
     with client(stack, tenant.keys["admin"]) as c:
-        for op in c.get("/v1/operators", params={"limit": 100}).json()["data"]:
-            c.post(f"/v1/operators/{op['id']}/pause", json={})
-        for cn in c.get("/v1/connectors", params={"limit": 100}).json()["data"]:
-            c.delete(f"/v1/connectors/{cn['id']}")
+        remove_connected(c)
+
+
+SHARED: dict[str, str] = {}  # the shared connector's and operator's ids, once made
 
 
 def wait_for(predicate, timeout=45.0, interval=0.25):
@@ -132,6 +146,66 @@ def connected(stack: Stack, c: httpx.Client, connect: FakeAmazonConnect) -> dict
 @pytest.fixture(scope="module")
 def acme(ostack) -> Tenant:
     return new_tenant(ostack, "oauth-acme")
+
+
+@pytest.fixture(scope="module")
+def shared(ostack, acme, provider) -> dict:
+    """One connected cn-amazon-connect and an operator creating a task per ``task.requested``
+    through it (named in the playbook, so another test's connector never takes its actions),
+    shared by the dispatch cases instead of a dance each."""
+    _, connect = provider
+    with client(ostack, acme.keys["admin"]) as c:
+        cn = connected(ostack, c, connect)
+        op = c.post(
+            "/v1/operators",
+            json={
+                "name": f"tasks-{uuid.uuid4().hex[:6]}",
+                "outcome": "Every requested task is created in Amazon Connect.",
+                "capabilities": ["task.create"],
+                "guardrails": [{"tool": "task.create", "decision": "ALLOW"}],
+                "playbook": [
+                    {
+                        "when": "task.requested",
+                        "then": [
+                            {
+                                "tool": "task.create",
+                                "connector": cn["name"],
+                                "args": {
+                                    "name": "Task {{payload.id}}",
+                                    "contact_flow_id": DEFAULT_FLOW,
+                                },
+                                "entity_key": "contact:{{payload.id}}",
+                                "idempotency_key": "t:{{payload.id}}",
+                            }
+                        ],
+                    }
+                ],
+            },
+        )
+        assert op.status_code == 201, op.text
+    SHARED.update(connector=cn["id"], operator=op.json()["id"])
+    return {"cn": cn, "op": op.json()}
+
+
+def dispatch(c: httpx.Client, op: dict, task_id: str) -> dict:
+    """Request a task through the shared operator; its receipt once the executor disposed it."""
+    ev = c.post(
+        "/v1/events",
+        json={"source": "crm", "event_type": "task.requested", "payload": {"id": task_id}},
+    ).json()
+    rc = wait_for(
+        lambda: next(
+            (
+                r
+                for r in c.get("/v1/receipts", params={"operator_id": op["id"]}).json()["data"]
+                if r["event_id"] == ev["id"] and r["outcome"] != "pending"
+            ),
+            None,
+        ),
+        timeout=45,
+    )
+    assert rc, (ev, c.get("/v1/plans", params={"event_id": ev["id"]}).text)
+    return rc
 
 
 def test_the_dance_connects_and_every_tool_runs_against_amazon_connect(ostack, acme, provider):
@@ -292,73 +366,76 @@ def test_refresh_before_expiry_and_on_401_reseals_the_token(ostack, acme, provid
         assert c.get(f"/v1/connectors/{cn['id']}").json()["status"] == "connected"
 
 
-def test_a_revoked_grant_is_error_and_dispatches_are_refused_with_a_receipt(ostack, acme, provider):
+def test_a_dispatch_that_meets_a_401_renews_the_token_and_applies_once(
+    ostack, acme, provider, shared
+):
+    """The provider invalidates the access token early: the worker's dispatch meets the 401,
+    renews the token (one refresh at the provider, sealed again through the control agent) and
+    calls once more with the same ClientToken; the task exists once and the receipt is applied.
+    The api's probe (every second) may renew first; then the dispatch never meets the 401 and
+    the case is tried again with a new task (the assertion is about dispatches that did)."""
     auth, connect = provider
+    cn = shared["cn"]
     with client(ostack, acme.keys["admin"]) as c:
-        cn = connected(ostack, c, connect)
-        op = c.post(
-            "/v1/operators",
-            json={
-                "name": f"revoked-{uuid.uuid4().hex[:6]}",
-                "outcome": "Tasks for missed calls.",
-                "capabilities": ["task.create"],
-                "guardrails": [{"tool": "task.create", "decision": "ALLOW"}],
-                "playbook": [
-                    {
-                        "when": "task.requested",
-                        "then": [
-                            {
-                                "tool": "task.create",
-                                "args": {"name": "x", "contact_flow_id": DEFAULT_FLOW},
-                                "entity_key": "contact:{{payload.id}}",
-                                "idempotency_key": "t:{{payload.id}}",
-                            }
-                        ],
-                    }
-                ],
-            },
+        remove_connected(c)  # no other grant is refreshed meanwhile (even after a failed test)
+        assert dispatch(c, shared["op"], "warm")["outcome"] == "applied"  # the session is up
+        met = None
+        for attempt in range(6):
+            version = c.get(f"/v1/connectors/{cn['id']}").json()["version"]
+            refreshes, seen = auth.count("refresh"), len(connect.log())
+            auth.expire_access_tokens()
+            rc = dispatch(c, shared["op"], f"renew-{attempt}")
+            token = f"t:renew-{attempt}"
+            mine = [x for x in connect.log()[seen:] if x["client_token"] == token]
+            if [x["status"] for x in mine] == [200]:
+                continue  # the probe renewed the token before the dispatch reached it: again
+            met = (rc, mine, refreshes, version)
+            break
+        assert met is not None, "every dispatch ran after the probe had renewed the token"
+        rc, mine, refreshes, version = met
+        # the dispatch met the 401 and then succeeded once, with the same ClientToken
+        assert [x["status"] for x in mine] == [401, 200], mine
+        assert rc["outcome"] == "applied", rc
+        assert rc["result"]["contact_id"], rc
+        assert len([t for t in connect.tasks() if t["Name"] == f"Task renew-{attempt}"]) == 1
+        # one refresh at the provider (it rotates refresh tokens: a second refresher's
+        # attempt is refused, never counted), and the renewed token sealed again: a new version
+        assert auth.count("refresh") == refreshes + 1
+        got = wait_for(
+            lambda: (x := c.get(f"/v1/connectors/{cn['id']}").json())["version"] > version and x
         )
-        assert op.status_code == 201, op.text
-        op = op.json()
+        assert got and got["status"] == "connected" and got["health"]["token_refreshed_at"]
+        # the next dispatch uses the renewed token straight away
+        before = len(connect.log())
+        assert dispatch(c, shared["op"], f"after-{attempt}")["outcome"] == "applied"
+        assert [x["status"] for x in connect.log()[before:] if x["client_token"]] == [200]
+
+
+def test_a_revoked_grant_is_error_and_dispatches_are_refused_with_a_receipt(
+    ostack, acme, provider, shared
+):
+    """The person revokes the app at the provider and the token expires: whether the worker's
+    dispatch meets the 401 first (its refresh is refused: invalid_grant) or the probe does, the
+    dispatch ends connector_unavailable with a receipt, the connector is in error, nothing is
+    created, and later dispatches are refused without calling the provider."""
+    auth, connect = provider
+    cn, op = shared["cn"], shared["op"]
+    with client(ostack, acme.keys["admin"]) as c:
+        tasks_before = len(connect.tasks())
         auth.revoke_all()
         auth.expire_access_tokens()
-        got = wait_for(
-            lambda: (x := c.get(f"/v1/connectors/{cn['id']}").json())["status"] == "error" and x,
-            timeout=45,
-        )
-        assert got and "revoked" in got["status_detail"], c.get(f"/v1/connectors/{cn['id']}").text
-        tasks_before = len(connect.tasks())
-        ev = c.post(
-            "/v1/events",
-            json={
-                "source": "amazon_connect",
-                "event_type": "task.requested",
-                "payload": {"id": "9"},
-            },
-        ).json()
-        rc = wait_for(
-            lambda: next(
-                (
-                    r
-                    for r in c.get("/v1/receipts", params={"operator_id": op["id"]}).json()["data"]
-                    if r["event_id"] == ev["id"] and r["outcome"] != "pending"
-                ),
-                None,
-            ),
-            timeout=30,
-        )
-        assert rc and rc["outcome"] == "failed", (
-            c.get("/v1/receipts", params={"operator_id": op["id"]}).text,
-            c.get("/v1/plans", params={"event_id": ev["id"]}).text,
-            ev,
-        )
-        assert "connector_unavailable" in json.dumps(rc) and "revoked" in json.dumps(rc)
+        for i, rc in enumerate([dispatch(c, op, "revoked-1"), dispatch(c, op, "revoked-2")]):
+            assert rc["outcome"] == "failed", (i, rc)
+            assert "connector_unavailable" in json.dumps(rc) and "revoked" in json.dumps(rc), rc
+        got = c.get(f"/v1/connectors/{cn['id']}").json()
+        assert got["status"] == "error" and "revoked" in got["status_detail"], got
         assert len(connect.tasks()) == tasks_before
-        # authorizing again: a fresh link, and connected once more
+        # authorizing again: a fresh link, and connected once more; dispatches run again
         again = c.post(f"/v1/connectors/{cn['id']}/authorize")
         assert again.status_code == 200 and again.json()["status"] == "pending_auth"
         r = callback(ostack, consent(again.json()["authorize_url"]))
         assert r.status_code == 200 and r.json()["status"] == "connected", r.text
+        assert dispatch(c, op, "reauthorized")["outcome"] == "applied"
 
 
 def test_wrong_forged_missing_and_cross_tenant_states_complete_nothing(ostack, acme, provider):
@@ -441,16 +518,20 @@ def test_tokens_and_the_client_secret_never_leave_the_vault(ostack, acme, provid
     or response (only sealed ciphertext)."""
     auth, _ = provider
     secrets = [*auth.issued_tokens(), CLIENT_SECRET]
-    assert len(secrets) > 5
+    assert len(secrets) > 3 and auth.count("refresh") >= 1  # renewed tokens are scanned too
     with client(ostack, acme.keys["admin"]) as c:
         for cn in c.get("/v1/connectors", params={"limit": 100}).json()["data"]:
             text = c.get(f"/v1/connectors/{cn['id']}").text
             assert not any(s in text for s in secrets)
         receipts = c.get("/v1/receipts", params={"limit": 100}).text
         assert not any(s in receipts for s in secrets)
-    for log in (ostack.home / "logs").glob("*.log"):
+    # every log under the stack's home: the roles' logs and every connector server's stderr
+    # (the worker's and the api's sessions, restarted with each renewed token)
+    logs = list(ostack.home.rglob("*.log"))
+    assert any("connectors" in str(p) for p in logs), logs
+    for log in logs:
         text = log.read_text(errors="replace")
-        assert not any(s in text for s in secrets), log.name
+        assert not any(s in text for s in secrets), log
     assert not any(s in ostack.up_output() for s in secrets)
 
     async def scan() -> int:

@@ -125,30 +125,53 @@ def test_demo_populates_a_tenant_and_stops_cleanly(tmp_path):
         start_new_session=True,
     )
     stack.proc = proc
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and "receipts so far" not in out_path.read_text():
-        assert proc.poll() is None, out_path.read_text()
-        time.sleep(0.5)
-    text = out_path.read_text()
-    line = next(ln for ln in text.splitlines() if "receipts so far" in ln)
-    for outcome in ("applied", "deduplicated", "pending_approval", "refused"):
-        assert outcome in line, line
-    key = (
-        next(ln for ln in text.splitlines() if "FIBRIC_KEY=" in ln).split("FIBRIC_KEY=")[1].strip()
-    )
-    with client(stack, key) as c:
-        assert c.get("/v1/plans", params={"status": "proposed"}).json()["data"]
-        assert c.get("/v1/operators").json()["data"][0]["name"] == "order-risk"
-    # the demo's receiver prints the held plans' signed webhook deliveries
-    while time.monotonic() < deadline and "fibric: webhook plan.awaiting_approval" not in (
-        out_path.read_text()
-    ):
-        time.sleep(0.5)
-    hooks = [ln for ln in out_path.read_text().splitlines() if ln.startswith("fibric: webhook ")]
-    assert any("plan.awaiting_approval" in ln for ln in hooks), hooks
-    assert all(ln.endswith("signature ok") for ln in hooks), hooks
-    assert stack.stop() == 0
+    try:
+        deadline = time.monotonic() + 300  # the summary waits for the pipeline (bounded)
+        while time.monotonic() < deadline and "receipts so far" not in out_path.read_text():
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.5)
+        text = out_path.read_text()
+        line = next(ln for ln in text.splitlines() if "receipts so far" in ln)
+        for outcome in ("applied", "deduplicated", "pending_approval", "refused"):
+            assert outcome in line, line
+        key = (
+            next(ln for ln in text.splitlines() if "FIBRIC_KEY=" in ln)
+            .split("FIBRIC_KEY=")[1]
+            .strip()
+        )
+        # all three live marketplace connectors, each against its stand-in, are connected; Amazon
+        # Connect's OAuth dance was completed by the demo against the local authorization server
+        shown = next(ln for ln in text.splitlines() if ln.startswith("fibric: connectors: "))
+        for listing in ("cn-magento", "cn-kustomer", "cn-amazon-connect"):
+            assert f"{listing} " in shown, shown
+        with client(stack, key) as c:
+            assert c.get("/v1/plans", params={"status": "proposed"}).json()["data"]
+            assert c.get("/v1/operators").json()["data"][0]["name"] == "order-risk"
+            cns = {cn["listing"]: cn for cn in c.get("/v1/connectors").json()["data"]}
+            assert {k: v["status"] for k, v in cns.items()} == {
+                "cn-magento": "connected",
+                "cn-kustomer": "connected",
+                "cn-amazon-connect": "connected",
+            }, cns
+            # their tools run: a live read and a dry run against each stand-in (the Amazon Connect
+            # stand-in accepts the token the dance obtained: it asks the authorization server)
+            for listing in ("cn-kustomer", "cn-amazon-connect"):
+                t = c.post(f"/v1/connectors/{cns[listing]['id']}/test", json={})
+                assert t.status_code == 200 and t.json()["status"] == "passed", (listing, t.text)
+        # the demo's receiver prints the held plans' signed webhook deliveries
+        while time.monotonic() < deadline and "fibric: webhook plan.awaiting_approval" not in (
+            out_path.read_text()
+        ):
+            time.sleep(0.5)
+        hooks = [
+            ln for ln in out_path.read_text().splitlines() if ln.startswith("fibric: webhook ")
+        ]
+        assert any("plan.awaiting_approval" in ln for ln in hooks), hooks
+        assert all(ln.endswith("signature ok") for ln in hooks), hooks
+    finally:
+        code = stack.stop()  # also when an assertion failed: no stack is left behind
+    assert code == 0
     deadline = time.monotonic() + 10
     while stack.pids() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert stack.pids() == []  # the demo store stopped too
+    assert stack.pids() == []  # the demo's stand-ins stopped too

@@ -7,6 +7,7 @@ error page). Every assertion about Kustomer reads the fake's state."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -78,11 +79,17 @@ def test_the_fake_speaks_kustomers_shapes(kfake: FakeKustomer):
     for h in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"):
         assert r.headers[h].isdigit()
     assert int(r.headers["x-ratelimit-remaining"]) == int(r.headers["x-ratelimit-limit"]) - 1
+    # x-ratelimit-reset is the UTC epoch second the org's 60 s window resets (Kustomer's docs)
+    assert time.time() - 1 <= int(r.headers["x-ratelimit-reset"]) <= time.time() + 61
     r = httpx.get(f"{kfake.url}/v1/customers/{ADA}")
-    assert r.status_code == 401 and r.json()["errors"][0]["code"] == "unauthorized"
+    # the common error shape: {code, message, meta}
+    assert r.status_code == 401 and r.json()["errors"] == [
+        {"code": "unauthorized", "message": "Invalid or missing API token.", "meta": {}}
+    ]
     r = httpx.post(f"{kfake.url}/v1/conversations/{CONV}/notes", json={"body": ""}, headers=auth)
-    err = r.json()["errors"][0]
+    err = r.json()["errors"][0]  # the JSON:API form, for an invalid attribute
     assert r.status_code == 400 and err["source"]["pointer"] == "/data/attributes/body"
+    assert err["status"] == "400" and err["code"] == "invalid_attribute" and err["detail"]
     r = httpx.post(f"{kfake.url}/v1/notes", json={"conversation": CONV, "body": "x"}, headers=auth)
     assert r.status_code == 201 and r.json()["data"]["type"] == "note"
     big = {"body": "x" * (101 * 1024)}
@@ -95,6 +102,9 @@ def test_the_fake_speaks_kustomers_shapes(kfake: FakeKustomer):
     assert r.status_code == 429 and r.headers["Retry-After"] == "7"
     assert r.headers["x-ratelimit-remaining"] == "0"
     assert r.json()["errors"][0]["code"] == "rate_limit_exceeded"
+    kfake.set_mode(rate_limit=0)  # as Kustomer documents it: no Retry-After, the reset time
+    r = httpx.get(f"{kfake.url}/v1/customers/{ADA}", headers=auth)
+    assert r.status_code == 429 and "Retry-After" not in r.headers
 
 
 # ---- connector.check and customer.read -----------------------------------------------------
@@ -239,6 +249,16 @@ async def test_a_short_retry_after_is_waited_out(kus: ConnectorRuntime, kfake: F
     r = await task
     assert r.ok, r
     assert kfake.count("rate_limited") == 1
+
+
+async def test_a_429_without_retry_after_waits_for_the_windows_reset(kus, kfake: FakeKustomer):
+    """Kustomer sends no Retry-After: the wait comes from x-ratelimit-reset (a UNIX time)."""
+    kfake.set_mode(rate_limit=0)
+    r = await kus.call(CN, "customer.read", {"customer_id": ADA})
+    assert (r.ok, r.error_code, r.upstream_status) == (False, "upstream_error", 429)
+    m = re.search(r"retry after (\d+) s", r.error_message)
+    assert m and 1 <= int(m.group(1)) <= 61, r.error_message
+    assert "rate_limit_exceeded: Rate limit exceeded." in r.error_message
 
 
 async def test_a_long_retry_after_is_a_clear_upstream_error(kus, kfake: FakeKustomer):

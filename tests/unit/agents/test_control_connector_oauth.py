@@ -168,3 +168,47 @@ def test_oauth_commands_refuse_api_key_connectors():
     cn = h.install()
     err = h.err("connector.reauthorize", connector_id=cn["id"], nonce="n" * 20, authorize_url="u")
     assert err.code == "state_conflict"
+
+
+def test_refreshes_race_on_the_tokens_they_replaced_not_on_the_version():
+    """Decisions §47: of two refreshers of one grant the first renewal stays, a second one built
+    on the replaced tokens is refused, a version bump meanwhile (a health touch) voids nothing,
+    and a revocation concluded from replaced tokens is refused."""
+    from agents.oauth import credentials_fingerprint as fp
+
+    h = Harness()
+    cn = oauth_install(h)
+    h.ok(
+        "connector.authorize",
+        connector_id=cn["id"],
+        nonce="nonce-aaaaaaaaaaaaaaaa",
+        outcome="granted",
+        ciphertext="t1",
+    )
+    v = h.view.connectors[cn["id"]].version
+    h.ok("connector.set_status", connector_id=cn["id"], status="degraded", expect_version=v)
+    # the first refresher's write lands although the version moved since it read t1
+    h.ok(
+        "connector.credentials", connector_id=cn["id"], ciphertext="t2", expect_credentials=fp("t1")
+    )
+    assert h.view.vault[cn["id"]].ciphertext == "t2"
+    late = h.err(
+        "connector.credentials", connector_id=cn["id"], ciphertext="t3", expect_credentials=fp("t1")
+    )
+    assert late.code == "state_conflict" and h.view.vault[cn["id"]].ciphertext == "t2"
+    wrong = h.err(
+        "connector.set_status",
+        connector_id=cn["id"],
+        status="error",
+        grant="revoked",
+        expect_credentials=fp("t1"),
+    )
+    assert wrong.code == "state_conflict" and h.view.connectors[cn["id"]].grant == "granted"
+    h.ok(
+        "connector.set_status",
+        connector_id=cn["id"],
+        status="error",
+        grant="revoked",
+        expect_credentials=fp("t2"),
+    )
+    assert h.view.connectors[cn["id"]].refused_because()
