@@ -43,7 +43,7 @@ from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
 from api.ratelimit import RateLimiter
 from api.readcache import ReadCache
-from api.server import FibricLitestar
+from api.server import FibricLitestar, tune_gc
 from api.state import ApiState
 from connectors.pool import ConnectorRuntime
 from ledger.exec_restore import restore_exec_state
@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state["fibric"].extra["hub"] = hub
         if metrics is not None:
             install_metrics(app.state["fibric"])
+        tune_gc()  # everything long-lived exists now
         try:
             yield
         finally:
