@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import WebSocketRoute
 
 from agents.secrets import SecretBox
-from api.auth import require_scope
+from api.auth import authorize_request, require_scope
 from api.broker import BoundedProducer
 from api.connector_health import ConnectorHealthMonitor
 from api.controllers.api_keys import ApiKeysController
@@ -74,6 +75,15 @@ async def restore_config(store: LedgerStore, producer: object, bootstrap: str) -
     await publish(producer, records)
     log.info("restored %d config records from the ledger into %s", len(records), CONFIG)
     return len(records)
+
+
+def check_sockets_guarded(app: Litestar) -> None:
+    """Every /v1 WebSocket route must run :func:`require_scope` (the router's request hook does
+    not run for sockets): refuse to build an app with an unauthenticated one."""
+    for route in app.routes:
+        if isinstance(route, WebSocketRoute) and route.path.startswith("/v1"):
+            if require_scope not in route.route_handler.resolve_guards():
+                raise RuntimeError(f"{route.path} must declare guards=[require_scope]")
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -209,12 +219,14 @@ def create_app(settings: Settings) -> Litestar:
             GovernanceController,
             AuditLogController,
         ],
-        guards=[require_scope],
+        # HTTP routes: one hook call per request; WebSocket routes declare the guard themselves
+        # (check_sockets_guarded: a /v1 socket without it would be unauthenticated)
+        before_request=authorize_request,
     )
     root = [v1, healthz, readyz, openapi]
     if metrics is not None:
         root.append(metrics_endpoint)
-    return FibricLitestar(
+    app = FibricLitestar(
         route_handlers=root,
         lifespan=[lifespan],
         middleware=[ConventionsMiddleware],
@@ -224,3 +236,5 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
         metrics=metrics,
     )
+    check_sockets_guarded(app)
+    return app
