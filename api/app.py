@@ -14,7 +14,7 @@ from litestar.routes import WebSocketRoute
 
 from agents.secrets import SecretBox
 from api.auth import authorize_request, require_scope
-from api.broker import BoundedProducer
+from api.broker import BoundedProducer, CachingPartitioner
 from api.connector_health import ConnectorHealthMonitor
 from api.controllers.api_keys import ApiKeysController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> Litestar:
         store = LedgerStore(settings.effective_clickhouse_dsn)
         store.open()
         await ensure_topics(settings.kafka_bootstrap, settings.partitions)
-        producer = make_producer(settings.kafka_bootstrap)
+        producer = make_producer(settings.kafka_bootstrap, partitioner=CachingPartitioner())
         await producer.start()
         await restore_config(store, producer, settings.kafka_bootstrap)
         await restore_exec_state(store, producer, settings.kafka_bootstrap)
