@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import WebSocketRoute
 
 from agents.secrets import SecretBox
-from api.auth import require_scope
-from api.broker import BoundedProducer
+from api.auth import authorize_request, require_scope
+from api.broker import BoundedProducer, CachingPartitioner
 from api.connector_health import ConnectorHealthMonitor
 from api.controllers.api_keys import ApiKeysController
 from api.controllers.connectors import ConnectorsController, MarketplaceController
@@ -43,7 +44,7 @@ from api.middleware import ConventionsMiddleware
 from api.overlay import PendingEvents
 from api.ratelimit import RateLimiter
 from api.readcache import ReadCache
-from api.server import FibricLitestar
+from api.server import FibricLitestar, tune_gc
 from api.state import ApiState
 from connectors.pool import ConnectorRuntime
 from ledger.exec_restore import restore_exec_state
@@ -77,6 +78,15 @@ async def restore_config(store: LedgerStore, producer: object, bootstrap: str) -
     return len(records)
 
 
+def check_sockets_guarded(app: Litestar) -> None:
+    """Every /v1 WebSocket route must run :func:`require_scope` (the router's request hook does
+    not run for sockets): refuse to build an app with an unauthenticated one."""
+    for route in app.routes:
+        if isinstance(route, WebSocketRoute) and route.path.startswith("/v1"):
+            if require_scope not in route.route_handler.resolve_guards():
+                raise RuntimeError(f"{route.path} must declare guards=[require_scope]")
+
+
 def create_app(settings: Settings) -> Litestar:
     # Prometheus metrics (api/metrics.py, decisions §41): request-path counters, the ledger
     # sink's batch histograms and, at scrape time, what the state holds. Off: none of it.
@@ -88,7 +98,7 @@ def create_app(settings: Settings) -> Litestar:
         store = LedgerStore(settings.effective_clickhouse_dsn)
         store.open()
         await ensure_topics(settings.kafka_bootstrap, settings.partitions)
-        producer = make_producer(settings.kafka_bootstrap)
+        producer = make_producer(settings.kafka_bootstrap, partitioner=CachingPartitioner())
         await producer.start()
         await restore_config(store, producer, settings.kafka_bootstrap)
         view = ConfigView(settings.kafka_bootstrap)
@@ -159,6 +169,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state["fibric"].extra["hub"] = hub
         if metrics is not None:
             install_metrics(app.state["fibric"])
+        tune_gc()  # everything long-lived exists now
         try:
             yield
         finally:
@@ -214,12 +225,14 @@ def create_app(settings: Settings) -> Litestar:
             GovernanceController,
             AuditLogController,
         ],
-        guards=[require_scope],
+        # HTTP routes: one hook call per request; WebSocket routes declare the guard themselves
+        # (check_sockets_guarded: a /v1 socket without it would be unauthenticated)
+        before_request=authorize_request,
     )
     root = [v1, healthz, readyz, openapi]
     if metrics is not None:
         root.append(metrics_endpoint)
-    return FibricLitestar(
+    app = FibricLitestar(
         route_handlers=root,
         lifespan=[lifespan],
         middleware=[ConventionsMiddleware],
@@ -229,3 +242,5 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
         metrics=metrics,
     )
+    check_sockets_guarded(app)
+    return app

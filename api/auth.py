@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from litestar.connection import ASGIConnection
+from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
 
 from api.key_usage import key_usage
@@ -82,19 +82,34 @@ def _unauthenticated(connection: ASGIConnection[Any, Any, Any, Any], state: ApiS
 async def require_scope(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Guard on every /v1 route: authenticate, check the route's scope, count the rate budget."""
+    """Guard form of :func:`authorize` (WebSocket routes: Litestar runs no request hook for
+    them, and it copies the route handler for each guard call)."""
+    await authorize(connection, handler.opt)
+
+
+async def authorize_request(request: Request[Any, Any, Any]) -> None:
+    """The /v1 router's ``before_request`` hook: :func:`authorize` once per HTTP request, with
+    the route's options, without the handler copy Litestar makes for each guard (decisions
+    §46). Raising here is the same envelope a guard's raise was; returning None lets the
+    handler run."""
+    await authorize(request, request.scope["route_handler"].opt)
+
+
+async def authorize(connection: ASGIConnection[Any, Any, Any, Any], opt: dict[str, Any]) -> None:
+    """On every /v1 route: authenticate, check the route's scope, count the rate budget."""
     state = api_state(connection)
-    if handler.opt.get("auth") == "none":
+    scope_state = connection.scope["state"]
+    if opt.get("auth") == "none":
         # authenticated by something else than a key (the OAuth callback's signed state);
         # counted in the unauthenticated budget
         verdict = state.limiter.hit(*UNAUTHENTICATED)
-        connection.scope["state"].setdefault("response_headers", {}).update(verdict.headers())
+        scope_state.setdefault("response_headers", {}).update(verdict.headers())
         if not verdict.allowed:
             raise FibricError(
                 ErrorCode.RATE_LIMITED, "Rate limit exceeded; retry after Retry-After seconds."
             )
         return
-    header = connection.headers.get("authorization", "")
+    header = _authorization(connection.scope)
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
     if (
@@ -118,16 +133,16 @@ async def require_scope(
         _unauthenticated(connection, state)
         raise FibricError(ErrorCode.KEY_INVALID, "The API key's tenant does not exist.")
     key_usage(state).note(state, key)  # last_used_at: in memory; a background touch when due
-    needed = handler.opt.get("scope")
+    needed = opt.get("scope")
     if needed and needed not in key.scopes:
         raise FibricError(
             ErrorCode.INSUFFICIENT_SCOPE,
             f"This key lacks the {needed} scope required by this route.",
             details={"required_scope": needed},
         )
-    route_class = handler.opt.get("route_class", "default")
+    route_class = opt.get("route_class", "default")
     verdict = state.limiter.hit(tenant.id, route_class)
-    connection.scope["state"].setdefault("response_headers", {}).update(verdict.headers())
+    scope_state.setdefault("response_headers", {}).update(verdict.headers())
     if not verdict.allowed:
         if state.metrics is not None:
             state.metrics.rate_limited(route_class)
@@ -135,7 +150,16 @@ async def require_scope(
             ErrorCode.RATE_LIMITED,
             "Rate limit exceeded for this route class; retry after Retry-After seconds.",
         )
-    connection.scope["state"]["auth"] = AuthContext(key, tenant)
+    scope_state["auth"] = AuthContext(key, tenant)
+
+
+def _authorization(scope: Any) -> str:
+    """The Authorization header straight from the ASGI scope (no Headers object per request;
+    names are lower-case in ASGI). Several: the first, as Litestar's ``headers.get`` did."""
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return ""
 
 
 def auth_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AuthContext:

@@ -7,7 +7,7 @@ from typing import Any
 
 from api.errors import send_error
 from schemas.errors import ErrorCode, FibricError
-from schemas.ids import new_id
+from schemas.ids import sequential_id
 
 # Dated revisions this server can serve, oldest first; the last is served when none is pinned.
 API_REVISIONS = ("2026-06-01",)
@@ -23,7 +23,7 @@ class ConventionsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_id("req")
+        request_id = sequential_id("req")
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         headers = dict(scope.get("headers") or [])

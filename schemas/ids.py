@@ -3,12 +3,18 @@
 An id is ``<prefix>_`` + 26 Crockford base32 characters: 48 bits of millisecond time then 80 bits
 of randomness (ULID layout), so ids sort by creation time and embed it. ``derived_id`` makes the
 same id from the same inputs, which is how replays of a Kafka record get the same identity.
+``sequential_id`` is the hot paths' id (request, event and correlation ids of ``POST
+/v1/events``): the same layout, its 80 bits a per-process random prefix (40 bits, drawn at start
+and again in a forked child) then a per-process counter (40 bits), ~10x cheaper than 80 fresh
+random bits and unique across processes and restarts (two processes collide only if they draw
+the same prefix *and* reach the same count in the same millisecond).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import time
 from datetime import UTC, datetime
@@ -57,6 +63,45 @@ def _ulid(ms: int, rand: int) -> str:
 def new_id(prefix: str, at_ms: int | None = None) -> str:
     ms = int(time.time() * 1000) if at_ms is None else at_ms
     return f"{prefix}_{_ulid(ms, int.from_bytes(os.urandom(10), 'big'))}"
+
+
+# ---- sequential ids: per-process random prefix + counter -------------------------------------
+_COUNTER_BITS = 40
+_LOW_BITS = 10  # the last two characters come from a table; the six above change every 1,024
+_LOW = tuple(_encode(i, 2) for i in range(1 << _LOW_BITS))
+
+
+class _Sequence:
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = _encode(int.from_bytes(os.urandom(5), "big"), 8)
+        self.counter = itertools.count()  # next() is atomic under the GIL
+        self.high: tuple[int, str] = (-1, "")
+
+    def next(self) -> str:
+        n = next(self.counter)
+        if n >> _COUNTER_BITS:  # 2^40 ids in one process: start a fresh prefix
+            self.reseed()
+            n = next(self.counter)
+        hi = n >> _LOW_BITS
+        cached = self.high
+        if cached[0] != hi:
+            cached = self.high = (hi, self.prefix + _encode(hi, 6))
+        return cached[1] + _LOW[n & ((1 << _LOW_BITS) - 1)]
+
+
+_SEQUENCE = _Sequence()
+os.register_at_fork(after_in_child=_SEQUENCE.reseed)
+
+
+def sequential_id(prefix: str, at_ms: int | None = None) -> str:
+    """Like :func:`new_id` (same layout, time-sortable), its 80 low bits this process's random
+    prefix and counter: unique, increasing within a process and millisecond, not unguessable
+    (use :func:`new_id` for ids that must not be predictable)."""
+    ms = int(time.time() * 1000) if at_ms is None else at_ms
+    return f"{prefix}_{_time_part(ms)}{_SEQUENCE.next()}"
 
 
 def derived_id(prefix: str, at_ms: int, *parts: object) -> str:

@@ -17,7 +17,7 @@ from api.respond import documented, respond
 from ledger.store import DATETIME_MAX, DATETIME_MIN, EventFilters
 from schemas.envelope import Event, EventIn
 from schemas.errors import ErrorCode, FibricError
-from schemas.ids import new_id
+from schemas.ids import sequential_id
 from schemas.limits import LimitProblem, check_payload
 from schemas.objects import EventObject, ListOf
 from streams.topics import EVENTS, entity_key
@@ -151,21 +151,21 @@ class EventsController(Controller):
             now = datetime.now(UTC)
             ms = int(now.timestamp() * 1000)
             event = Event(
-                id=new_id("ev", ms),
+                id=sequential_id("ev", ms),
                 tenant_id=tenant.id,
                 reseller_id=tenant.reseller_id,
                 livemode=auth.key.livemode,
                 workspace_id=data.workspace_id,
                 source=data.source,
                 event_type=data.event_type,
-                correlation_id=data.correlation_id or new_id("co", ms),
+                correlation_id=data.correlation_id or sequential_id("co", ms),
                 payload=data.payload,
                 entity_key=data.entity_key,
                 idempotency_key=headers.get("idempotency-key"),
                 request_id=request.scope["state"]["request_id"],
                 created_at=now,
             )
-            doc = event.model_dump(mode="json")
+            doc = event.object_json()
             doc["plan_ids"] = []
             return 201, orjson.dumps(doc), event
 

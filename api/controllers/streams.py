@@ -32,7 +32,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
 
-from api.auth import AuthContext, api_state, auth_of
+from api.auth import AuthContext, api_state, auth_of, require_scope
 from api.controllers.events import _query_filters
 from api.controllers.loop import (
     TERMINAL,
@@ -492,6 +492,7 @@ class EventStreamController(Controller):
     @websocket(
         "/ws",
         opt={"scope": "events:read", "route_class": "events_read"},
+        guards=[require_scope],  # the /v1 router's request hook does not run for sockets
     )
     async def events_ws(self, socket: WebSocket[Any, Any, Any]) -> None:
         """The event stream over a WebSocket: the same frames as JSON text messages
