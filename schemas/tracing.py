@@ -55,7 +55,6 @@ def endpoint_configured(environ: Mapping[str, str] | None = None) -> bool:
 def configure(role: str, **attributes: str) -> bool:
     """Install the SDK tracer provider with the OTLP/HTTP exporter when an endpoint is set.
     Idempotent; returns whether tracing is on. ``attributes`` are added to the resource."""
-    global ENABLED, _tracer, _provider
     if ENABLED:
         return True
     if not endpoint_configured():
@@ -85,10 +84,17 @@ def configure(role: str, **attributes: str) -> bool:
         provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    _provider = provider
-    _tracer = trace.get_tracer("fibric")
-    ENABLED = True
+    use(provider)
     return True
+
+
+def use(provider: Any) -> None:
+    """Trace with ``provider`` (configure() calls this; tests pass one with an in-memory
+    exporter). ``use(None)`` turns tracing off again."""
+    global ENABLED, _tracer, _provider
+    _provider = provider
+    _tracer = provider.get_tracer("fibric") if provider is not None else None
+    ENABLED = provider is not None
 
 
 def shutdown() -> None:

@@ -448,25 +448,23 @@ class Executor:
             try:
                 d = await self._dispose(a, p, key, prior, out, span)
             except asyncio.CancelledError:
+                if span is not None:
+                    span.end()
                 raise
             except Exception as exc:  # noqa: BLE001 - one action's bug must not sink the lane
                 if _is_transient(exc):
+                    if span is not None:
+                        span.end()
                     raise  # the broker is unavailable: the whole batch is retried
                 log.exception("disposing %s failed", a.id)
                 d = crashed(a, exc, datetime.now(UTC), seen.get(key))
-            finally:
-                if span is not None:
-                    span.end()
+            if span is not None:
+                _end_execute_span(span, d)
             if isinstance(d, Reemit):
                 if d.receipt is not None:
                     out.ledger_row("receipt", d.receipt, trace)
                 continue
             self._count(d)
-            if span is not None:
-                span.set_attribute("fibric.decision", d.receipt.decision)
-                span.set_attribute("fibric.outcome", d.receipt.outcome)
-                if d.receipt.outcome == "failed":
-                    tracing.fail(span, (d.receipt.error or {}).get("code") or "failed")
             out.ledger("receipt", d.receipt, trace)
             if d.state is not None:
                 seen[key] = d.state
@@ -692,6 +690,17 @@ def _execute_span(a: ActionRecord) -> Any:
             "fibric.decision": a.verdict.decision,
         },
     )
+
+
+def _end_execute_span(span: Any, d: Dispose | Reemit) -> None:
+    if isinstance(d, Reemit):
+        span.set_attribute("fibric.reemitted", True)
+    else:
+        span.set_attribute("fibric.decision", d.receipt.decision)
+        span.set_attribute("fibric.outcome", d.receipt.outcome)
+        if d.receipt.outcome == "failed":
+            tracing.fail(span, (d.receipt.error or {}).get("code") or "failed")
+    span.end()
 
 
 def _is_transient(exc: BaseException) -> bool:
