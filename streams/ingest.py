@@ -234,10 +234,10 @@ async def reason_batch(state: WorkerState, batch: Sequence[Any]) -> None:
             )
             try:
                 proposal, refusal = await models.reason(op, event, connectors, state.describe_tools)
+                if refusal:
+                    tracing.fail(model_span, "the model's plan was refused")
             finally:
                 model_span.end()
-            if refusal:
-                tracing.fail(model_span, "the model's plan was refused")
             built = state.plan(event, op, proposal, refusal, tracing.traceparent_of(plan_span))
             add_built(state, out, built, tracing.headers_of(plan_span), plan_span)
 
