@@ -175,6 +175,79 @@ def run_pair(
     return out
 
 
+SPAN_EVENTS = 5_000
+
+
+def span_cost(events: int = SPAN_EVENTS, ratio: float = 1.0) -> dict[str, Any]:
+    """CPU per event of the spans one event makes with tracing on (ingest, plan, model, execute,
+    MCP client call, the connector's tool call, three ledger inserts: 9 spans), made with the
+    roles' own helpers (schemas/tracing.py) through the SDK's batch processor and the OTLP/HTTP
+    exporter to a loopback receiver, flushed at the end: this process's CPU time (export thread
+    included) per event. A figure of CPU, not of wall time, so a shared machine moves it little.
+    ``ratio`` < 1: the same with ``parentbased_traceidratio`` sampling (what sampled-out events
+    still cost: ids, context, the sampler's decision)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+
+    from schemas import tracing
+
+    sink = OtlpSink()
+    provider = TracerProvider(sampler=ParentBasedTraceIdRatio(ratio), shutdown_on_exit=False)
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"http://127.0.0.1:{sink.port}/v1/traces"),
+            max_queue_size=events * 10,
+        )
+    )
+    tracing.use(provider)
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(events):
+            started = tracing.now_ns()
+            ingest = tracing.start("ingest", None, kind="consumer", start_time=started)
+            plan = tracing.start("plan", context=tracing.child_context(ingest))
+            model = tracing.start("model rules", context=tracing.child_context(plan))
+            model.end()
+            tp = tracing.traceparent_of(plan)
+            plan.end()
+            ingest.end()
+            execute = tracing.start("execute", tp, kind="consumer", attributes={"i": i})
+            call = tracing.start("mcp tools/call x", context=tracing.child_context(execute))
+            server = tracing.start("tools/call x", tracing.traceparent_of(call), kind="server")
+            server.end()
+            call.end()
+            execute.end()
+            heads = [tracing.header_value(tracing.headers_of(s)) for s in (ingest, plan, execute)]
+            tracing.record_spans(
+                "ledger.insert", [h for h in heads if h], started, tracing.now_ns()
+            )
+        provider.force_flush(60_000)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    finally:
+        tracing.use(None)
+        provider.shutdown()
+        sink.close()
+    return {
+        "events": events,
+        "ratio": ratio,
+        "cpu_us_per_event": round(cpu / events * 1e6, 1),
+        "wall_us_per_event": round(wall / events * 1e6, 1),
+        "otlp_bytes_per_event": round(sink.bytes / events, 1),
+    }
+
+
+def _span_fields() -> dict[str, Any]:
+    full, tenth = span_cost(), span_cost(ratio=0.1)
+    log(f"MET spans: {full} {tenth}")
+    return {
+        "spans_cpu_us_per_event": full["cpu_us_per_event"],
+        "spans_otlp_bytes_per_event": full["otlp_bytes_per_event"],
+        "spans_10pct_cpu_us_per_event": tenth["cpu_us_per_event"],
+    }
+
+
 def scrape_at(series: int = SCRAPE_SERIES, repeats: int = SCRAPE_REPEATS) -> dict[str, Any]:
     """Render and serve a registry of ``series`` series shaped like Fibric's."""
     from prometheus_client import (
@@ -252,6 +325,9 @@ FIELDS = (
     "s3_trace_ratio",
     "s3_traced_vs_off",
     "otlp_bytes_per_traced_run",
+    "spans_cpu_us_per_event",
+    "spans_otlp_bytes_per_event",
+    "spans_10pct_cpu_us_per_event",
     "live_api_series",
     "live_api_scrape_ms",
     "live_worker-1_series",
@@ -266,6 +342,7 @@ FIELDS = (
 
 def run(work: Path, partitions: int, s1_events: int, s1_warmup: int, s3_actions: int) -> dict:
     out: dict[str, Any] = {"busy_cores_before": round(busy_cores(), 2)}
+    out.update(_span_fields())
     sc = scrape_at()
     out.update({f"scrape_10k_{k}": v for k, v in sc.items()})
     out.update(run_pair(work, partitions, s1_events, s1_warmup, s3_actions))
@@ -278,6 +355,7 @@ def main() -> None:
     p.add_argument("--s3", type=int, default=3_000, help="S3 actions per run")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--scrape-only", action="store_true")
+    p.add_argument("--spans-only", action="store_true", help="only the in-process span cost")
     p.add_argument("--quick", action="store_true", help="S1 and S3 at the suite's quick sizes")
     a = p.parse_args()
     if a.quick:
@@ -286,7 +364,10 @@ def main() -> None:
         q = Sizes.quick()
         a.s1, a.s3 = q.s1_events, q.s3_actions
     try:
-        if a.scrape_only:
+        if a.spans_only:
+            r = {"busy_cores_before": round(busy_cores(), 2)}
+            r.update(_span_fields())
+        elif a.scrape_only:
             r = {"busy_cores_before": round(busy_cores(), 2)}
             r.update({f"scrape_10k_{k}": v for k, v in scrape_at().items()})
         else:
