@@ -35,6 +35,7 @@ from schemas.guardrail import GuardrailPolicy, GuardrailRule
 from schemas.ids import derived_id
 from schemas.operator import Guardrail, Operator
 from schemas.plan import ActionRecord, Outcome, Plan, Receipt, Verdict
+from schemas.tracing import trace_id_of
 
 # Connector errors after which the side effect may or may not have happened upstream.
 UNKNOWN_OUTCOME = frozenset({"timeout", "connector_crashed"})
@@ -571,10 +572,11 @@ def receipt(
         created_at=now,
         policy_versions=a.verdict.policy_versions,
         shadow_verdict=a.verdict.shadow_verdict,
+        trace_id=trace_id_of(a.traceparent),
     )
 
 
-def plan_receipt(plan: Plan, reason: str, now: datetime) -> Receipt:
+def plan_receipt(plan: Plan, reason: str, now: datetime, traceparent: str | None = None) -> Receipt:
     """The receipt of a plan refused as a whole (invalid proposal, unknown tool, no connector)."""
     return Receipt(
         id=derived_id("rc", _ms(plan.created_at), plan.id, "plan-refused"),
@@ -606,6 +608,7 @@ def plan_receipt(plan: Plan, reason: str, now: datetime) -> Receipt:
                 "version": plan.guardrail_version,
             }
         ],
+        trace_id=trace_id_of(traceparent),
     )
 
 

@@ -86,7 +86,10 @@ def build_plan(
     run_id: str | None = None,
     approval_ttl: timedelta = APPROVAL_TTL,
     policies: Sequence[GuardrailPolicy] = (),
+    traceparent: str | None = None,
 ) -> Built:
+    """``traceparent``: the plan span's (schemas/tracing.py), kept on every action so its
+    execution (also after an approval) continues the event's trace; None when tracing is off."""
     plan_id = derived_id("pl", _ms(event.created_at), event.id, operator.id, operator.version)
     # The plan and its actions are dated by their event, not by the clock: a replay after a crash
     # (same event, same operator version) then yields byte-identical rows and receipt ids, which
@@ -111,11 +114,13 @@ def build_plan(
         updated_at=at,
     )
     if proposal is None or refusal:
-        return _refuse(plan, refusal or "the model returned no plan", now)
+        return _refuse(plan, refusal or "the model returned no plan", now, traceparent)
     actions: list[ActionRecord] = []
     for i, pa in enumerate(proposal.actions):
         if pa.tool not in operator.capabilities:
-            return _refuse(plan, f"{pa.tool} is outside the operator's capabilities", now)
+            return _refuse(
+                plan, f"{pa.tool} is outside the operator's capabilities", now, traceparent
+            )
         cn = bind_connector(connectors, pa.tool, pa.connector)
         if cn is None:
             return _refuse(
@@ -123,6 +128,7 @@ def build_plan(
                 f"{pa.tool} is bound to no installed connector"
                 + (f" named {pa.connector!r}" if pa.connector else ""),
                 now,
+                traceparent,
             )
         tool = next(t for t in cn.tools if t.name == pa.tool)
         verdict = vet(
@@ -156,6 +162,7 @@ def build_plan(
                 verdict=verdict,
                 request_id=event.request_id,
                 proposed_at=at,
+                traceparent=traceparent,
             )
         )
     plan.actions = actions
@@ -176,7 +183,7 @@ def build_plan(
     return built
 
 
-def _refuse(plan: Plan, reason: str, now: datetime) -> Built:
+def _refuse(plan: Plan, reason: str, now: datetime, traceparent: str | None = None) -> Built:
     plan.status = "refused"
     plan.refusal = reason
-    return Built(plan, [plan_receipt(plan, reason, now)])
+    return Built(plan, [plan_receipt(plan, reason, now, traceparent)])

@@ -1,13 +1,18 @@
-"""MET: what the Prometheus metrics cost (issue 13 item 1, decisions §41).
+"""MET: what the Prometheus metrics and the OpenTelemetry traces cost (issue 13 items 1 and 2,
+decisions §41, §45).
 
-``python -m benchmarks MET`` or ``python -m benchmarks.metrics_cost [--s1 N] [--s3 N]``.
+``python -m benchmarks.metrics_cost [--s1 N] [--s3 N] [--quick]``.
 
-1. **S1 and S3 with metrics on vs off, same run.** Stacks alternate off, on, off, on (a fresh
-   ``fibric up`` each, ``FIBRIC_METRICS=false`` / ``true``; one stack cannot switch). On each:
-   S1 (Kafka-native ingest, benchmarks/s1.py), then the loop's operator and a warm-up S3, then
-   S3 (governed actions, benchmarks/loop.py). Ratio = mean(on) / mean(off): the shared machine
-   drifts over minutes, and alternating cancels a drift in either direction to first order.
-   On the "on" stacks every role's ``/metrics`` is scraped after the runs (series count, time).
+1. **S1 and S3 with metrics off, metrics on, and metrics on + tracing sampled at 100 %, same
+   run.** Stacks alternate off, on, traced, off, on, traced (a fresh ``fibric up`` each,
+   ``FIBRIC_METRICS=false`` / ``true``; "traced" also sets ``OTEL_EXPORTER_OTLP_ENDPOINT`` to an
+   OTLP/HTTP receiver this process serves on loopback, which counts and discards the exports,
+   and ``OTEL_TRACES_SAMPLER=always_on``; one stack cannot switch). On each: S1 (Kafka-native
+   ingest, benchmarks/s1.py), then the loop's operator and a warm-up S3, then S3 (governed
+   actions, benchmarks/loop.py). Ratios = mean(on) / mean(off) for metrics and mean(traced) /
+   mean(on) for tracing (its cost on top of metrics): the shared machine drifts over minutes,
+   and alternating cancels a drift in either direction to first order. On the "on" stacks
+   every role's ``/metrics`` is scraped after the runs (series count, time).
 2. **Scrape time at 10k label series**, in-process: a registry holding 10,000 series shaped like
    ours (a counter with 5,000 label children and a histogram with 312 children of 16 series
    each) rendered by ``generate_latest``, and fetched over HTTP from prometheus-client's own
@@ -33,13 +38,60 @@ from benchmarks.stack import BenchStack
 
 SCRAPE_SERIES = 10_000
 SCRAPE_REPEATS = 20
-ORDER = ("off", "on", "off", "on")
+ORDER = ("off", "on", "traced", "off", "on", "traced")
+# Batch exports a little more often than the SDK's 5 s default, so a short quick-size run
+# exports (and pays for) its spans within the run, as a long run would.
+BENCH_BSP_SCHEDULE_DELAY_MS = "1000"
 
 
-def _stack(work: Path, partitions: int, metrics: bool, i: int) -> BenchStack:
-    st = BenchStack(work / f"met-{i}-{'on' if metrics else 'off'}", partitions)
-    st.env["FIBRIC_METRICS"] = "true" if metrics else "false"
+class OtlpSink:
+    """An OTLP/HTTP receiver that answers 200 and keeps only counts (requests, bytes): the
+    spans' cost is the roles' (build, encode, send), not a collector's."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.requests = 0
+        self.bytes = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                sink.requests += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _stack(
+    work: Path, partitions: int, mode: str, i: int, sink: OtlpSink | None = None
+) -> BenchStack:
+    st = BenchStack(work / f"met-{i}-{mode}", partitions)
+    st.env["FIBRIC_METRICS"] = "false" if mode == "off" else "true"
     st.env.pop("FIBRIC_METRICS_PORT", None)  # `fibric up` picks free ports
+    for k in [k for k in st.env if k.startswith("OTEL_")]:
+        del st.env[k]
+    if mode == "traced":
+        assert sink is not None
+        st.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.port}"
+        st.env["OTEL_TRACES_SAMPLER"] = "always_on"
+        st.env["OTEL_BSP_SCHEDULE_DELAY"] = BENCH_BSP_SCHEDULE_DELAY_MS
     st.start()
     st.create_tenant("bench")
     return st
@@ -75,10 +127,12 @@ def run_pair(
     from benchmarks.s1 import run_s1
 
     runs: list[dict[str, Any]] = []
+    sink = OtlpSink()
     for i, mode in enumerate(ORDER):
-        st = _stack(work, partitions, mode == "on", i)
+        st = _stack(work, partitions, mode, i, sink)
+        exported = sink.bytes
         try:
-            log(f"MET: run {i + 1}/{len(ORDER)}, metrics {mode}")
+            log(f"MET: run {i + 1}/{len(ORDER)}, {mode}")
             s1 = run_s1(st, work, s1_events, s1_warmup, confirm=False, profile=False)
             loop.ensure_setup(st)
             loop.run_s3(st, max(50, s3_actions // 5))  # warm-up: connector sessions, JIT of paths
@@ -96,7 +150,10 @@ def run_pair(
             runs.append(row)
             log(f"MET: {row}")
         finally:
-            st.stop()
+            st.stop()  # the roles export what they buffered as they exit
+        if mode == "traced":
+            row["otlp_bytes"] = sink.bytes - exported
+    sink.close()
 
     def mean(mode: str, key: str) -> float | None:
         vals = [r[key] for r in runs if r["metrics"] == mode and r.get(key)]
@@ -104,14 +161,91 @@ def run_pair(
 
     out: dict[str, Any] = {"runs": runs, "s1_events": s1_events, "s3_actions": s3_actions}
     for key, short in (("s1_events_per_s", "s1"), ("s3_actions_per_s", "s3")):
-        on, off = mean("on", key), mean("off", key)
-        out[f"{short}_on"], out[f"{short}_off"] = on, off
+        on, off, traced = mean("on", key), mean("off", key), mean("traced", key)
+        out[f"{short}_on"], out[f"{short}_off"], out[f"{short}_traced"] = on, off, traced
         out[f"{short}_ratio"] = round(on / off, 3) if on and off else None
+        # tracing's cost on top of metrics, and both against neither
+        out[f"{short}_trace_ratio"] = round(traced / on, 3) if traced and on else None
+        out[f"{short}_traced_vs_off"] = round(traced / off, 3) if traced and off else None
+    out["otlp_bytes_per_traced_run"] = mean("traced", "otlp_bytes")
     last_on: dict[str, Any] = next((r["scrape"] for r in reversed(runs) if "scrape" in r), {})
     for role, s in last_on.items():
         out[f"live_{role}_series"] = s["series"]
         out[f"live_{role}_scrape_ms"] = s["scrape_ms"]
     return out
+
+
+SPAN_EVENTS = 5_000
+
+
+def span_cost(events: int = SPAN_EVENTS, ratio: float = 1.0) -> dict[str, Any]:
+    """CPU per event of the spans one event makes with tracing on (ingest, plan, model, execute,
+    MCP client call, the connector's tool call, three ledger inserts: 9 spans), made with the
+    roles' own helpers (schemas/tracing.py) through the SDK's batch processor and the OTLP/HTTP
+    exporter to a loopback receiver, flushed at the end: this process's CPU time (export thread
+    included) per event. A figure of CPU, not of wall time, so a shared machine moves it little.
+    ``ratio`` < 1: the same with ``parentbased_traceidratio`` sampling (what sampled-out events
+    still cost: ids, context, the sampler's decision)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+
+    from schemas import tracing
+
+    sink = OtlpSink()
+    provider = TracerProvider(sampler=ParentBasedTraceIdRatio(ratio), shutdown_on_exit=False)
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"http://127.0.0.1:{sink.port}/v1/traces"),
+            max_queue_size=events * 10,
+        )
+    )
+    tracing.use(provider)
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(events):
+            started = tracing.now_ns()
+            ingest = tracing.start("ingest", None, kind="consumer", start_time=started)
+            plan = tracing.start("plan", context=tracing.child_context(ingest))
+            model = tracing.start("model rules", context=tracing.child_context(plan))
+            model.end()
+            tp = tracing.traceparent_of(plan)
+            plan.end()
+            ingest.end()
+            execute = tracing.start("execute", tp, kind="consumer", attributes={"i": i})
+            call = tracing.start("mcp tools/call x", context=tracing.child_context(execute))
+            server = tracing.start("tools/call x", tracing.traceparent_of(call), kind="server")
+            server.end()
+            call.end()
+            execute.end()
+            heads = [tracing.header_value(tracing.headers_of(s)) for s in (ingest, plan, execute)]
+            tracing.record_spans(
+                "ledger.insert", [h for h in heads if h], started, tracing.now_ns()
+            )
+        provider.force_flush(60_000)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    finally:
+        tracing.use(None)
+        provider.shutdown()
+        sink.close()
+    return {
+        "events": events,
+        "ratio": ratio,
+        "cpu_us_per_event": round(cpu / events * 1e6, 1),
+        "wall_us_per_event": round(wall / events * 1e6, 1),
+        "otlp_bytes_per_event": round(sink.bytes / events, 1),
+    }
+
+
+def _span_fields() -> dict[str, Any]:
+    full, tenth = span_cost(), span_cost(ratio=0.1)
+    log(f"MET spans: {full} {tenth}")
+    return {
+        "spans_cpu_us_per_event": full["cpu_us_per_event"],
+        "spans_otlp_bytes_per_event": full["otlp_bytes_per_event"],
+        "spans_10pct_cpu_us_per_event": tenth["cpu_us_per_event"],
+    }
 
 
 def scrape_at(series: int = SCRAPE_SERIES, repeats: int = SCRAPE_REPEATS) -> dict[str, Any]:
@@ -184,6 +318,16 @@ FIELDS = (
     "s3_off",
     "s3_on",
     "s3_ratio",
+    "s1_traced",
+    "s1_trace_ratio",
+    "s1_traced_vs_off",
+    "s3_traced",
+    "s3_trace_ratio",
+    "s3_traced_vs_off",
+    "otlp_bytes_per_traced_run",
+    "spans_cpu_us_per_event",
+    "spans_otlp_bytes_per_event",
+    "spans_10pct_cpu_us_per_event",
     "live_api_series",
     "live_api_scrape_ms",
     "live_worker-1_series",
@@ -198,6 +342,7 @@ FIELDS = (
 
 def run(work: Path, partitions: int, s1_events: int, s1_warmup: int, s3_actions: int) -> dict:
     out: dict[str, Any] = {"busy_cores_before": round(busy_cores(), 2)}
+    out.update(_span_fields())
     sc = scrape_at()
     out.update({f"scrape_10k_{k}": v for k, v in sc.items()})
     out.update(run_pair(work, partitions, s1_events, s1_warmup, s3_actions))
@@ -210,9 +355,19 @@ def main() -> None:
     p.add_argument("--s3", type=int, default=3_000, help="S3 actions per run")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--scrape-only", action="store_true")
+    p.add_argument("--spans-only", action="store_true", help="only the in-process span cost")
+    p.add_argument("--quick", action="store_true", help="S1 and S3 at the suite's quick sizes")
     a = p.parse_args()
+    if a.quick:
+        from benchmarks.common import Sizes
+
+        q = Sizes.quick()
+        a.s1, a.s3 = q.s1_events, q.s3_actions
     try:
-        if a.scrape_only:
+        if a.spans_only:
+            r = {"busy_cores_before": round(busy_cores(), 2)}
+            r.update(_span_fields())
+        elif a.scrape_only:
             r = {"busy_cores_before": round(busy_cores(), 2)}
             r.update({f"scrape_10k_{k}": v for k, v in scrape_at().items()})
         else:

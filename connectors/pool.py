@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import httpx2
 from mcp.client.session import ClientSession
@@ -50,6 +50,7 @@ from mcp_types import (
     EmptyResult,
     PingRequest,
     RequestParams,
+    RequestParamsMeta,
     TextContent,
 )
 from mcp_types import Tool as MCPTool
@@ -72,6 +73,8 @@ from connectors.server import (
     RESERVED_PREFIX,
     credential_secret,
 )
+from schemas import tracing
+from schemas.tracing import TRACEPARENT
 
 log = logging.getLogger("fibric.connectors.pool")
 
@@ -486,6 +489,14 @@ class _Connector:
         if server is None or not server.module:
             raise ConnectorUnavailable(f"listing {self.spec.listing.id} ships no server")
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        # the exporter, sampler and batch settings of our tracing (schemas/tracing.py): the
+        # server continues each call's trace; it names itself (never the worker's service name)
+        env.update(
+            {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+            if tracing.ENABLED
+            else {}
+        )
+        env.pop("OTEL_SERVICE_NAME", None)
         env.update(
             {
                 ENV_CONFIG: json.dumps(self.spec.config),
@@ -701,6 +712,7 @@ class ConnectorRuntime:
         instance_id: str,
         calls: list[tuple[str, dict, str | None]],
         timeout_s: float | None = None,
+        traces: list[str | None] | None = None,
     ) -> list[ToolResult]:
         """Call many tools of one instance: ``calls[i] = (tool, args, idempotency_key)``, result
         i answers call i with ``call``'s semantics (never raises for tool or transport failures;
@@ -709,7 +721,8 @@ class ConnectorRuntime:
         With a batch-capable server (every FibricServer): one MCP request per
         ``BATCH_MAX_CALLS`` calls, which the server journals as a batch (server.py). Otherwise
         concurrent ``call``s bounded by ``max_in_flight``; calls that share a key run one
-        after the other, never concurrently."""
+        after the other, never concurrently. ``traces[i]``: call i's W3C ``traceparent`` (when
+        traced), sent in its batch item's ``_meta`` or its request's ``params._meta``."""
         t0 = time.perf_counter()
         if not calls:
             return []
@@ -732,10 +745,10 @@ class ConnectorRuntime:
         if conn.batch:
             chunks = [wire[j : j + BATCH_MAX_CALLS] for j in range(0, len(wire), BATCH_MAX_CALLS)]
             await asyncio.gather(
-                *(self._call_batch(conn, chunk, results, deadline, t0) for chunk in chunks)
+                *(self._call_batch(conn, chunk, results, deadline, t0, traces) for chunk in chunks)
             )
         else:
-            await self._call_each(conn, wire, results, deadline, t0)
+            await self._call_each(conn, wire, results, deadline, t0, traces)
         return results  # type: ignore[return-value]  # every index is filled above
 
     async def _call_batch(
@@ -745,8 +758,16 @@ class ConnectorRuntime:
         results: list[ToolResult | None],
         deadline: float,
         t0: float,
+        traces: list[str | None] | None = None,
     ) -> None:
-        payload = {"calls": [{"tool": tool, "arguments": args} for _, tool, args, _ in chunk]}
+        sent: list[dict[str, Any]] = [
+            {"tool": tool, "arguments": args} for _, tool, args, _ in chunk
+        ]
+        if traces:  # each call's own trace context (schemas/tracing.py)
+            for item, (i, *_) in zip(sent, chunk, strict=True):
+                if traces[i]:
+                    item["_meta"] = {TRACEPARENT: traces[i]}
+        payload = {"calls": sent}
         answer = await self._in_slot(conn, len(chunk), BATCH_TOOL, payload, deadline, t0)
         items = answer.content.get("results") if answer.ok and answer.content else None
         if not answer.ok or not isinstance(items, list) or len(items) != len(chunk):
@@ -767,6 +788,7 @@ class ConnectorRuntime:
         results: list[ToolResult | None],
         deadline: float,
         t0: float,
+        traces: list[str | None] | None = None,
     ) -> None:
         """Fallback: one request per call, concurrently; the calls of one key in order."""
         chains: dict[Any, list[tuple[int, str, dict]]] = {}
@@ -775,12 +797,20 @@ class ConnectorRuntime:
 
         async def run(chain: list[tuple[int, str, dict]]) -> None:
             for i, tool, args in chain:
-                results[i] = await self._in_slot(conn, 1, tool, args, deadline, t0)
+                meta = {TRACEPARENT: traces[i]} if traces and traces[i] else None
+                results[i] = await self._in_slot(conn, 1, tool, args, deadline, t0, meta)
 
         await asyncio.gather(*(run(c) for c in chains.values()))
 
     async def _in_slot(
-        self, conn: _Connector, weight: int, tool: str, args: dict, deadline: float, t0: float
+        self,
+        conn: _Connector,
+        weight: int,
+        tool: str,
+        args: dict,
+        deadline: float,
+        t0: float,
+        meta: dict[str, Any] | None = None,
     ) -> ToolResult:
         """One MCP request inside one of the connector's ``max_in_flight`` slots; ``weight``
         calls count as in flight meanwhile (health, draining)."""
@@ -799,7 +829,7 @@ class ConnectorRuntime:
             else:
                 await conn.sem.acquire()
             try:
-                return await self._call_session(conn, tool, args, deadline, t0)
+                return await self._call_session(conn, tool, args, deadline, t0, meta)
             finally:
                 conn.sem.release()
         finally:
@@ -819,7 +849,13 @@ class ConnectorRuntime:
         return None
 
     async def _call_session(
-        self, conn: _Connector, tool: str, args: dict, deadline: float, t0: float
+        self,
+        conn: _Connector,
+        tool: str,
+        args: dict,
+        deadline: float,
+        t0: float,
+        meta: dict[str, Any] | None = None,
     ) -> ToolResult:
         session = conn.pick()
         if session is None:
@@ -837,7 +873,12 @@ class ConnectorRuntime:
         if remaining <= 0:
             return _fail(ConnectorErrorCode.TIMEOUT, "deadline passed before the call", t0)
         try:
-            result = await client.call_tool(tool, args, read_timeout_seconds=remaining)
+            if meta is None:
+                result = await client.call_tool(tool, args, read_timeout_seconds=remaining)
+            else:  # the trace context in params._meta (schemas/tracing.py)
+                result = await client.call_tool(
+                    tool, args, read_timeout_seconds=remaining, meta=cast(RequestParamsMeta, meta)
+                )
         except MCPError as exc:
             code = classify_mcp_error(exc)
             if code == ConnectorErrorCode.CONNECTOR_CRASHED:

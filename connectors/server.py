@@ -53,6 +53,7 @@ from pydantic import ValidationError
 from connectors.errors import ConnectorError, ConnectorErrorCode
 from connectors.journal import Claim, ClaimResult, Finish, IdempotencyJournal, args_fingerprint
 from connectors.marketplace import CHECK_TOOL
+from schemas import tracing
 
 ENV_CONFIG = "FIBRIC_CONNECTOR_CONFIG"
 ENV_CREDENTIALS = "FIBRIC_CONNECTOR_CREDENTIALS"
@@ -205,6 +206,21 @@ class _FibricMCPServer(MCPServer):
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        if not tracing.ENABLED or name == BATCH_TOOL:  # a batch traces each of its calls
+            return await self._call_tool(name, arguments, context)
+        request = getattr(context, "_request_context", None)
+        span = _tool_span(name, tracing.meta_value(getattr(request, "meta", None)))
+        try:
+            result = await self._call_tool(name, arguments, context)
+            if isinstance(result, CallToolResult) and result.is_error:
+                tracing.fail(span, "tool error")
+            return result
+        finally:
+            span.end()
+
+    async def _call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None
     ) -> CallToolResult | InputRequiredResult:
         try:
             return await super().call_tool(name, arguments, context)
@@ -511,12 +527,21 @@ class FibricServer:
                 rounds.append([])
             rounds[r].append(_Effect(i, entry, kwargs, key))
 
+        # each call of the batch continues its own trace (its item's _meta, schemas/tracing.py)
+        traces = [
+            tracing.meta_value(c.get("_meta")) if isinstance(c, dict) else None for c in calls
+        ]
+        traced = tracing.ENABLED and any(traces)
+
         async def run_plain(i: int, entry: _Entry, kwargs: dict[str, Any]) -> None:
+            span = _tool_span(entry.decl.name, traces[i]) if traced else None
             results[i] = (await self._run_plain(entry, kwargs)).item()
+            if span is not None:
+                _end_item_span(span, results[i])
 
         await self._each([functools.partial(run_plain, *args) for args in plain])
         for effects in rounds:
-            await self._run_round(effects, results)
+            await self._run_round(effects, results, traces if traced else None)
         structured = {"results": results}
         return CallToolResult(
             # Only our pool calls this tool and it reads the structured content: the text block
@@ -526,7 +551,10 @@ class FibricServer:
         )
 
     async def _run_round(
-        self, effects: list[_Effect], results: list[dict[str, Any] | None]
+        self,
+        effects: list[_Effect],
+        results: list[dict[str, Any] | None],
+        traces: list[str | None] | None = None,
     ) -> None:
         """Distinct keys, ``batch_concurrency`` at a time: 1. claim the key (fsynced; claims
         made at the same moment share one transaction, journal.py) 2. run it upstream 3. record
@@ -542,15 +570,20 @@ class FibricServer:
             started: list[_Effect] = []
 
             async def attempt(eff: _Effect) -> None:
-                claim = await journal.claim(eff.key, eff.entry.decl.name, eff.fingerprint)
-                refused = _refusal(claim, eff.entry.decl)
-                if refused is not None:
-                    results[eff.index] = refused.item()
-                    return
-                started.append(eff)
-                outcome, finish, value = await self._attempt(eff, claim)
-                ends[eff.key] = (finish, value)
-                results[eff.index] = outcome.item()
+                span = _tool_span(eff.entry.decl.name, traces[eff.index]) if traces else None
+                try:
+                    claim = await journal.claim(eff.key, eff.entry.decl.name, eff.fingerprint)
+                    refused = _refusal(claim, eff.entry.decl)
+                    if refused is not None:
+                        results[eff.index] = refused.item()
+                        return
+                    started.append(eff)
+                    outcome, finish, value = await self._attempt(eff, claim)
+                    ends[eff.key] = (finish, value)
+                    results[eff.index] = outcome.item()
+                finally:
+                    if span is not None:
+                        _end_item_span(span, results[eff.index])
 
             try:
                 await self._each([functools.partial(attempt, e) for e in effects])
@@ -614,6 +647,23 @@ class FibricServer:
                 self._journal.close()
 
 
+def _tool_span(name: str, traceparent: str | None) -> Any:
+    """The server side of one tool call (a single request or one item of a batch), under the
+    caller's span from ``_meta`` (schemas/tracing.py). Arguments are never attributes."""
+    return tracing.start(
+        f"tools/call {name}",
+        traceparent,
+        kind="server",
+        attributes={"mcp.method.name": "tools/call", "gen_ai.tool.name": name},
+    )
+
+
+def _end_item_span(span: Any, item: dict[str, Any] | None) -> None:
+    if not item or not item.get("ok"):
+        tracing.fail(span, "tool error")
+    span.end()
+
+
 def _refusal(claim: ClaimResult, decl: ToolDecl) -> _Outcome | None:
     """The answer of a claim that must not run upstream (DONE, MISMATCH, BUSY), else None."""
     if claim.claim is Claim.DONE:
@@ -667,5 +717,7 @@ def _check_signature(name: str, fn: ToolFn, side_effect: bool) -> None:
 def serve(build: Callable[[ConnectorEnv], FibricServer], listing_id: str) -> None:
     """Entry point of ``python -m connectors.servers.<name>``."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    # on when the worker that spawned us traces (it passes the OTEL_* settings, pool.py)
+    tracing.configure("connector", **{"fibric.connector.listing": listing_id})
     server = build(read_env(listing_id))
     server.run(sys.argv[1:])

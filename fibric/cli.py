@@ -41,9 +41,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from schemas import tracing
     from streams.worker import run_worker
 
-    run_worker(_settings())
+    settings = _settings()
+    # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (decisions §45)
+    tracing.configure("worker", **{"service.instance.id": settings.worker_id or "worker"})
+    run_worker(settings)
     return 0
 
 
@@ -53,6 +57,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.app import create_app
     from api.server import EnvelopeHttpToolsProtocol
     from fibric.launcher import port_is_free
+    from schemas import tracing
 
     settings = _settings()
     if not port_is_free(settings.api_host, settings.api_port):
@@ -63,6 +68,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    tracing.configure("api")  # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (decisions §45)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

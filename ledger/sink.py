@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from ledger.metrics import SinkMetrics
 from ledger.store import VAULT_COLUMNS, LedgerStore
 from ledger.tables import TABLES
+from schemas import tracing
 from schemas.config import ConfigRecord
 from schemas.envelope import DeadLetter, LedgerRecord
 from schemas.ids import id_time
@@ -223,9 +224,12 @@ class LedgerSink:
                 continue
             batch = await self._accumulate(batch)
             started = time.perf_counter()
+            started_ns = tracing.now_ns() if tracing.ENABLED else 0
             stored = await self._store_batch(batch)
             if self.metrics is not None:
                 self._observe(batch, time.perf_counter() - started)
+            if started_ns:
+                _trace_insert(batch, started_ns)
             while True:
                 try:
                     await self._consumer.commit()
@@ -421,6 +425,23 @@ class LedgerSink:
                 log.exception("insert into %s failed; retrying in %.1fs", what, delay)
                 await asyncio.sleep(delay)
                 attempt += 1
+
+
+def _trace_insert(batch: dict[Any, list[Any]], started_ns: int) -> None:
+    """The insert's span in the trace of every record it stored (schemas/tracing.py): one span
+    per distinct ``traceparent`` (an event's rows share one), all timed as the batch's insert."""
+    traced = [
+        tp for msgs in batch.values() for m in msgs if (tp := tracing.header_value(m.headers))
+    ]
+    if traced:
+        rows = sum(len(msgs) for msgs in batch.values())
+        tracing.record_spans(
+            "ledger.insert",
+            traced,
+            started_ns,
+            tracing.now_ns(),
+            {"db.system.name": "clickhouse", "fibric.ledger.batch_records": rows},
+        )
 
 
 async def _partitions(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> list[TopicPartition]:

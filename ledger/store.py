@@ -161,6 +161,7 @@ RECEIPT_COLUMNS = (
     "proposed_at",
     "policy_versions",  # 0006: JSON, additive (decisions §37)
     "shadow_verdict",
+    "trace_id",  # 0007: additive (decisions §45)
 )
 RECEIPT_JSON = ("rule", "result", "error", "policy_versions", "shadow_verdict")
 
@@ -240,6 +241,7 @@ def receipt_row(r: Receipt) -> list[Any]:
         r.proposed_at,
         _dumps(r.policy_versions),
         _dumps(r.shadow_verdict),
+        r.trace_id,
     ]
 
 

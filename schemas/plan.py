@@ -99,6 +99,9 @@ class ActionRecord(BaseModel):
     request_id: str | None = None
     undo_of: str | None = None  # act_ this action compensates
     proposed_at: datetime
+    # W3C traceparent of the plan span that proposed the action (schemas/tracing.py): its
+    # execution continues that trace, also after an approval; None when tracing is off
+    traceparent: str | None = None
 
 
 class Plan(BaseModel):
@@ -156,6 +159,9 @@ class Receipt(BaseModel):
     # additive (decisions §37): the versions that judged the action, and the shadow verdict
     policy_versions: list[dict[str, Any]] | None = None
     shadow_verdict: dict[str, Any] | None = None
+    # additive (decisions §45): the OpenTelemetry trace (32 hex) of the event that led to this
+    # disposition, when it was traced and sampled; null when tracing is off
+    trace_id: str | None = None
 
 
 # ---- the documented API objects (spec §2.8, §2.9, §2.11) -----------------------------------------

@@ -30,6 +30,7 @@ import faust
 import orjson
 
 from agents.schedule import due_slots, run_envelope
+from schemas import tracing
 from schemas.ids import new_id
 from schemas.plan import ActionRecord
 from schemas.settings import Settings
@@ -187,6 +188,13 @@ def create_app(settings: Settings, worker_id: str | None = None) -> faust.App:
             (ActionRecord.model_validate_json(ev.message.value), ev.message.partition)
             for ev in batch
         ]
+        if tracing.ENABLED:
+            # the record's traceparent header (the span that sent it) is the execution's
+            # parent; an action without one continues the plan span it keeps (approvals)
+            for (a, _), ev in zip(items, batch, strict=True):
+                tp = tracing.header_value(ev.message.headers)
+                if tp and tp != a.traceparent:
+                    a.traceparent = tp
         assert state.executor is not None
         await state.executor.execute_batch(items)
         for outcome, n in state.executor.counts.items():

@@ -92,32 +92,52 @@ class Checkpoint:
     dedup_keys: list[str] = field(default_factory=list)
 
     # ---- collecting --------------------------------------------------------------------------
-    def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> None:
-        self.sends.append(Send(topic, key, value, partition))
+    # ``trace``: the Kafka headers of the span the record is produced in (schemas/tracing.py:
+    # ``traceparent``), None when tracing is off or the step is not traced.
+    def _headers(self, trace: Any) -> Any:
+        if trace is None:
+            return self.headers
+        return [*self.headers, *trace] if self.headers else trace
 
-    def ledger(self, kind: str, obj: Any) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        trace: Any = None,
+    ) -> None:
+        self.sends.append(Send(topic, key, value, partition, trace))
+
+    def ledger(self, kind: str, obj: Any, trace: Any = None) -> None:
         self.sends.append(
-            Send(LEDGER, ledger_key(obj.tenant_id), ledger_value(kind, obj), None, self.headers)
+            Send(
+                LEDGER,
+                ledger_key(obj.tenant_id),
+                ledger_value(kind, obj),
+                None,
+                self.headers if trace is None else self._headers(trace),
+            )
         )
 
-    def ledger_row(self, kind: str, row: dict[str, Any]) -> None:
+    def ledger_row(self, kind: str, row: dict[str, Any], trace: Any = None) -> None:
         self.sends.append(
             Send(
                 LEDGER,
                 ledger_key(row["tenant_id"]),
                 ledger_value_of_row(kind, row),
                 None,
-                self.headers,
+                self.headers if trace is None else self._headers(trace),
             )
         )
 
-    def dead_letter(self, dl: Any) -> None:
-        self.sends.append(Send(DLQ, ledger_key(dl.tenant_id), dl.model_dump_json().encode()))
+    def dead_letter(self, dl: Any, trace: Any = None) -> None:
+        self.sends.append(
+            Send(DLQ, ledger_key(dl.tenant_id), dl.model_dump_json().encode(), None, trace)
+        )
 
-    def action(self, a: Any) -> None:
-        self.sends.append(Send(ACTIONS, action_key(a), a.model_dump_json().encode()))
+    def action(self, a: Any, trace: Any = None) -> None:
+        self.sends.append(Send(ACTIONS, action_key(a), a.model_dump_json().encode(), None, trace))
 
     def state(self, partition: int, key: str, state: StateRecord) -> None:
         self.states.append((partition, key, state))

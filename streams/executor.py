@@ -52,6 +52,7 @@ from agents.executor import (
     state_key,
 )
 from agents.secrets import SecretBox
+from schemas import tracing
 from schemas.plan import ActionRecord, Verdict
 from streams.checkpoint import Checkpoint, acknowledged
 from streams.execstate import REEMIT_WINDOW_MS, ExecStateStore, restored_for
@@ -137,12 +138,23 @@ class CallBatcher:
 
     def __init__(self, runtime: Any) -> None:
         self._runtime = runtime
-        self._queues: dict[str, list[tuple[str, dict, str | None, asyncio.Future[Any]]]] = {}
+        self._queues: dict[
+            str, list[tuple[str, dict, str | None, str | None, asyncio.Future[Any]]]
+        ] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
 
-    async def call(self, instance_id: str, tool: str, args: dict, key: str | None) -> Any:
+    async def call(
+        self,
+        instance_id: str,
+        tool: str,
+        args: dict,
+        key: str | None,
+        traceparent: str | None = None,
+    ) -> Any:
+        """``traceparent``: the call's client span when traced; it travels in the call's own
+        ``_meta`` (each call of a batch request has its own trace)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(instance_id, []).append((tool, args, key, fut))
+        self._queues.setdefault(instance_id, []).append((tool, args, key, traceparent, fut))
         task = self._running.get(instance_id)
         if task is None or task.done():
             self._running[instance_id] = asyncio.ensure_future(self._drain(instance_id))
@@ -151,10 +163,13 @@ class CallBatcher:
     async def _drain(self, instance_id: str) -> None:
         await asyncio.sleep(0)  # the other lanes of this turn of the loop submit theirs too
         while batch := self._queues.pop(instance_id, []):
+            calls = [(tool, args, key) for tool, args, key, _, _ in batch]
+            traces = [tp for _, _, _, tp, _ in batch]
             try:
-                results = await self._runtime.call_many(
-                    instance_id, [(tool, args, key) for tool, args, key, _ in batch]
-                )
+                if any(traces):
+                    results = await self._runtime.call_many(instance_id, calls, traces=traces)
+                else:
+                    results = await self._runtime.call_many(instance_id, calls)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                 for *_, fut in batch:
                     if not fut.done():
@@ -513,24 +528,38 @@ class Executor:
         seen: dict[str, KeyState],
         out: Checkpoint,
     ) -> None:
+        traced = tracing.ENABLED
         for a, p in lane:
             key = state_key(a)
             prior = seen.get(key) if a.side_effect else None
+            span = trace = None
+            if traced:
+                # the execution span, under the action's traceparent (schemas/tracing.py); the
+                # action then names this span, so its receipts and its MCP call follow it
+                span = _execute_span(a)
+                a = a.model_copy(update={"traceparent": tracing.traceparent_of(span)})
+                trace = tracing.headers_of(span)
             try:
-                d = await self._dispose(a, p, key, prior, out)
+                d = await self._dispose(a, p, key, prior, out, span)
             except asyncio.CancelledError:
+                if span is not None:
+                    span.end()
                 raise
             except Exception as exc:  # noqa: BLE001 - one action's bug must not sink the lane
                 if _is_transient(exc):
+                    if span is not None:
+                        span.end()
                     raise  # the broker is unavailable: the whole batch is retried
                 log.exception("disposing %s failed", a.id)
                 d = crashed(a, exc, datetime.now(UTC), seen.get(key))
+            if span is not None:
+                _end_execute_span(span, d)
             if isinstance(d, Reemit):
                 if d.receipt is not None:
-                    out.ledger_row("receipt", d.receipt)
+                    out.ledger_row("receipt", d.receipt, trace)
                 continue
             self._count(d)
-            out.ledger("receipt", d.receipt)
+            out.ledger("receipt", d.receipt, trace)
             if d.state is not None:
                 seen[key] = d.state
                 out.state(p, key, d.state)
@@ -542,6 +571,7 @@ class Executor:
         key: str,
         prior: KeyState | None,
         out: Checkpoint | None = None,
+        span: Any = None,
     ) -> Dispose | Reemit:
         now = datetime.now(UTC)
         d = decide(a, prior, now, reinvoke_safe=self.reinvoke_safe(a.connector_id))
@@ -587,14 +617,14 @@ class Executor:
                 partition, key, d.intent, [(partition, k, s) for k, s in reserved.items()]
             )
         used = self._session_creds.get(a.connector_id or "", (None, {}))[0]
-        res = await self._call(a)
+        res = await self._call(a, span)
         unavailable = ""
         if self._renewable(a, res):
             # an expired or invalidated access token: renew it, then call once more with the
             # same idempotency key (decisions §47)
             why = await self._renew(a.connector_id or "", used)
             if why is None:
-                res = await self._call(a)  # once: a 401 applied nothing
+                res = await self._call(a, span)  # once: a 401 applied nothing
             unavailable = why or ""
         if unavailable:
             done = decide(a, prior, datetime.now(UTC), connector_problem=unavailable)
@@ -677,7 +707,9 @@ class Executor:
             self.budgets[(partition, c.key)] = s
             out.state(partition, c.key, s)
 
-    async def _call(self, a: ActionRecord) -> Any:
+    async def _call(self, a: ActionRecord, span: Any = None) -> Any:
+        if span is not None:
+            return await self._traced_call(a, span)
         if self.metrics is None:
             return await self.calls.call(
                 a.connector_id or "",
@@ -687,7 +719,37 @@ class Executor:
             )
         return await self._timed_call(a)
 
-    async def _timed_call(self, a: ActionRecord) -> Any:
+    async def _traced_call(self, a: ActionRecord, parent: Any) -> Any:
+        """The tool call in its own client span (a child of the execution span), whose
+        traceparent goes to the server in the call's MCP ``_meta`` (connectors/pool.py)."""
+        span = tracing.start(
+            f"mcp tools/call {a.tool}",
+            context=tracing.child_context(parent),
+            kind="client",
+            attributes={
+                "mcp.method.name": "tools/call",
+                "gen_ai.tool.name": a.tool,
+                "fibric.connector_id": a.connector_id or "",
+            },
+        )
+        try:
+            if self.metrics is None:
+                res = await self.calls.call(
+                    a.connector_id or "",
+                    a.tool,
+                    a.args,
+                    a.idempotency_key if a.side_effect else None,
+                    tracing.traceparent_of(span),
+                )
+            else:
+                res = await self._timed_call(a, tracing.traceparent_of(span))
+            if not res.ok:
+                tracing.fail(span, res.error_code or "tool error")
+            return res
+        finally:
+            span.end()
+
+    async def _timed_call(self, a: ActionRecord, traceparent: str | None = None) -> Any:
         """The tool call with its latency, error and in-flight metrics (labels: the connector's
         catalogue listing and the tool, never the tenant's connector instance)."""
         assert self.metrics is not None
@@ -704,6 +766,7 @@ class Executor:
                 a.tool,
                 a.args,
                 a.idempotency_key if a.side_effect else None,
+                traceparent,
             )
         except BaseException:
             errors.inc()
@@ -722,6 +785,31 @@ class Executor:
             self.metrics.disposed(rc.decision, rc.outcome)
         if rc.outcome == "applied":
             self.applied_by_operator[rc.operator_id] += 1
+
+
+def _execute_span(a: ActionRecord) -> Any:
+    return tracing.start(
+        "execute",
+        a.traceparent,
+        kind="consumer",
+        attributes={
+            "fibric.action_id": a.id,
+            "fibric.plan_id": a.plan_id,
+            "fibric.tool": a.tool,
+            "fibric.decision": a.verdict.decision,
+        },
+    )
+
+
+def _end_execute_span(span: Any, d: Dispose | Reemit) -> None:
+    if isinstance(d, Reemit):
+        span.set_attribute("fibric.reemitted", True)
+    else:
+        span.set_attribute("fibric.decision", d.receipt.decision)
+        span.set_attribute("fibric.outcome", d.receipt.outcome)
+        if d.receipt.outcome == "failed":
+            tracing.fail(span, (d.receipt.error or {}).get("code") or "failed")
+    span.end()
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -28,6 +28,7 @@ import orjson
 from agents.ingest import Admitted, Coordinates, Refused
 from agents.planning import Built, routed_operators
 from agents.rules_model import propose
+from schemas import tracing
 from schemas.config import ConfigRecord
 from schemas.envelope import MAX_DEAD_LETTER_RAW, DeadLetter, Event
 from schemas.ids import derived_id
@@ -45,6 +46,9 @@ def coordinates(ev: Any) -> Coordinates:
 
 
 async def ingest_batch(state: WorkerState, batch: Sequence[Any]) -> None:
+    # tracing (schemas/tracing.py) is decided once per batch: off, no span and no header
+    spans: list[Any] | None = [] if tracing.ENABLED else None
+    started = tracing.now_ns() if spans is not None else 0
     # 1. decide every record (pure; a bad record is a refusal, never an exception)
     records = [(ev.message.value, coordinates(ev)) for ev in batch]
     results = await state.admit_all(records)
@@ -52,35 +56,93 @@ async def ingest_batch(state: WorkerState, batch: Sequence[Any]) -> None:
     already = state.dedup.seen(keys)
     fresh_keys: set[str] = set()
     out = state.checkpoint()
-    for r in results:
+    for i, r in enumerate(results):
+        span = trace = None
+        if spans is not None:
+            span = _ingest_span(batch[i], r, started)
+            spans.append(span)
+            trace = tracing.headers_of(span)
         if isinstance(r, Refused):
             state.counts["refused"] += 1
-            out.dead_letter(r.dead_letter)
+            out.dead_letter(r.dead_letter, trace)
+            if span is not None:
+                tracing.fail(span, f"refused: {r.dead_letter.reason}")
             continue
         if r.dedup_key:
             if r.dedup_key in already or r.dedup_key in fresh_keys:
                 state.counts["deduplicated"] += 1
+                if span is not None:
+                    span.set_attribute("fibric.deduplicated", True)
                 continue
             fresh_keys.add(r.dedup_key)
         state.counts["admitted"] += 1
-        out.ledger("event", r.event)
+        out.ledger("event", r.event, trace)
         candidates = state.view.operators_of(r.event.tenant_id, r.event.livemode)
         for op in routed_operators(candidates, r.event, r.route_to):
-            offer(state, out, r.event, op)
+            offer(state, out, r.event, op, span)
     out.dedup_keys = sorted(fresh_keys)
     # 2.–5. state, produce, acknowledge, views, dedup keys (streams/checkpoint.py)
-    await out.commit()
+    try:
+        await out.commit()
+    finally:
+        # each event's ingest span covers its batch, from the batch's start to its commit
+        for span in spans or ():
+            span.end()
 
 
-def offer(state: WorkerState, out: Checkpoint, event: Event, op: Operator) -> None:
+def _ingest_span(ev: Any, r: Admitted | Refused, started: int) -> Any:
+    """The event's ingest span: under the producer's ``traceparent`` header (POST /v1/events
+    sets one), else the first span of a new trace."""
+    m = ev.message
+    attrs: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": m.topic,
+        "messaging.kafka.partition": m.partition,
+        "messaging.kafka.offset": m.offset,
+    }
+    if isinstance(r, Admitted):
+        attrs["fibric.event_id"] = r.event.id
+        attrs["fibric.event_type"] = r.event.event_type
+    return tracing.start(
+        "ingest",
+        tracing.header_value(m.headers),
+        kind="consumer",
+        start_time=started,
+        attributes=attrs,
+    )
+
+
+def offer(
+    state: WorkerState, out: Checkpoint, event: Event, op: Operator, span: Any = None
+) -> None:
+    """``span``: the event's ingest span when tracing is on (the plan and model spans are its
+    children; the offer record carries it to the reason agent)."""
     assert state.models is not None
     provider = state.models.provider_of(op)
     if provider == "rules":
+        if span is None:
+            try:
+                proposal, refusal = propose(op.playbook, event), None
+            except ValueError as exc:
+                proposal, refusal = None, str(exc)
+            add_built(state, out, state.plan(event, op, proposal, refusal))
+            return
+        plan_span = _plan_span(op, tracing.child_context(span))
+        model_span = tracing.start(
+            "model rules",
+            context=tracing.child_context(plan_span),
+            kind="client",
+            attributes={"fibric.model": op.model},
+        )
         try:
             proposal, refusal = propose(op.playbook, event), None
         except ValueError as exc:
             proposal, refusal = None, str(exc)
-        add_built(state, out, state.plan(event, op, proposal, refusal))
+            tracing.fail(model_span, "the rules model refused")
+        model_span.end()
+        traceparent = tracing.traceparent_of(plan_span)
+        built = state.plan(event, op, proposal, refusal, traceparent)
+        add_built(state, out, built, tracing.headers_of(plan_span), plan_span)
     else:
         doc = {
             "event": event.model_dump(mode="json"),
@@ -88,23 +150,39 @@ def offer(state: WorkerState, out: Checkpoint, event: Event, op: Operator) -> No
             "operator_version": op.version,
         }
         key = f"{op.id}:{event.entity_key or event.id}".encode()
-        out.send(OFFERS, key, orjson.dumps(doc))
+        out.send(OFFERS, key, orjson.dumps(doc), trace=tracing.headers_of(span) if span else None)
 
 
-def add_built(state: WorkerState, out: Checkpoint, built: Built) -> None:
+def _plan_span(op: Operator, context: Any) -> Any:
+    return tracing.start(
+        "plan",
+        context=context,
+        attributes={"fibric.operator_id": op.id, "fibric.operator": op.name},
+    )
+
+
+def add_built(
+    state: WorkerState, out: Checkpoint, built: Built, trace: Any = None, span: Any = None
+) -> None:
     """A built plan's outputs: plan, actions and receipts to the ledger, ALLOW actions to the
-    executor, a held plan to the config log (approve/veto/expire are control commands)."""
+    executor, a held plan to the config log (approve/veto/expire are control commands).
+    ``trace``/``span``: the plan span's headers and the span itself (ended here) when traced."""
     plan = built.plan
-    out.ledger("plan", plan)
+    out.ledger("plan", plan, trace)
     for a in plan.actions:
-        out.ledger("action", a)
+        out.ledger("action", a, trace)
     metrics = state.executor.metrics if state.executor is not None else None
     for rc in built.receipts:
-        out.ledger("receipt", rc)
+        out.ledger("receipt", rc, trace)
         if metrics is not None:  # verdicts disposed at planning (BLOCK, ALERT)
             metrics.disposed(rc.decision, rc.outcome)
     for a in built.dispatch:
-        out.action(a)
+        out.action(a, trace)
+    if span is not None:
+        span.set_attribute("fibric.plan_id", plan.id)
+        span.set_attribute("fibric.plan_status", plan.status)
+        span.set_attribute("fibric.actions", len(plan.actions))
+        span.end()
     if plan.status == "proposed":
         out.config.append(
             ConfigRecord(
@@ -129,20 +207,39 @@ async def reason_batch(state: WorkerState, batch: Sequence[Any]) -> None:
     """Offers of one key are reasoned in order; different keys concurrently."""
     assert state.models is not None
     models = state.models
-    lanes: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
+    traced = tracing.ENABLED
+    lanes: dict[bytes, list[tuple[dict[str, Any], str | None]]] = defaultdict(list)
     for ev in batch:
-        lanes[ev.message.key or b""].append(orjson.loads(ev.message.value))
+        tp = tracing.header_value(ev.message.headers) if traced else None
+        lanes[ev.message.key or b""].append((orjson.loads(ev.message.value), tp))
     out = state.checkpoint()
 
-    async def lane(offers: list[dict[str, Any]]) -> None:
-        for doc in offers:
+    async def lane(offers: list[tuple[dict[str, Any], str | None]]) -> None:
+        for doc, tp in offers:
             op = state.view.operators.get(doc["operator_id"])
             if op is None or op.status != "active":
                 continue
             event = Event.model_validate(doc["event"])
             connectors = state.view.connectors_of(event.tenant_id, event.livemode)
-            proposal, refusal = await models.reason(op, event, connectors, state.describe_tools)
-            add_built(state, out, state.plan(event, op, proposal, refusal))
+            if not traced:
+                proposal, refusal = await models.reason(op, event, connectors, state.describe_tools)
+                add_built(state, out, state.plan(event, op, proposal, refusal))
+                continue
+            plan_span = _plan_span(op, tracing.parent(tp))
+            model_span = tracing.start(
+                f"model {op.model}",
+                context=tracing.child_context(plan_span),
+                kind="client",
+                attributes={"fibric.model": op.model},
+            )
+            try:
+                proposal, refusal = await models.reason(op, event, connectors, state.describe_tools)
+                if refusal:
+                    tracing.fail(model_span, "the model's plan was refused")
+            finally:
+                model_span.end()
+            built = state.plan(event, op, proposal, refusal, tracing.traceparent_of(plan_span))
+            add_built(state, out, built, tracing.headers_of(plan_span), plan_span)
 
     await asyncio.gather(*(lane(offers) for offers in lanes.values()))
     await out.commit()

@@ -123,7 +123,14 @@ class WorkerState:
             return []
         return await self.runtime.tools(connector_id)
 
-    def plan(self, event: Event, operator: Operator, proposal: Any, refusal: str | None) -> Built:
+    def plan(
+        self,
+        event: Event,
+        operator: Operator,
+        proposal: Any,
+        refusal: str | None,
+        traceparent: str | None = None,
+    ) -> Built:
         return build_plan(
             event=event,
             operator=operator,
@@ -133,4 +140,5 @@ class WorkerState:
             now=datetime.now(UTC),
             approval_ttl=timedelta(seconds=self.settings.approval_ttl_s),
             policies=self.view.guardrails_of(event.tenant_id, event.livemode),
+            traceparent=traceparent,
         )

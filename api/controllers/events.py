@@ -15,6 +15,7 @@ from api.body import read_body, validate
 from api.pagination import decode_cursor, list_body, parse_limit
 from api.respond import documented, respond
 from ledger.store import DATETIME_MAX, DATETIME_MIN, EventFilters
+from schemas import tracing
 from schemas.envelope import Event, EventIn
 from schemas.errors import ErrorCode, FibricError
 from schemas.ids import sequential_id
@@ -107,6 +108,20 @@ def _json(data: Any, status: int = 200) -> Response[bytes]:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+def publish_span(request: Request[Any, Any, Any]) -> Any:
+    """The span of one POST /v1/events (schemas/tracing.py), under the client's traceparent."""
+    return tracing.start(
+        "POST /v1/events",
+        request.headers.get("traceparent"),
+        kind="server",
+        attributes={
+            "http.request.method": "POST",
+            "http.route": "/v1/events",
+            "fibric.request_id": request.scope["state"]["request_id"],
+        },
+    )
+
+
 class EventsController(Controller):
     path = "/events"
     tags = ["events"]
@@ -127,6 +142,8 @@ class EventsController(Controller):
         auth = auth_of(request)
         body = await read_body(request)
         headers = request.headers
+        # the event's trace starts here (or continues the client's traceparent header)
+        span = publish_span(request) if tracing.ENABLED else None
 
         def prepare() -> tuple[int, bytes, Event]:
             # one validation of the body; the event is the one model built from it
@@ -175,6 +192,7 @@ class EventsController(Controller):
                 EVENTS,
                 orjson.dumps(event.envelope_json()),
                 key=entity_key(event.tenant_id, event.entity_key or event.id),
+                headers=tracing.headers_of(span) if span is not None else None,
             )
             state.pending.add(auth.scope, event)
 
@@ -183,9 +201,21 @@ class EventsController(Controller):
             # event again, the worker's ingest dedup keeps one
             await deliver(Event.model_validate_json(recorded))
 
-        return await state.idempotency.run_recorded(
-            request, auth.scope, body, prepare, deliver, replay
-        )
+        if span is None:
+            return await state.idempotency.run_recorded(
+                request, auth.scope, body, prepare, deliver, replay
+            )
+        try:
+            response = await state.idempotency.run_recorded(
+                request, auth.scope, body, prepare, deliver, replay
+            )
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+        except BaseException as exc:
+            tracing.fail(span, type(exc).__name__)
+            raise
+        finally:
+            span.end()
 
     @get(
         "/",

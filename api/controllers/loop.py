@@ -188,7 +188,8 @@ def action_public(
     ``disposed_at``, and ``undone_at`` (when its undo applied: pass the undo's receipts too,
     :func:`undo_receipts`)."""
     mine = sorted((r for r in receipts if r.action_id == a.id), key=lambda r: (r.created_at, r.id))
-    d = a.model_dump(mode="json", exclude={"tenant_id"})
+    # traceparent is propagation state (schemas/tracing.py); receipts carry the trace id
+    d = a.model_dump(mode="json", exclude={"tenant_id", "traceparent"})
     d["object"] = "action"
     d["connector"] = a.connector_id
     d["verdict"]["tier"] = pub.tier(a.connector_id, a.tool, a.side_effect)
