@@ -127,22 +127,8 @@ def admit(
     received = env.received_at or datetime.fromtimestamp(at.timestamp_ms / 1000, tz=UTC)
     received_ms = int(received.timestamp() * 1000)
     event_id = env.event_id or derived_id("ev", received_ms, at.topic, at.partition, at.offset)
-    event = Event(
-        id=event_id,
-        tenant_id=env.tenant_id,
-        reseller_id=env.reseller_id,
-        livemode=env.livemode,
-        workspace_id=env.workspace_id,
-        source=env.source,
-        event_type=env.event_type,
-        correlation_id=env.correlation_id or derived_id("co", received_ms, event_id),
-        payload=env.payload,
-        agent_id=env.agent_id,
-        session_id=env.session_id,
-        entity_key=env.entity_key,
-        idempotency_key=env.idempotency_key,
-        request_id=env.request_id,
-        created_at=received,
+    event = env.to_event(
+        event_id, env.correlation_id or derived_id("co", received_ms, event_id), received
     )
     key = (
         dedup_key(env.tenant_id, env.livemode, env.idempotency_key) if env.idempotency_key else None

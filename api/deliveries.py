@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from agents.secrets import SecretBox
-from api.controllers.loop import TERMINAL, Publisher, action_public, plan_public, receipt_public
+from api.objects import TERMINAL, Publisher, action_public, plan_public, receipt_public
 from api.webhook_sender import SenderProcess, attempt_inline
 from connectors.egress import EgressRefused
 from connectors.lean_http import LeanClient

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from api.query import only_params
 from ledger.store import DATETIME_MAX, DATETIME_MIN
 from schemas.errors import ErrorCode, FibricError
 
@@ -105,3 +107,42 @@ def paginate(
         ordered = [i for i in ordered if key(i) < after]
     page = ordered[:limit]
     return page, len(ordered) > limit, (key(page[-1]) if page else None)
+
+
+# The query parameters a status-filtered config list takes.
+STATUS_LIST_PARAMS = frozenset({"limit", "cursor", "status"})
+
+
+class _Listed(Protocol):
+    id: str
+    status: Any
+    created_at: datetime
+
+
+L = TypeVar("L", bound=_Listed)
+
+
+def status_list(
+    query: Mapping[str, Any],
+    items: Iterable[L],
+    statuses: tuple[str, ...],
+    bind: str,
+    public: Callable[[L], dict[str, Any]],
+) -> dict[str, Any]:
+    """One newest-first page of the config objects ``items`` (from the config view) as a list
+    body: ``limit``, ``cursor`` (bound to ``bind`` and the filter) and an optional ``status``
+    filter from ``statuses``; any other parameter is a 400."""
+    only_params(query, STATUS_LIST_PARAMS)
+    limit = parse_limit(query.get("limit"))
+    status = query.get("status")
+    if status is not None and status not in statuses:
+        raise FibricError(
+            ErrorCode.INVALID_PARAMETER,
+            f"status must be one of {', '.join(statuses)}.",
+            param="status",
+        )
+    raw = {"status": status}
+    after = decode_cursor(query.get("cursor"), raw, bind)
+    chosen = [o for o in items if status is None or o.status == status]
+    page, more, last = paginate(chosen, lambda o: (o.created_at, o.id), limit, after)
+    return list_body([public(o) for o in page], more, last, raw, bind)

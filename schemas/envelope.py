@@ -178,6 +178,16 @@ class Event(BaseModel):
         """The same envelope as a validated model (for callers that need the model)."""
         return EventEnvelope.model_validate(self.envelope_json())
 
+    def replay_envelope_json(self, route_to: str) -> dict[str, Any]:
+        """This stored event offered again to one operator (``route_to``; a catch-up replay,
+        decisions §15): :meth:`envelope_json` without ``idempotency_key`` — ingest would
+        deduplicate the replay against the event itself — and with ``route_to``. Same id and
+        time: the ledger keeps one copy."""
+        out = self.envelope_json()
+        out.pop("idempotency_key", None)
+        out["route_to"] = route_to
+        return out
+
 
 _EVENT_FIELDS = tuple(Event.model_fields)
 

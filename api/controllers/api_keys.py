@@ -17,7 +17,7 @@ from litestar import Controller, Request, Response, get, post
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
-from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.pagination import status_list
 from api.respond import documented, respond
 from api.state import ApiState
 from schemas.config import (
@@ -33,7 +33,6 @@ from schemas.errors import ErrorCode, FibricError
 from schemas.objects import ApiKeyCreated, ApiKeyObject, ListOf
 
 STATUSES = ("active", "revoked")
-LIST_PARAMS = frozenset({"limit", "cursor", "status"})
 
 
 def find_key(state: ApiState, auth: AuthContext, key_id: str) -> ApiKey:
@@ -72,31 +71,13 @@ class ApiKeysController(Controller):
         """List this tenant's keys of the calling key's mode, newest first, with
         ``last_used_at``; filter ``status`` (``active`` | ``revoked``). Never a secret or hash."""
         state, auth = api_state(request), auth_of(request)
-        unknown = sorted(set(request.query_params) - LIST_PARAMS)
-        if unknown:
-            raise FibricError(
-                ErrorCode.INVALID_PARAMETER,
-                f"{unknown[0]} is not a recognised parameter.",
-                param=unknown[0],
-            )
-        limit = parse_limit(request.query_params.get("limit"))
-        status = request.query_params.get("status")
-        if status is not None and status not in STATUSES:
-            raise FibricError(
-                ErrorCode.INVALID_PARAMETER, "status must be active or revoked.", param="status"
-            )
-        raw = {"status": status}
-        # bound to this list: another list's cursor is invalid here
-        after = decode_cursor(request.query_params.get("cursor"), raw, "api_keys")
         keys = [
             k
             for k in state.view.keys.values()
-            if k.tenant_id == auth.tenant.id
-            and k.mode == auth.key.mode
-            and (status is None or k.status == status)
+            if k.tenant_id == auth.tenant.id and k.mode == auth.key.mode
         ]
-        page, more, last = paginate(keys, lambda k: (k.created_at, k.id), limit, after)
-        data = list_body([k.public() for k in page], more, last, raw, "api_keys")
+        # bound to this list: another list's cursor is invalid here
+        data = status_list(request.query_params, keys, STATUSES, "api_keys", ApiKey.public)
         return respond(ListOf[ApiKeyObject], data)
 
     @post(

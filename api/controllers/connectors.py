@@ -7,7 +7,6 @@ response. Test runs read tools live and side-effecting tools as dry runs."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,11 +18,13 @@ from api import oauth_flow
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
+from api.controllers import caller
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
 from api.respond import documented, respond
+from api.services import connectors as connector_service
 from api.state import ApiState
 from connectors.egress import EgressRefused, check_target_async
-from connectors.marketplace import CHECK_TOOL, Listing, load_catalogue
+from connectors.marketplace import Listing, load_catalogue
 from schemas.connector import (
     CONNECTOR_NAME_RE,
     Connector,
@@ -44,8 +45,6 @@ from schemas.operator import CAPABILITY_RE
 
 KINDS = ("saas", "hardware")
 STATUSES = ("connected", "degraded", "pending_auth", "error")
-# Transport-level failures mean the source (or its connector) could not be reached: 502.
-UNREACHABLE = {"upstream_error", "timeout", "connector_crashed"}
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -160,39 +159,6 @@ async def _check_egress(
                 "addresses" + ("." if livemode else " (and loopback)."),
                 param=param,
             ) from None
-
-
-_PLACEHOLDERS = {"string": "fibric connection test", "integer": 0, "number": 0, "boolean": False}
-
-
-def dry_run_args(schema: dict[str, Any]) -> dict[str, Any]:
-    """Placeholder values for a tool's required arguments, so a dry run can validate auth and
-    reachability without real inputs (nothing is written in a dry run)."""
-    props = schema.get("properties") or {}
-    out: dict[str, Any] = {}
-    for name in schema.get("required") or []:
-        if name in ("idempotency_key", "dry_run"):
-            continue
-        kind = (props.get(name) or {}).get("type")
-        if isinstance(kind, list):
-            kind = next((k for k in kind if k != "null"), "string")
-        out[name] = _PLACEHOLDERS.get(kind or "string", "fibric connection test")
-    return out
-
-
-async def _spec(
-    state: ApiState, cn: Connector, listing: Listing, credentials: dict[str, Any]
-) -> Any:
-    from connectors.pool import ConnectorSpec
-
-    return ConnectorSpec(
-        instance_id=cn.id,
-        listing=listing,
-        config=cn.config,
-        credentials=credentials,
-        remote_url=cn.remote_url,
-        livemode=cn.livemode,
-    )
 
 
 class MarketplaceController(Controller):
@@ -366,7 +332,7 @@ class ConnectorsController(Controller):
                     livemode=auth.key.livemode,
                 )
             else:
-                draft.tools = await self._verify(state, draft, listing, data.auth)
+                draft.tools = await connector_service.verify(state, draft, listing, data.auth)
                 draft.last_synced_at = datetime.now(UTC)
             args = {
                 "connector": draft.model_dump(
@@ -378,47 +344,6 @@ class ConnectorsController(Controller):
             return respond(ConnectorObject, installed, 201)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
-
-    async def _verify(
-        self, state: ApiState, draft: Connector, listing: Listing, credentials: dict[str, Any]
-    ) -> list:
-        """Start the connector, read its tool list, and check the credentials upstream."""
-        assert state.runtime is not None
-        spec = await _spec(state, draft, listing, credentials)
-        try:
-            await state.runtime.ensure(spec)
-            tools = await state.runtime.tools(draft.id)
-            result = await state.runtime.call(draft.id, CHECK_TOOL, {})
-        except Exception as exc:  # noqa: BLE001 - the connector itself failed to start
-            await state.runtime.remove(draft.id)
-            raise FibricError(
-                ErrorCode.CONNECTOR_UPSTREAM_ERROR,
-                f"The connector could not start: {type(exc).__name__}.",
-            ) from None
-        await state.runtime.remove(draft.id)
-        if not result.ok:
-            if result.error_code == "auth_failed":
-                raise FibricError(
-                    ErrorCode.AUTH_FAILED,
-                    f"{listing.name} rejected the supplied credentials; nothing was installed.",
-                    details={"upstream_status": result.upstream_status},
-                )
-            raise FibricError(
-                ErrorCode.CONNECTOR_UPSTREAM_ERROR,
-                f"{listing.name} could not be reached: {result.error_message}; nothing was installed.",
-                details={"upstream_status": result.upstream_status},
-            )
-        listed = {t.name for t in listing.tools}
-        return [
-            {
-                "name": t.name,
-                "side_effect": t.side_effect,
-                "capability": t.capability,
-                "compensating_tool": t.compensating_tool,
-            }
-            for t in tools
-            if t.name in listed
-        ]
 
     @get(
         "/{connector_id:str}",
@@ -520,85 +445,7 @@ class ConnectorsController(Controller):
         cn = find_connector(state, auth, connector_id)
         body = await read_body(request)
         data = validate(ConnectorTest, body, allow_empty=True)
-        names = {t.name for t in cn.tools}
-        wanted = data.tools or [t.name for t in cn.tools]
-        for name in wanted:
-            if name not in names:
-                raise FibricError(
-                    ErrorCode.INVALID_PARAMETER,
-                    f"{name!r} is not a tool of {cn.id}.",
-                    param="tools",
-                )
-        if cn.status == "pending_auth":
-            raise FibricError(
-                ErrorCode.STATE_CONFLICT, f"{cn.id} is pending_auth; complete authorization first."
-            )
-        listing = load_catalogue()[cn.listing]
-        entry = state.view.vault.get(cn.id)
-        credentials = state.box.open(entry.ciphertext) if entry and entry.ciphertext else {}
-        assert state.runtime is not None
-        await state.runtime.ensure(await _spec(state, cn, listing, credentials))
-        schemas = {t.name: t.input_schema for t in await state.runtime.tools(cn.id)}
-        results = []
-        for name in wanted:
-            tool = next(t for t in cn.tools if t.name == name)
-            args = dry_run_args(schemas.get(name) or {}) if tool.side_effect else {}
-            started = time.perf_counter()
-            res = await state.runtime.call(
-                cn.id,
-                name,
-                args,
-                dry_run=tool.side_effect,
-                idempotency_key=None if not tool.side_effect else f"test:{new_id('req')}",
-            )
-            item: dict[str, Any] = {
-                "tool": name,
-                "mode": "dry_run" if tool.side_effect else "live",
-                "ok": res.ok,
-                "latency_ms": round(res.latency_ms or (time.perf_counter() - started) * 1000),
-            }
-            if not res.ok:
-                item["error"] = {
-                    "code": res.error_code,
-                    "message": res.error_message,
-                    "upstream_status": res.upstream_status,
-                }
-            results.append(item)
-        failed = [r for r in results if not r["ok"]]
-        tested_at = datetime.now(UTC)
-        if failed:
-            detail = f"{failed[0]['tool']}: {failed[0]['error']['code']}"
-            await run_command(
-                state,
-                request,
-                auth,
-                "connector.set_status",
-                {"connector_id": cn.id, "status": "error", "detail": detail},
-            )
-            if any(r["error"]["code"] in UNREACHABLE for r in failed):
-                raise FibricError(
-                    ErrorCode.CONNECTOR_UPSTREAM_ERROR,
-                    f"The source system was unreachable ({detail}); {cn.id} moved to error.",
-                    details={"connector_id": cn.id, "results": results},
-                )
-        elif cn.status != "connected" or cn.last_synced_at is None:
-            await run_command(
-                state,
-                request,
-                auth,
-                "connector.set_status",
-                {"connector_id": cn.id, "status": "connected", "synced": True},
-            )
-        return respond(
-            ConnectorTestObject,
-            {
-                "object": "connector_test",
-                "connector_id": cn.id,
-                "status": "failed" if failed else "passed",
-                "results": results,
-                "tested_at": tested_at.isoformat().replace("+00:00", "Z"),
-            },
-        )
+        return respond(ConnectorTestObject, await connector_service.run_test(caller(request), cn, data.tools))
 
     @delete(
         "/{connector_id:str}",

@@ -9,12 +9,11 @@ from typing import Any
 import orjson
 from litestar import Controller, Request, Response, get, post
 
-from agents.globs import glob_problem, is_glob
 from api.auth import api_state, auth_of
 from api.body import read_body, validate
 from api.pagination import decode_cursor, list_body, parse_limit
+from api.query import event_filters
 from api.respond import documented, respond
-from ledger.store import DATETIME_MAX, DATETIME_MIN, EventFilters
 from schemas import tracing
 from schemas.envelope import Event, EventIn
 from schemas.errors import ErrorCode, FibricError
@@ -24,71 +23,6 @@ from schemas.objects import EventObject, ListOf
 from streams.topics import EVENTS, entity_key
 
 EVENT_ID_RE = re.compile(r"^ev_[0-9A-Z]{26}$")
-_FILTER_PARAMS = (
-    "event_type",
-    "source",
-    "correlation_id",
-    "workspace_id",
-    "entity_key",
-    "since",
-    "until",
-)
-
-
-def parse_time(raw: str | None, param: str) -> datetime | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise FibricError(
-            ErrorCode.INVALID_PARAMETER, f"{param} must be an RFC 3339 timestamp.", param=param
-        ) from None
-    if value.tzinfo is None:
-        raise FibricError(
-            ErrorCode.INVALID_PARAMETER, f"{param} must include a timezone (e.g. Z).", param=param
-        )
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC instant
-        value = datetime.min.replace(tzinfo=UTC)
-    if not DATETIME_MIN <= value <= DATETIME_MAX:
-        raise FibricError(
-            ErrorCode.INVALID_PARAMETER,
-            f"{param} must be from {_iso(DATETIME_MIN)} to {_iso(DATETIME_MAX)}.",
-            param=param,
-        )
-    return value
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _query_filters(request: Request[Any, Any, Any]) -> tuple[EventFilters, dict[str, Any]]:
-    q = request.query_params
-    raw = {name: q.get(name) for name in _FILTER_PARAMS}
-    for name, value in raw.items():
-        if value is not None and (value == "" or len(value) > 200):
-            raise FibricError(
-                ErrorCode.INVALID_PARAMETER, f"{name} must be 1–200 characters.", param=name
-            )
-    if raw["event_type"] is not None and is_glob(raw["event_type"]):
-        problem = glob_problem(raw["event_type"])
-        if problem:
-            raise FibricError(
-                ErrorCode.INVALID_PARAMETER, f"event_type: {problem}.", param="event_type"
-            )
-    filters = EventFilters(
-        event_type=raw["event_type"],
-        source=raw["source"],
-        correlation_id=raw["correlation_id"],
-        workspace_id=raw["workspace_id"],
-        entity_key=raw["entity_key"],
-        since=parse_time(raw["since"], "since"),
-        until=parse_time(raw["until"], "until"),
-    )
-    return filters, raw
 
 
 def limit_error(problems: list[LimitProblem]) -> FibricError:
@@ -230,7 +164,7 @@ class EventsController(Controller):
         state = api_state(request)
         auth = auth_of(request)
         limit = parse_limit(request.query_params.get("limit"))
-        filters, raw = _query_filters(request)
+        filters, raw = event_filters(request.query_params)
         after = decode_cursor(request.query_params.get("cursor"), raw)
         page = await state.store.list_events(auth.scope, filters, limit, after)
         pending = state.pending.matching(auth.scope, filters, after)

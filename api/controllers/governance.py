@@ -11,23 +11,17 @@ from litestar import Controller, Request, Response, get
 
 from agents.governance import (
     AUDITED_KINDS,
-    approval_counts,
     audit_action,
     audit_verb,
-    budgets_consumed,
-    summarise_dispositions,
 )
-from api.auth import AuthContext, api_state, auth_of
-from api.controllers.events import parse_time
+from api.auth import api_state, auth_of
 from api.pagination import decode_cursor, list_body, parse_limit
+from api.query import only_params, parse_time
 from api.respond import documented, respond
+from api.services import governance
 from ledger.governance import (
     AuditFilters,
-    approvals,
     audit_log,
-    budget_hits,
-    dispositions,
-    executions,
 )
 from schemas.config import ConfigRecord
 from schemas.errors import ErrorCode, FibricError
@@ -36,11 +30,6 @@ from schemas.objects import ListOf
 
 # The window when none is given: the last 7 days up to now.
 DEFAULT_WINDOW = timedelta(days=7)
-BUDGETS_DETAIL = (
-    "Every budget of the tenant's active guardrail policies: the executions it counts in this "
-    "window (all its scope values summed; its own sliding window is what the executor enforces) "
-    "and the actions its exhaustion refused or let run over a soft cap."
-)
 # the command names an audit_log ``action`` filter accepts
 AUDIT_ACTIONS = frozenset(
     {
@@ -69,16 +58,6 @@ AUDIT_ACTIONS = frozenset(
 OBJECT_TYPES = {v: k for k, v in AUDITED_KINDS.items()}
 
 
-def _only(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(request.query_params) - allowed)
-    if unknown:
-        raise FibricError(
-            ErrorCode.INVALID_PARAMETER,
-            f"{unknown[0][:60]} is not a recognised parameter.",
-            param=unknown[0][:60],
-        )
-
-
 def _opt(request: Request[Any, Any, Any], name: str, max_len: int = 100) -> str | None:
     v = request.query_params.get(name)
     if v is None or v == "":
@@ -102,49 +81,6 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-async def approval_statistics(
-    request: Request[Any, Any, Any], auth: AuthContext, since: datetime, until: datetime
-) -> dict[str, Any]:
-    state = api_state(request)
-    operator_id = _opt(request, "operator_id")
-    got = await approvals(state.store, auth.scope, since, until, operator_id)
-    return {
-        **approval_counts(got["overall"]),
-        "object": "approval_statistics",
-        "livemode": auth.key.livemode,
-        "since": _iso(since),
-        "until": _iso(until),
-        "operator_id": operator_id,
-        "by_operator": [
-            {
-                "operator_id": r["operator_id"],
-                "operator_name": r["operator_name"],
-                **approval_counts(r),
-            }
-            for r in got["by_operator"]
-        ],
-        "by_approver": [
-            {"approver": r["approver"], **approval_counts(r)} for r in got["by_approver"]
-        ],
-    }
-
-
-async def budgets_section(
-    request: Request[Any, Any, Any], auth: AuthContext, since: datetime, until: datetime
-) -> list[dict[str, Any]]:
-    state = api_state(request)
-    policies = state.view.guardrails_of(auth.tenant.id, auth.key.livemode)
-    if not any(p.budgets for p in policies):
-        return []
-    names = {
-        c.id: (c.id, c.name, c.listing)
-        for c in state.view.connectors_of(auth.tenant.id, auth.key.livemode)
-    }
-    runs = await executions(state.store, auth.scope, since, until)
-    hits = await budget_hits(state.store, auth.scope, since, until)
-    return budgets_consumed(policies, runs, hits, names)
-
-
 class GovernanceController(Controller):
     path = "/governance"
     tags = ["governance"]
@@ -161,29 +97,10 @@ class GovernanceController(Controller):
         blocked tools; what each budget of the tenant's active policies consumed and how often
         its exhaustion refused an action. Optional ``operator_id`` (not applied to budgets)."""
         state, auth = api_state(request), auth_of(request)
-        _only(request, frozenset({"since", "until", "operator_id"}))
+        only_params(request.query_params, frozenset({"since", "until", "operator_id"}))
         since, until = window(request)
         operator_id = _opt(request, "operator_id")
-        rows = await dispositions(state.store, auth.scope, since, until, operator_id)
-        summary = summarise_dispositions(rows)
-        appr = await approval_statistics(request, auth, since, until)
-        keep = ("requested", "approved", "vetoed", "expired", "pending", "veto_rate", "latency_ms")
-        body = {
-            "object": "governance_report",
-            "livemode": auth.key.livemode,
-            "since": _iso(since),
-            "until": _iso(until),
-            "operator_id": operator_id,
-            **summary,
-            "dispositions": rows,
-            "veto_rate": appr["veto_rate"],
-            "approvals": {k: appr[k] for k in keep},
-            "budgets": {
-                "available": True,
-                "detail": BUDGETS_DETAIL,
-                "data": await budgets_section(request, auth, since, until),
-            },
-        }
+        body = await governance.report(state, auth, since, until, operator_id)
         return respond(GovernanceReport, body)
 
     @get(
@@ -197,10 +114,12 @@ class GovernanceController(Controller):
         (default: the last 7 days): requested, approved, vetoed, expired, still pending, the
         veto rate, and the request-to-decision latency (p50, p95, mean, max, ms); overall, by
         operator and by approver. Optional ``operator_id``."""
-        auth = auth_of(request)
-        _only(request, frozenset({"since", "until", "operator_id"}))
+        state, auth = api_state(request), auth_of(request)
+        only_params(request.query_params, frozenset({"since", "until", "operator_id"}))
         since, until = window(request)
-        return respond(ApprovalStatistics, await approval_statistics(request, auth, since, until))
+        operator_id = _opt(request, "operator_id")
+        body = await governance.approval_statistics(state, auth, since, until, operator_id)
+        return respond(ApprovalStatistics, body)
 
 
 def audit_entry(rec: ConfigRecord, livemode: bool) -> dict[str, Any]:
@@ -242,7 +161,7 @@ class AuditLogController(Controller):
         ``since``, ``until``. Reads the ledger: a change shows once the sink stored it."""
         state, auth = api_state(request), auth_of(request)
         allowed = {"limit", "cursor", "object_type", "object_id", "action", "actor"}
-        _only(request, frozenset({*allowed, "since", "until"}))
+        only_params(request.query_params, frozenset({*allowed, "since", "until"}))
         limit = parse_limit(request.query_params.get("limit"))
         object_type = _opt(request, "object_type")
         if object_type is not None and object_type not in OBJECT_TYPES:
@@ -273,5 +192,3 @@ class AuditLogController(Controller):
         data = [audit_entry(r, auth.key.livemode) for r in page.items]
         body = list_body(data, page.has_more, page.last_key, raw, "audit_log")
         return respond(ListOf[AuditLogEntry], body)
-
-

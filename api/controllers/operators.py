@@ -5,21 +5,21 @@ writer), so uniqueness and ``capability_unbound`` hold even when requests race."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from litestar import Controller, Request, Response, get, patch, post
 
 from agents.governance import OPERATOR_DIFF_FIELDS
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
+from api.controllers import caller
 from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.query import only_params
 from api.respond import documented, respond
+from api.services import catch_up
 from api.state import ApiState
 from api.versions import Version, history, pick, version_diff
-from schemas.envelope import EventEnvelope
 from schemas.errors import ErrorCode, FibricError
 from schemas.governance import VersionDiff
 from schemas.objects import ListOf, OperatorObject, OperatorPaused, OperatorResumed
@@ -31,49 +31,8 @@ from schemas.operator import (
     PauseBody,
     ResumeBody,
 )
-from streams.topics import EVENTS, entity_key
 
 STATUSES = ("active", "paused", "draft")
-# A resume replays at most this many missed events (oldest first); the rest stay in the log.
-MAX_CATCH_UP = 10_000
-
-
-async def replay_catch_up(
-    state: ApiState, auth: AuthContext, op: Operator, window: dict[str, Any]
-) -> int:
-    """Offer the events that arrived while ``op`` was paused to ``op`` alone, oldest first. They
-    keep their ids (the ledger stores them once) and go through the executor like any plan."""
-    since = datetime.fromisoformat(window["from"].replace("Z", "+00:00"))
-    until = datetime.fromisoformat(window["to"].replace("Z", "+00:00"))
-    events = await state.store.events_matching(auth.scope, op.triggers, since, until, MAX_CATCH_UP)
-    futures = []
-    for ev in events:
-        env = EventEnvelope(
-            event_id=ev.id,
-            tenant_id=ev.tenant_id,
-            reseller_id=ev.reseller_id,
-            livemode=ev.livemode,
-            workspace_id=ev.workspace_id,
-            source=ev.source,
-            event_type=ev.event_type,
-            correlation_id=ev.correlation_id,
-            payload=ev.payload,
-            agent_id=ev.agent_id,
-            session_id=ev.session_id,
-            entity_key=ev.entity_key,
-            received_at=ev.created_at,
-            request_id=ev.request_id,
-            route_to=op.id,
-        )
-        key = entity_key(ev.tenant_id, ev.entity_key or ev.id)
-        futures.append(
-            await state.producer.send(
-                EVENTS, orjson.dumps(env.model_dump(mode="json", exclude_none=True)), key=key
-            )
-        )
-    for fut in futures:
-        await fut
-    return len(events)
 
 
 def find_operator(state: ApiState, auth: AuthContext, operator_id: str) -> Operator:
@@ -228,18 +187,7 @@ class OperatorsController(Controller):
 
         async def handle() -> Response[OperatorResumed]:
             data = validate(ResumeBody, body, allow_empty=True)
-            count = 0
-            if data.catch_up and op.status == "paused" and op.paused_at is not None:
-                count = await state.store.count_events_matching(
-                    auth.scope, op.triggers, op.paused_at, datetime.now(UTC)
-                )
-            args = {"operator_id": operator_id, "catch_up": data.catch_up, "catch_up_events": count}
-            result = await run_command(state, request, auth, "operator.resume", args)
-            if count and result.get("catch_up_window"):
-                replayed = await replay_catch_up(state, auth, op, result["catch_up_window"])
-                result["catch_up_events"] = replayed
-            if result.get("catch_up_window") is None:
-                result.pop("catch_up_window", None)
+            result = await catch_up.resume(caller(request), op, data.catch_up)
             return respond(OperatorResumed, result)
 
         return await state.idempotency.run(request, auth.scope, body, handle)
@@ -258,7 +206,7 @@ class OperatorsController(Controller):
         cite ``guardrail_version``, the operator's version)."""
         state, auth = api_state(request), auth_of(request)
         op = find_operator(state, auth, operator_id)
-        _known_params(request, frozenset({"limit", "cursor"}))
+        only_params(request.query_params, frozenset({"limit", "cursor"}))
         limit = parse_limit(request.query_params.get("limit"))
         raw: dict[str, Any] = {"operator_id": op.id}
         after = decode_cursor(request.query_params.get("cursor"), raw, "operator_versions")
@@ -344,13 +292,3 @@ class OperatorsController(Controller):
 async def _versions(state: ApiState, auth: AuthContext, op: Operator) -> dict[int, Operator]:
     known = state.view.operator_versions.get(op.id, {})
     return await history(state, auth, "operator", op.id, known, Operator)
-
-
-def _known_params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(request.query_params) - allowed)
-    if unknown:
-        raise FibricError(
-            ErrorCode.INVALID_PARAMETER,
-            f"{unknown[0][:60]} is not a recognised parameter.",
-            param=unknown[0][:60],
-        )

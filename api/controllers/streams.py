@@ -33,18 +33,12 @@ from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
 
 from api.auth import AuthContext, api_state, auth_of, require_scope
-from api.controllers.events import _query_filters
-from api.controllers.loop import (
-    TERMINAL,
-    Publisher,
-    action_public,
-    find_plan,
-    plan_public,
-    receipt_public,
-)
 from api.hub import SLOW_CONSUMER, Item, StreamHub, Subscription
+from api.objects import TERMINAL, Publisher, action_public, plan_public, receipt_public
 from api.pagination import decode_cursor, fingerprint
+from api.query import event_filters
 from api.respond import FibricOperation, errors
+from api.services.plans import find_plan
 from api.state import ApiState
 from ledger.store import EVENT_COLUMNS, EventFilters, Scope
 from schemas.envelope import Event
@@ -240,7 +234,7 @@ class EventSession:
         last_event_id: str | None,
         request_id: str,
     ) -> EventSession:
-        filters, raw = _query_filters(query)
+        filters, raw = event_filters(query.query_params)
         start = await resolve_start(
             state, auth, filters, raw, query.query_params.get("cursor"), last_event_id
         )
@@ -315,11 +309,8 @@ class EventSession:
                 if held.id not in replayed:
                     yield self._live_frame(held)
             # 6. live, until the client leaves or is dropped.
-            while True:
-                item = await sub.next(keepalive_s)
+            async for item in live(sub, keepalive_s):
                 if item is None:
-                    if sub.ended is not None:
-                        return
                     yield None
                     continue
                 if item.id in replayed:
@@ -450,17 +441,40 @@ def _sse_doc(model: type, what: str) -> dict[str, Any]:
     return {"responses": responses, "operation_class": FibricOperation}
 
 
-async def _event_chunks(session: EventSession) -> AsyncIterator[bytes]:
-    keepalive = session.state.settings.stream_keepalive_s
-    yield KEEP_ALIVE  # the headers and a first byte go out at once: the stream is open
-    async for frame in session.frames(keepalive):
-        if frame is None:
-            yield KEEP_ALIVE
-        else:
-            yield sse(ENVELOPE, frame[1], frame[0])
-    err = ended_error(session.sub.ended, session.request_id)
-    if err is not None:
-        yield sse(ERROR, err)
+async def live(sub: Subscription, keepalive_s: float) -> AsyncIterator[Item | None]:
+    """The one live loop of every stream: the subscription's items as the hub publishes them,
+    ``None`` whenever ``keepalive_s`` passed without one; ends once the subscription ended
+    (``sub.ended`` says why: the client left, a slow consumer, shutdown)."""
+    while True:
+        item = await sub.next(keepalive_s)
+        if item is None:
+            if sub.ended is not None:
+                return
+            yield None
+            continue
+        yield item
+
+
+async def sse_body(
+    frames: AsyncIterator[bytes | None], sub: Subscription, request_id: str
+) -> AsyncIterator[bytes]:
+    """The body of every SSE response: each frame (``None``: a keep-alive comment), then, when
+    the server ended the stream, a last ``event: error`` frame with the error envelope. The
+    subscription is closed however the body ends."""
+    try:
+        async for frame in frames:
+            yield KEEP_ALIVE if frame is None else frame
+        err = ended_error(sub.ended, request_id)
+        if err is not None:
+            yield sse(ERROR, err)
+    finally:
+        sub.close()
+
+
+async def _event_frames(session: EventSession) -> AsyncIterator[bytes | None]:
+    yield None  # the headers and a first byte go out at once: the stream is open
+    async for frame in session.frames(session.state.settings.stream_keepalive_s):
+        yield None if frame is None else sse(ENVELOPE, frame[1], frame[0])
 
 
 class EventStreamController(Controller):
@@ -487,7 +501,8 @@ class EventStreamController(Controller):
             request.headers.get("last-event-id"),
             request.scope["state"].get("request_id", ""),
         )
-        return sse_response(_event_chunks(session), session.sub, state)
+        body = sse_body(_event_frames(session), session.sub, session.request_id)
+        return sse_response(body, session.sub, state)
 
     @websocket(
         "/ws",
@@ -675,26 +690,14 @@ class LoopStreamController(Controller):
             data["cursor"] = cur
             return sse(kind, data, cur)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                yield KEEP_ALIVE
-                for held in tail:
-                    yield frame(held)
-                while True:
-                    item = await sub.next(keepalive)
-                    if item is None:
-                        if sub.ended is not None:
-                            break
-                        yield KEEP_ALIVE
-                        continue
-                    yield frame(item)
-                err = ended_error(sub.ended, request_id)
-                if err is not None:
-                    yield sse(ERROR, err)
-            finally:
-                sub.close()
+        async def frames() -> AsyncIterator[bytes | None]:
+            yield None
+            for held in tail:
+                yield frame(held)
+            async for item in live(sub, keepalive):
+                yield None if item is None else frame(item)
 
-        return sse_response(chunks(), sub, state)
+        return sse_response(sse_body(frames(), sub, request_id), sub, state)
 
 
 def plan_ended(obj: dict[str, Any]) -> bool:
@@ -749,33 +752,27 @@ class PlanStreamController(Controller):
             )
             return sse("execution_plan", obj, f"{plan.id}:{n}"), plan_ended(obj)
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def frames() -> AsyncIterator[bytes | None]:
             nonlocal plan
-            try:
-                n = sub.start_seq
-                body, done = frame(n)
-                yield body
-                while not done:
-                    item = await sub.next(keepalive)
-                    if item is None:
-                        if sub.ended is not None:
-                            err = ended_error(sub.ended, request_id)
-                            if err is not None:
-                                yield sse(ERROR, err)
-                            return
-                        yield KEEP_ALIVE
+            body, done = frame(sub.start_seq)
+            yield body
+            if done:
+                return
+            async for item in live(sub, keepalive):
+                if item is None:
+                    yield None
+                    continue
+                if item.table == "plans":
+                    if item.obj.version < plan.version:
                         continue
-                    if item.table == "plans":
-                        if item.obj.version < plan.version:
-                            continue
-                        plan = item.obj
-                    elif item.table == "receipts":
-                        receipts[item.obj.id] = item.obj
-                    else:
-                        continue  # an action of this plan: its receipts say what happened
-                    body, done = frame(item.seq)
-                    yield body
-            finally:
-                sub.close()
+                    plan = item.obj
+                elif item.table == "receipts":
+                    receipts[item.obj.id] = item.obj
+                else:
+                    continue  # an action of this plan: its receipts say what happened
+                body, done = frame(item.seq)
+                yield body
+                if done:
+                    return
 
-        return sse_response(chunks(), sub, state)
+        return sse_response(sse_body(frames(), sub, request_id), sub, state)

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 from api.auth import AuthContext, api_state, auth_of
 from api.body import read_body, validate
 from api.commands import run_command
-from api.pagination import decode_cursor, list_body, paginate, parse_limit
+from api.pagination import decode_cursor, list_body, parse_limit, status_list
+from api.query import only_params
 from api.respond import documented, respond
 from api.state import ApiState
 from connectors.egress import EgressRefused, check_target_async, parse_target
@@ -91,16 +92,6 @@ def _sealed(state: ApiState, secrets: list[tuple[str, datetime | None]]) -> str:
     return state.box.seal(doc)
 
 
-def _list_params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(request.query_params) - allowed)
-    if unknown:
-        raise FibricError(
-            ErrorCode.INVALID_PARAMETER,
-            f"{unknown[0][:60]} is not a recognised parameter.",
-            param=unknown[0][:60],
-        )
-
-
 def _attempt(a: Any) -> AttemptObject:
     return AttemptObject.model_validate(a.model_dump(include=set(AttemptObject.model_fields)))
 
@@ -139,26 +130,12 @@ class WebhooksController(Controller):
         """List this tenant's webhook endpoints (the calling key's mode), newest first; filter
         ``status`` (``active`` | ``disabled`` | ``suspended``). Never a secret."""
         state, auth = api_state(request), auth_of(request)
-        _list_params(request, frozenset({"limit", "cursor", "status"}))
-        limit = parse_limit(request.query_params.get("limit"))
-        status = request.query_params.get("status")
-        if status is not None and status not in STATUSES:
-            raise FibricError(
-                ErrorCode.INVALID_PARAMETER,
-                f"status must be one of {', '.join(STATUSES)}.",
-                param="status",
-            )
-        raw = {"status": status}
-        after = decode_cursor(request.query_params.get("cursor"), raw, "webhooks")
-        eps = [
+        items = [
             e
             for e in state.view.webhooks.values()
-            if e.tenant_id == auth.tenant.id
-            and e.livemode == auth.key.livemode
-            and (status is None or e.status == status)
+            if e.tenant_id == auth.tenant.id and e.livemode == auth.key.livemode
         ]
-        page, more, last = paginate(eps, lambda e: (e.created_at, e.id), limit, after)
-        data = list_body([e.public() for e in page], more, last, raw, "webhooks")
+        data = status_list(request.query_params, items, STATUSES, "webhooks", WebhookEndpoint.public)
         return respond(ListOf[WebhookEndpointObject], data)
 
     @post(
@@ -358,7 +335,7 @@ class WebhooksController(Controller):
         ``failed``)."""
         state, auth = api_state(request), auth_of(request)
         ep = find_endpoint(state, auth, webhook_id)
-        _list_params(request, frozenset({"limit", "cursor", "status"}))
+        only_params(request.query_params, frozenset({"limit", "cursor", "status"}))
         limit = parse_limit(request.query_params.get("limit"))
         status = request.query_params.get("status")
         if status is not None and status not in DELIVERY_STATUSES:

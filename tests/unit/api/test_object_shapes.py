@@ -17,16 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from api.controllers.exports import EXPORT_COLUMNS, _Writer, csv_lines, jsonl_lines
-from api.controllers.loop import (
-    PLAN_STATUSES,
-    Publisher,
-    action_public,
-    plan_public,
-    receipt_public,
-    tool_tier,
-)
+from api.controllers.loop import PLAN_STATUSES
+from api.objects import Publisher, action_public, plan_public, receipt_public, tool_tier
 from api.pagination import decode_cursor, encode_cursor
+from api.services.exports import EXPORT_COLUMNS, _Writer, csv_lines, jsonl_lines
 from connectors.marketplace import load_catalogue
 from schemas.config import ApiKey
 from schemas.connector import Connector

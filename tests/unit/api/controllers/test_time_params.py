@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api.controllers.events import parse_time
+from api.query import parse_time
 from ledger.store import DATETIME_MAX, DATETIME_MIN
 from schemas.errors import ErrorCode, FibricError
 
