@@ -63,7 +63,14 @@ class Stack:
                     f"fibric up exited {self.proc.returncode}:\n{text}\n{self.logs()}"
                 )
             time.sleep(0.2)
-        raise RuntimeError(f"fibric up not ready:\n{out_path.read_text()}\n{self.logs()}")
+        text = out_path.read_text(errors="replace")
+        logs = self.logs()
+        # never leak a stack that did not come up: the test's finally may not reach stop()
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            pass
+        raise RuntimeError(f"fibric up not ready:\n{text}\n{logs}")
 
     def up_output(self) -> str:
         return (self.home / "up.out").read_text(errors="replace")
