@@ -95,16 +95,16 @@ def test_bad_envelopes_go_to_the_dlq_and_the_next_one_is_processed(stack, acme, 
     with client(stack, acme.keys["admin"]) as c:
         good = wait_for(lambda: all_events(c, source=source))
         assert [e["payload"] for e in good] == [{"ok": True}]
-        dls = wait_for(
-            lambda: (
-                [
-                    d
-                    for d in c.get("/v1/dead_letters", params={"limit": 100}).json()["data"]
-                    if source in d["raw"]
-                ]
-                or None
-            )
-        )
+        def both_dead_letters() -> list[dict] | None:
+            # the two may land in different sink batches: wait for both
+            found = [
+                d
+                for d in c.get("/v1/dead_letters", params={"limit": 100}).json()["data"]
+                if source in d["raw"]
+            ]
+            return found if len(found) >= 2 else None
+
+        dls = wait_for(both_dead_letters)
         reasons = sorted(d["reason"] for d in dls)
         assert reasons == ["invalid_envelope", "invalid_envelope"], dls
         one = dls[0]
