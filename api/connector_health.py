@@ -234,14 +234,7 @@ class ConnectorHealthMonitor:
         runtime = self.state.runtime
         assert runtime is not None
         listing = load_catalogue()[cn.listing]
-        spec = ConnectorSpec(
-            instance_id=cn.id,
-            listing=listing,
-            config=cn.config,
-            credentials=creds,
-            remote_url=cn.remote_url,
-            livemode=cn.livemode,
-        )
+        spec = ConnectorSpec.of(cn, listing, creds)
         started = time.perf_counter()
         try:
             await runtime.ensure(spec)

@@ -9,28 +9,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import orjson
 
 from connectors.marketplace import CATALOGUE_FILE
-from schemas.plan import PUBLIC_PLAN_STATUS, ActionRecord, Plan, Receipt
+from schemas.plan import PUBLIC_PLAN_STATUS, ActionRecord, Decision, Outcome, Plan, Receipt
 
 if TYPE_CHECKING:
     from api.auth import AuthContext
     from api.state import ApiState
 
-OUTCOMES = (
-    "applied",
-    "refused",
-    "deduplicated",
-    "failed",
-    "pending_approval",
-    "vetoed",
-    "expired",
-    "undone",
-)
-DECISIONS = ("ALLOW", "ALERT", "BLOCK", "DEDUP")
+OUTCOMES: tuple[str, ...] = get_args(Outcome)  # the spec's enums, from their one place
+DECISIONS: tuple[str, ...] = get_args(Decision)
 TERMINAL = {"applied", "refused", "deduplicated", "failed", "vetoed", "expired", "undone"}
 
 

@@ -74,6 +74,7 @@ from connectors.server import (
     credential_secret,
 )
 from schemas import tracing
+from schemas.connector import Connector
 from schemas.tracing import TRACEPARENT
 
 log = logging.getLogger("fibric.connectors.pool")
@@ -129,6 +130,19 @@ class ConnectorSpec:
     @property
     def egress_livemode(self) -> bool:
         return bool(self.livemode)
+
+    @classmethod
+    def of(cls, cn: Connector, listing: Listing, credentials: dict[str, Any]) -> ConnectorSpec:
+        """The spec of an installed connector (its id, config, remote URL and mode)."""
+        return cls(
+            instance_id=cn.id,
+            listing=listing,
+            config=cn.config,
+            credentials=credentials,
+            remote_url=cn.remote_url,
+            # live connectors get the live egress rules (connectors/egress.py)
+            livemode=cn.livemode,
+        )
 
     def __repr__(self) -> str:  # never let a repr carry credentials into a log line
         return (

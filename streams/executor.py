@@ -421,17 +421,7 @@ class Executor:
         from connectors.pool import ConnectorSpec
 
         listing = load_catalogue()[cn.listing]
-        await self.runtime.ensure(
-            ConnectorSpec(
-                instance_id=cn.id,
-                listing=listing,
-                config=cn.config,
-                credentials=creds,
-                remote_url=cn.remote_url,
-                # live connectors get the live egress rules (connectors/egress.py)
-                livemode=cn.livemode,
-            )
-        )
+        await self.runtime.ensure(ConnectorSpec.of(cn, listing, creds))
         self._session_creds[cn.id] = (sealed, creds)
 
     def _renewable(self, a: ActionRecord, res: Any) -> bool:

@@ -37,14 +37,7 @@ def dry_run_args(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec(cn: Connector, listing: Listing, credentials: dict[str, Any]) -> ConnectorSpec:
-    return ConnectorSpec(
-        instance_id=cn.id,
-        listing=listing,
-        config=cn.config,
-        credentials=credentials,
-        remote_url=cn.remote_url,
-        livemode=cn.livemode,
-    )
+    return ConnectorSpec.of(cn, listing, credentials)
 
 
 async def verify(
