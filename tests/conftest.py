@@ -15,7 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fibric.launcher import API_STOP_GRACE_S, STOP_GRACE_S
+
 READY_TIMEOUT_S = 120
+# How long `fibric up` may take to stop after Ctrl-C: the api's grace (requests, ledger drain,
+# clients), then each worker's and the broker's grace, plus slack for a loaded machine. A stop
+# slower than this is a hang, not a slow drain.
+STOP_WAIT_S = API_STOP_GRACE_S + 3 * STOP_GRACE_S + 15
 
 
 def free_port() -> int:
@@ -86,7 +92,7 @@ class Stack:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(60)
+            return self.proc.wait(STOP_WAIT_S)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise

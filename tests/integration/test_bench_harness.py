@@ -95,7 +95,7 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     assert s1["api_count"] == s1["events"]
     assert s1["dead_letters"] == 0
     for key in ("events_per_s", "kafka_ceiling_ratio", "naive_baseline", "ratio"):
-        assert s1[key] is not None
+        assert s1[key] is not None, (key, s1)
     s2 = sc["S2"]
     assert s2["ok_requests"] > 0 and s2["non_2xx"] == 0
     assert s2["healthz_req_per_s"] > 0
@@ -103,13 +103,17 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     assert {t["metric"] for t in doc["targets"]["S2"]} == {"req_per_s", "p99_ms"}
     # the governed loop: every action disposed, the flood applied once, recovery measured
     assert sc["naive_exec"]["actions_per_s"] > 0
-    assert sc["config"]["writes"] > 0 and sc["config"]["p99_ms"] is not None
+    assert sc["config"]["writes"] > 0 and sc["config"]["p99_ms"] is not None, sc["config"]
     assert sc["S3"]["complete"] and sc["S3"]["outcomes"].get("applied", 0) >= 1
-    assert sc["S3"]["ratio"] is not None and sc["S3"]["worker_rss_mib"]
+    assert sc["S3"]["ratio"] is not None and sc["S3"]["worker_rss_mib"], (
+        sc["S3"],
+        sc["naive_exec"],
+    )
     assert sc["S4"]["complete"] and {"refused", "deduplicated"} <= set(sc["S4"]["outcomes"])
     assert sc["S5"]["complete"] and sc["S5"]["connector_calls"] == 1
-    assert sc["S6"]["complete"] and sc["S6"]["p99_ms"] is not None
-    assert sc["S7"]["first_event_s"] is not None and sc["S7"]["receipts"] >= sc["S7"]["sent"]
+    assert sc["S6"]["complete"] and sc["S6"]["p99_ms"] is not None, sc["S6"]
+    assert sc["S7"]["first_event_s"] is not None, sc["S7"]
+    assert sc["S7"]["receipts"] >= sc["S7"]["sent"], sc["S7"]
     assert sc["S7"]["workers"] == 2  # S7 kills one of S9's two workers
     # reads over stored receipts: every query answered 200, cached and uncached
     s8 = sc["S8"]
@@ -119,22 +123,22 @@ def test_the_harness_runs_every_scenario_and_writes_its_results(tmp_path: Path) 
     s9 = sc["S9"]
     assert set(s9["partitions_by_worker"]) == {"worker-1", "worker-2"}
     assert all(s9["partitions_by_worker"].values())
-    assert s9["s1_scaling"] is not None and s9["s3_scaling"] is not None
+    assert s9["s1_scaling"] is not None and s9["s3_scaling"] is not None, s9
     # CPU per item, summed over every process, next to the raw-client floor of the same run
     floor = sc["ceilings"]["kafka"]["floor_cpu_us_per_msg"]
-    assert floor is not None and floor > 0
+    assert floor is not None and floor > 0, sc["ceilings"]["kafka"]
     assert "floor_cpu_us_per_msg" in _fields(lines["ceilings"])
     items = {"naive": "event", "naive_exec": "action", "S1": "event", "S2": "request"}
     items |= {"S3": "action", "S4": "disposition", "S3L": "action"}
     for name, item in items.items():
         assert sc[name]["cpu_us_per_item"] > 0, (name, sc[name])
-        assert sc[name]["cpu_floor_ratio"] is not None, name
-        assert sc[name]["loadgen_cpu_us_per_item"] is not None, name
+        assert sc[name]["cpu_floor_ratio"] is not None, (name, sc[name])
+        assert sc[name]["loadgen_cpu_us_per_item"] is not None, (name, sc[name])
         assert _fields(lines[name])[f"cpu_us_per_{item}"] != "nan", name
     assert set(sc["S3"]["cpu_us_per_item_by_role"]) >= {"broker", "worker", "api", "harness"}
-    assert sc["S1"]["cpu_ratio_to_baseline"] is not None
-    assert sc["S3"]["cpu_ratio_to_baseline"] is not None
-    assert sc["S2"]["healthz_cpu_us_per_item"] is not None
+    assert sc["S1"]["cpu_ratio_to_baseline"] is not None, (sc["S1"], sc["naive"])
+    assert sc["S3"]["cpu_ratio_to_baseline"] is not None, (sc["S3"], sc["naive_exec"])
+    assert sc["S2"]["healthz_cpu_us_per_item"] is not None, sc["S2"]
     # S3L: every action applied once at the store, never two requests on one entity at once
     s3l = sc["S3L"]
     assert s3l["complete"] and s3l["outcomes"] == {"applied": s3l["actions"]}
