@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +76,32 @@ class Progress:
 
 
 # ---- ports ----------------------------------------------------------------------------------
+def ensure_debian_binary(binary: str, package: str) -> str | None:
+    """The path of ``binary``, installing Debian's ``package`` with apt-get when it is missing
+    (an ``apt-get update`` first if the install fails); None when that is impossible (no apt-get
+    or not root). The bench harness's wrk and the dashboard test's Prometheus come this way."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return None
+    log(f"{binary} is missing: apt-get install -y {package}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (
+        ["apt-get", "install", "-y", "--no-install-recommends", package],
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", package],
+    ):
+        if cmd[1] == "update" and shutil.which(binary):
+            break
+        r = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+        )
+        if r.returncode != 0 and cmd[1] == "install":
+            log(f"{' '.join(cmd)} failed: {r.stderr.strip()[-200:]}")
+    return shutil.which(binary)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import PROCS, CpuMeter, Progress, http_body, log
+from benchmarks.common import PROCS, CpuMeter, Progress, ensure_debian_binary, http_body, log
 from benchmarks.kafka import OffsetProbe, quiet_aiokafka
 from benchmarks.profile import Profiler
 from benchmarks.stack import BenchStack
@@ -55,26 +55,7 @@ def ensure_wrk() -> str | None:
 
 
 def _ensure_wrk() -> str | None:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return None
-    log("wrk is missing: apt-get install -y wrk")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (
-        ["apt-get", "install", "-y", "wrk"],
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "wrk"],
-    ):
-        if cmd[1] == "update" and shutil.which("wrk"):
-            break
-        r = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-        )
-        if r.returncode != 0 and cmd[1] == "install":
-            log(f"{' '.join(cmd)} failed: {r.stderr.strip()[-200:]}")
-    return shutil.which("wrk")
+    return ensure_debian_binary("wrk", "wrk")
 
 
 def loadgen_cpu() -> str | None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime
 
-from hypothesis import given, settings
+import orjson
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agents.governance import (
@@ -45,12 +46,15 @@ json_values = st.recursive(
 docs = st.fixed_dictionaries({}, optional={f: json_values for f in FIELDS})
 
 
-def on_fields(doc: dict) -> dict:
-    return {f: doc.get(f) for f in FIELDS}
+def on_fields(doc: dict) -> bytes:
+    """The diffed fields as canonical JSON: JSON equality, where ``False`` and ``0`` differ (they
+    are equal in Python, and the diff rightly reports one replacing the other)."""
+    return orjson.dumps({f: doc.get(f) for f in FIELDS}, option=orjson.OPT_SORT_KEYS)
 
 
 @settings(max_examples=300, deadline=None)
 @given(docs, docs)
+@example({"b": [False]}, {"b": [0]})  # the case Python's == hid (CI, 2026-12-03)
 def test_applying_the_diff_to_the_old_version_gives_the_new_one(old, new):
     changes = diff(old, new, FIELDS)
     assert on_fields(apply_diff(old, changes)) == on_fields(new)
